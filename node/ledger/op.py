@@ -1,0 +1,248 @@
+"""The signed operation: the only way replicated state ever changes.
+
+Theory of operation
+-------------------
+An op is two byte strings: ``body``, the canonical JSON of what the author wants, and ``sig``,
+the author's 65-byte EIP-191 ``personal_sign`` signature of exactly those bytes. Nothing else
+travels or is stored; every other property (id, author, clock, kind, payload) is read back out
+of ``body``, so a replica never trusts a field a peer could have changed in transit.
+
+The body is a JSON object with exactly these keys::
+
+    {"author": "0x<40 lower-case hex>",     # the signer; must equal the recovered address
+     "hlc": [wall_ms, logical],             # the author's hybrid logical clock at signing
+     "kind": "instance.stop",               # what to do (see node/ledger/state.py)
+     "net": "local",                        # network id: an op signed for devnet is void elsewhere
+     "payload": {...},                      # kind-specific, validated by the state
+     "v": 1}                                # envelope version
+
+*Canonical* means ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+encoded as UTF-8, with integers only (no floats: their text form is not portable) and no
+duplicate keys. A body that does not round-trip to itself byte for byte is refused, so one
+content has one encoding and therefore one id.
+
+The op **id** is the digest the author signed: ``keccak256("\\x19Ethereum Signed Message:\\n"
++ len(body) + body)``. It is the op's idempotency key: applying an id twice is a no-op, and the
+billing ledger of a later issue uses ids as transfer ids.
+
+Verification (``decode_op``) is stateless: whether an op is well formed, correctly signed and
+authorized depends on the op alone, never on what a replica has seen before, so every replica
+reaches the same verdict with the same reason. It is also the expensive step (one ECDSA
+recovery, ~45 µs here), done once at the edge (gateway or gossip ingress); ops read back from
+our own store are rebuilt with ``Op.trusted`` and skip it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from node.identity.keys import (
+    SIGNATURE_BYTES,
+    InvalidSignature,
+    NodeKey,
+    eip191_hash,
+    recover_address,
+)
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "OP_BODY_BYTES_MAX",
+    "Op",
+    "OpRejected",
+    "Stamp",
+    "canonical_json",
+    "decode_op",
+    "sign_op",
+]
+
+ENVELOPE_VERSION: Final = 1
+# An op is a small intent (a Formfile is the largest thing one carries); images and blobs travel
+# by digest, never inside ops. 256 KiB bounds what a hostile peer can make us parse and store.
+OP_BODY_BYTES_MAX: Final = 256 * 1024
+# JSON nesting bound: payloads are records of records at most; deep nesting is only an attack.
+_DEPTH_MAX: Final = 8
+_INT_MAX: Final = 2**63 - 1
+_BODY_KEYS: Final = frozenset({"author", "hlc", "kind", "net", "payload", "v"})
+
+# Total order used by every last-writer-wins decision: HLC first, then author, then op id.
+# (wall_ms, logical, author, op_id)
+Stamp = tuple[int, int, str, bytes]
+
+
+class OpRejected(ValueError):
+    """An op failed verification or authorization. ``code`` is stable; the message explains."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.args[0]}"
+
+
+def _check_json(value: Any, depth: int) -> None:
+    if depth > _DEPTH_MAX:
+        raise OpRejected("malformed", f"op body nests deeper than {_DEPTH_MAX} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not -_INT_MAX - 1 <= value <= _INT_MAX:
+            raise OpRejected("malformed", f"integer {value} does not fit in 64 bits")
+        return
+    if isinstance(value, float):
+        raise OpRejected("malformed", "op bodies carry integers only; floats are not portable")
+    if isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_json(item, depth + 1)
+        return
+    raise OpRejected("malformed", f"unsupported JSON value of type {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical bytes of a JSON value (sorted keys, no spaces, UTF-8, integers only)."""
+    _check_json(value, 0)
+    return _dumps(value)
+
+
+def _reject_float(text: str) -> Any:
+    raise OpRejected("malformed", f"op bodies carry integers only; {text} is a float")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A verified (or self-made, or read back from our own store) signed operation."""
+
+    id: bytes
+    body: bytes
+    sig: bytes
+    author: str
+    wall_ms: int
+    logical: int
+    kind: str
+    net: str
+    payload: dict[str, Any]
+
+    @property
+    def stamp(self) -> Stamp:
+        return (self.wall_ms, self.logical, self.author, self.id)
+
+    @classmethod
+    def trusted(cls, body: bytes, sig: bytes) -> Op:
+        """Rebuild an op this node verified before (e.g. from its own store): no ECDSA."""
+        fields = json.loads(body)
+        return cls._from_fields(eip191_hash(body), body, sig, fields)
+
+    @classmethod
+    def _from_fields(cls, op_id: bytes, body: bytes, sig: bytes, fields: dict[str, Any]) -> Op:
+        wall_ms, logical = fields["hlc"]
+        return cls(
+            id=op_id,
+            body=body,
+            sig=sig,
+            author=fields["author"],
+            wall_ms=wall_ms,
+            logical=logical,
+            kind=fields["kind"],
+            net=fields["net"],
+            payload=fields["payload"],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Op({self.kind} by {self.author[:10]}… at {self.wall_ms}.{self.logical},"
+            f" id={self.id.hex()[:12]}…)"
+        )
+
+
+def sign_op(key: NodeKey, net: str, hlc: tuple[int, int], kind: str, payload: dict[str, Any]) -> Op:
+    """Build and sign an op as ``key``. The caller's HLC supplies ``hlc``."""
+    fields = {
+        "author": key.address,
+        "hlc": [hlc[0], hlc[1]],
+        "kind": kind,
+        "net": net,
+        "payload": payload,
+        "v": ENVELOPE_VERSION,
+    }
+    body = canonical_json(fields)
+    if len(body) > OP_BODY_BYTES_MAX:
+        raise OpRejected(
+            "too_large", f"op body is {len(body)} bytes; the limit is {OP_BODY_BYTES_MAX}"
+        )
+    op_id = eip191_hash(body)
+    return Op._from_fields(op_id, body, key.sign_digest(op_id), fields)
+
+
+def decode_op(body: bytes, sig: bytes, net: str) -> Op:
+    """Verify an op from outside (a peer, a client) and return it, or raise ``OpRejected``.
+
+    Checks, in order: size, JSON, canonical form, envelope shape, network, signature and that
+    the signer is the stated author. Kind and payload are checked by the state
+    (``node.ledger.state.check_op``), which is just as stateless.
+    """
+    if len(body) > OP_BODY_BYTES_MAX:
+        raise OpRejected(
+            "too_large", f"op body is {len(body)} bytes; the limit is {OP_BODY_BYTES_MAX}"
+        )
+    if len(sig) != SIGNATURE_BYTES:
+        raise OpRejected("bad_signature", f"a signature is 65 bytes, got {len(sig)}")
+    try:
+        # No per-value Python walk here (it would cost as much as the JSON parse): floats are
+        # caught by the hook, duplicate keys and any other non-canonical spelling by the
+        # round-trip comparison below, integer ranges by the payload schemas.
+        fields = json.loads(body, parse_float=_reject_float)
+    except OpRejected:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise OpRejected("malformed", f"op body is not JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise OpRejected("malformed", "op body must be a JSON object")
+    if fields.keys() != _BODY_KEYS:
+        missing = sorted(_BODY_KEYS - fields.keys())
+        extra = sorted(fields.keys() - _BODY_KEYS)
+        raise OpRejected(
+            "malformed", f"op body keys are wrong (missing {missing}, unexpected {extra})"
+        )
+    if fields["v"] != ENVELOPE_VERSION:
+        raise OpRejected(
+            "unsupported_version",
+            f"op envelope version {fields['v']!r}; this node speaks {ENVELOPE_VERSION}",
+        )
+    if _dumps(fields) != body:
+        raise OpRejected(
+            "not_canonical", "op body is not canonical JSON (sorted keys, no spaces, UTF-8)"
+        )
+    hlc = fields["hlc"]
+    if not (
+        isinstance(hlc, list)
+        and len(hlc) == 2
+        and all(type(x) is int and 0 <= x <= _INT_MAX for x in hlc)
+    ):
+        raise OpRejected("malformed", "hlc must be [wall_ms, logical], two non-negative integers")
+    author, kind, op_net = fields["author"], fields["kind"], fields["net"]
+    if not (isinstance(author, str) and isinstance(kind, str) and isinstance(op_net, str)):
+        raise OpRejected("malformed", "author, kind and net must be strings")
+    if not isinstance(fields["payload"], dict):
+        raise OpRejected("malformed", "payload must be a JSON object")
+    if op_net != net:
+        raise OpRejected("wrong_network", f"op was signed for network {op_net!r}; this is {net!r}")
+    op_id = eip191_hash(body)
+    try:
+        signer = recover_address(op_id, sig)
+    except InvalidSignature as exc:
+        raise OpRejected("bad_signature", str(exc)) from None
+    if signer != author:
+        raise OpRejected(
+            "bad_signature", f"signed by {signer}, but the op says its author is {author!r}"
+        )
+    return Op._from_fields(op_id, body, sig, fields)

@@ -1,0 +1,23 @@
+"""Shared test helpers: seeded keys and op builders (no I/O, no clocks)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from node.identity.keys import NodeKey
+from node.ledger.op import Op, sign_op
+
+NET = "testnet"
+T0_MS = 1_760_000_000_000
+
+
+def seeded_keys(count: int, seed: int = 7) -> list[NodeKey]:
+    rng = random.Random(seed)
+    return [NodeKey(rng.randbytes(32)) for _ in range(count)]
+
+
+def op(
+    key: NodeKey, kind: str, payload: dict[str, Any], wall_ms: int = T0_MS, logical: int = 0
+) -> Op:
+    return sign_op(key, NET, (wall_ms, logical), kind, payload)

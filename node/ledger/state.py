@@ -548,6 +548,8 @@ class State:
         self.owners: dict[str, str] = {}  # entity id -> owner address (derived ids only)
         self.applied: set[bytes] = set()
         self.op_count = 0
+        # The greatest HLC among applied ops: a restarted replica's clock starts past it.
+        self.clock_max: tuple[int, int] = (0, 0)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -573,6 +575,8 @@ class State:
         KINDS[op.kind].apply(self, op, payload)
         self.applied.add(op.id)
         self.op_count += 1
+        if (op.wall_ms, op.logical) > self.clock_max:
+            self.clock_max = (op.wall_ms, op.logical)
         return True
 
     def ingest(self, body: bytes, sig: bytes) -> tuple[Op, bool]:
@@ -608,6 +612,7 @@ class State:
         new = other.applied - self.applied
         self.applied |= new
         self.op_count += len(new)
+        self.clock_max = max(self.clock_max, other.clock_max)
 
     # -- snapshots and hashing -----------------------------------------------------------------
 
@@ -630,6 +635,7 @@ class State:
         """Canonical bytes of the state plus the ids applied (the store compresses them)."""
         data = self.to_json()
         data["applied"] = sorted(i.hex() for i in self.applied)
+        data["clock_max"] = list(self.clock_max)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -646,6 +652,8 @@ class State:
         state.owners = dict(data["owners"])
         state.applied = {bytes.fromhex(i) for i in data["applied"]}
         state.op_count = len(state.applied)
+        wall_ms, logical = data["clock_max"]
+        state.clock_max = (int(wall_ms), int(logical))
         return state
 
     # -- reading -------------------------------------------------------------------------------

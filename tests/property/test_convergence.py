@@ -32,18 +32,41 @@ def _payloads(author_index: int, state: State) -> st.SearchStrategy[tuple[str, d
     user = USERS[author_index]
     name = st.sampled_from(NAMES)
     return st.one_of(
-        st.tuples(st.just("account.create"), st.fixed_dictionaries({"name": st.sampled_from(["x", "y"])})),
-        st.tuples(st.just("account.update"), st.fixed_dictionaries({"name": st.sampled_from(["x", "y", "z"])})),
+        st.tuples(
+            st.just("account.create"), st.fixed_dictionaries({"name": st.sampled_from(["x", "y"])})
+        ),
+        st.tuples(
+            st.just("account.update"),
+            st.fixed_dictionaries({"name": st.sampled_from(["x", "y", "z"])}),
+        ),
         st.tuples(st.just("account.delete"), st.just({})),
-        st.tuples(st.just("instance.create"), st.fixed_dictionaries({"name": name, "formfile": st.sampled_from(["f1", "f2"])})),
-        st.tuples(st.sampled_from(["instance.stop", "instance.start", "instance.delete"]), st.fixed_dictionaries({"name": name})),
-        st.tuples(st.just("agent.register"), st.fixed_dictionaries({"name": name, "description": st.sampled_from(["d1", "d2"])})),
-        st.tuples(st.just("agent.allow"), st.fixed_dictionaries({"name": name, "address": st.sampled_from([u.address for u in USERS])})),
+        st.tuples(
+            st.just("instance.create"),
+            st.fixed_dictionaries({"name": name, "formfile": st.sampled_from(["f1", "f2"])}),
+        ),
+        st.tuples(
+            st.sampled_from(["instance.stop", "instance.start", "instance.delete"]),
+            st.fixed_dictionaries({"name": name}),
+        ),
+        st.tuples(
+            st.just("agent.register"),
+            st.fixed_dictionaries({"name": name, "description": st.sampled_from(["d1", "d2"])}),
+        ),
+        st.tuples(
+            st.just("agent.allow"),
+            st.fixed_dictionaries(
+                {"name": name, "address": st.sampled_from([u.address for u in USERS])}
+            ),
+        ),
         name.flatmap(
             lambda n: st.sampled_from([u.address for u in USERS]).map(
                 lambda addr: (
                     "agent.disallow",
-                    {"name": n, "address": addr, "tags": state.allow_tags("agents", build_id_of(user.address, n), addr)},
+                    {
+                        "name": n,
+                        "address": addr,
+                        "tags": state.allow_tags("agents", build_id_of(user.address, n), addr),
+                    },
                 )
             )
         ),
@@ -58,19 +81,33 @@ class Replicas(RuleBasedStateMachine):
         self.clocks = [HLC() for _ in range(REPLICAS)]
         self.sent: list[Op] = []
 
-    def _sign(self, replica: int, author: Any, kind: str, payload: dict[str, Any], physical: int) -> Op:
+    def _sign(
+        self, replica: int, author: Any, kind: str, payload: dict[str, Any], physical: int
+    ) -> Op:
         made = sign_op(author, NET, self.clocks[replica].now(T0_MS + physical), kind, payload)
         self.states[replica].apply(made)
         self.sent.append(made)
         return made
 
-    @rule(data=st.data(), replica=st.integers(0, REPLICAS - 1), author=st.integers(0, len(USERS) - 1), physical=st.integers(0, 3))
+    @rule(
+        data=st.data(),
+        replica=st.integers(0, REPLICAS - 1),
+        author=st.integers(0, len(USERS) - 1),
+        physical=st.integers(0, 3),
+    )
     def user_writes(self, data: st.DataObject, replica: int, author: int, physical: int) -> None:
         kind, payload = data.draw(_payloads(author, self.states[replica]))
         self._sign(replica, USERS[author], kind, payload, physical)
 
-    @rule(data=st.data(), replica=st.integers(0, REPLICAS - 1), author=st.integers(0, len(USERS) - 1), forged_logical=st.integers(0, 1))
-    def same_key_two_devices(self, data: st.DataObject, replica: int, author: int, forged_logical: int) -> None:
+    @rule(
+        data=st.data(),
+        replica=st.integers(0, REPLICAS - 1),
+        author=st.integers(0, len(USERS) - 1),
+        forged_logical=st.integers(0, 1),
+    )
+    def same_key_two_devices(
+        self, data: st.DataObject, replica: int, author: int, forged_logical: int
+    ) -> None:
         # A second device with the same key, same millisecond and logical counter: only the
         # op id can break this tie.
         kind, payload = data.draw(_payloads(author, self.states[replica]))
@@ -78,12 +115,23 @@ class Replicas(RuleBasedStateMachine):
         self.states[replica].apply(made)
         self.sent.append(made)
 
-    @rule(replica=st.integers(0, REPLICAS - 1), node=st.integers(0, len(NODES) - 1), owner=st.integers(0, len(USERS) - 1), name=st.sampled_from(NAMES), status=st.sampled_from(["Created", "Started", "Stopped"]), claim=st.booleans())
-    def node_reports(self, replica: int, node: int, owner: int, name: str, status: str, claim: bool) -> None:
+    @rule(
+        replica=st.integers(0, REPLICAS - 1),
+        node=st.integers(0, len(NODES) - 1),
+        owner=st.integers(0, len(USERS) - 1),
+        name=st.sampled_from(NAMES),
+        status=st.sampled_from(["Created", "Started", "Stopped"]),
+        claim=st.booleans(),
+    )
+    def node_reports(
+        self, replica: int, node: int, owner: int, name: str, status: str, claim: bool
+    ) -> None:
         iid = instance_id_of(USERS[owner].address, name)
         if claim:
             self._sign(replica, NODES[node], "instance.claim", {"instance_id": iid}, 2)
-        self._sign(replica, NODES[node], "instance.status", {"instance_id": iid, "status": status}, 2)
+        self._sign(
+            replica, NODES[node], "instance.status", {"instance_id": iid, "status": status}, 2
+        )
 
     @precondition(lambda self: self.sent)
     @rule(data=st.data())

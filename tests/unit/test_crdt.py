@@ -3,12 +3,18 @@ import itertools
 from node.ledger.crdt import LWWMap, LWWRegister, ORSet, PNCounter
 
 
-def s(wall: int, author: str = "0xa", logical: int = 0, op: bytes = b"\x00") -> tuple[int, int, str, bytes]:
+def s(
+    wall: int, author: str = "0xa", logical: int = 0, op: bytes = b"\x00"
+) -> tuple[int, int, str, bytes]:
     return (wall, logical, author, op)
 
 
 def test_lww_register_later_stamp_wins_in_any_order() -> None:
-    writes = [LWWRegister().set("x", s(1)), LWWRegister().set("y", s(2)), LWWRegister().set("z", s(2, "0xb"))]
+    writes = [
+        LWWRegister().set("x", s(1)),
+        LWWRegister().set("y", s(2)),
+        LWWRegister().set("z", s(2, "0xb")),
+    ]
     for order in itertools.permutations(writes):
         reg = LWWRegister()
         for delta in order:

@@ -54,14 +54,38 @@ def test_an_op_for_another_network_is_refused() -> None:
     [
         (b"not json", "malformed"),
         (b"[1,2]", "malformed"),
-        (b'{"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":1,"x":1}', "malformed"),
-        (b'{"author":"0x00","hlc":[1.5,0],"kind":"k","net":"testnet","payload":{},"v":1}', "malformed"),
-        (b'{"author":"0x00","hlc":[-1,0],"kind":"k","net":"testnet","payload":{},"v":1}', "malformed"),
-        (b'{"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":[],"v":1}', "malformed"),
-        (b'{"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":2}', "unsupported_version"),
-        (b'{"v":1,"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{}}', "not_canonical"),
-        (b'{"author":"0x00", "hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":1}', "not_canonical"),
-        (b'{"author":"0x00","author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":1}', "not_canonical"),
+        (
+            b'{"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":1,"x":1}',
+            "malformed",
+        ),
+        (
+            b'{"author":"0x00","hlc":[1.5,0],"kind":"k","net":"testnet","payload":{},"v":1}',
+            "malformed",
+        ),
+        (
+            b'{"author":"0x00","hlc":[-1,0],"kind":"k","net":"testnet","payload":{},"v":1}',
+            "malformed",
+        ),
+        (
+            b'{"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":[],"v":1}',
+            "malformed",
+        ),
+        (
+            b'{"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":2}',
+            "unsupported_version",
+        ),
+        (
+            b'{"v":1,"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{}}',
+            "not_canonical",
+        ),
+        (
+            b'{"author":"0x00", "hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":1}',
+            "not_canonical",
+        ),
+        (
+            b'{"author":"0x00","author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":1}',
+            "not_canonical",
+        ),
         (b"[" * 100_000, "malformed"),
     ],
 )

@@ -85,7 +85,9 @@ def test_only_a_nodes_key_reports_its_capacity() -> None:
     ingest(state, op(NODE_A, "node.capacity", {"capacity": capacity}, wall_ms=T0_MS + 5))
     node = state.node(NODE_A.address)
     assert node is not None and node["capacity"] == capacity and node["last_heartbeat"] == T0_MS + 5
-    err = rejected(state, op(NODE_B, "node.capacity", {"node_id": NODE_A.address, "capacity": capacity}))
+    err = rejected(
+        state, op(NODE_B, "node.capacity", {"node_id": NODE_A.address, "capacity": capacity})
+    )
     assert err.code == "unauthorized" and "own key" in str(err)
 
 
@@ -97,17 +99,33 @@ def test_instance_status_is_what_the_claiming_host_reports() -> None:
     later_claim = op(NODE_B, "instance.claim", {"instance_id": iid}, wall_ms=T0_MS + 20)
     early_claim = op(NODE_A, "instance.claim", {"instance_id": iid}, wall_ms=T0_MS + 10)
     reports = [
-        op(NODE_A, "instance.status", {"instance_id": iid, "status": "Started", "formnet_ip": "10.42.0.7"}, wall_ms=T0_MS + 30),
-        op(NODE_B, "instance.status", {"instance_id": iid, "status": "CriticalError"}, wall_ms=T0_MS + 40),
+        op(
+            NODE_A,
+            "instance.status",
+            {"instance_id": iid, "status": "Started", "formnet_ip": "10.42.0.7"},
+            wall_ms=T0_MS + 30,
+        ),
+        op(
+            NODE_B,
+            "instance.status",
+            {"instance_id": iid, "status": "CriticalError"},
+            wall_ms=T0_MS + 40,
+        ),
     ]
     ingest(state, later_claim, *reports, early_claim)
     instance = state.instance(iid)
     assert instance is not None
-    assert (instance["node_id"], instance["status"], instance["formnet_ip"]) == (NODE_A.address, "Started", "10.42.0.7")
+    assert (instance["node_id"], instance["status"], instance["formnet_ip"]) == (
+        NODE_A.address,
+        "Started",
+        "10.42.0.7",
+    )
 
 
 def test_bad_status_values_name_the_field_and_the_allowed_values() -> None:
-    err = rejected(State(NET), op(NODE_A, "instance.status", {"instance_id": "ab" * 20, "status": "Running"}))
+    err = rejected(
+        State(NET), op(NODE_A, "instance.status", {"instance_id": "ab" * 20, "status": "Running"})
+    )
     assert err.code == "invalid_payload"
     assert "field 'status' must be one of Building, Built, Created" in str(err)
 
@@ -125,7 +143,16 @@ def test_agent_listing_with_private_access_and_allow_list() -> None:
     state = State(NET)
     ingest(
         state,
-        op(ALICE, "agent.register", {"name": "summarizer", "description": "tl;dr", "access": "private", "pricing": {"cost_per_call": 3}}),
+        op(
+            ALICE,
+            "agent.register",
+            {
+                "name": "summarizer",
+                "description": "tl;dr",
+                "access": "private",
+                "pricing": {"cost_per_call": 3},
+            },
+        ),
         op(ALICE, "agent.allow", {"name": "summarizer", "address": BOB.address}, wall_ms=T0_MS + 1),
     )
     agent_id = build_id_of(ALICE.address, "summarizer")
@@ -134,9 +161,20 @@ def test_agent_listing_with_private_access_and_allow_list() -> None:
     assert agent["owner_id"] == ALICE.address and agent["access"] == "private"
     assert agent["allow_list"] == [BOB.address] and agent["pricing"] == {"cost_per_call": 3}
     tags = state.allow_tags("agents", agent_id, BOB.address)
-    ingest(state, op(ALICE, "agent.disallow", {"name": "summarizer", "address": BOB.address, "tags": tags}, wall_ms=T0_MS + 2))
+    ingest(
+        state,
+        op(
+            ALICE,
+            "agent.disallow",
+            {"name": "summarizer", "address": BOB.address, "tags": tags},
+            wall_ms=T0_MS + 2,
+        ),
+    )
     assert state.agent(agent_id)["allow_list"] == []  # type: ignore[index]
-    err = rejected(state, op(BOB, "agent.update", {"id": agent_id, "name": "summarizer", "description": "mine"}))
+    err = rejected(
+        state,
+        op(BOB, "agent.update", {"id": agent_id, "name": "summarizer", "description": "mine"}),
+    )
     assert err.code == "unauthorized"
 
 

@@ -1,0 +1,154 @@
+"""``formation-node``: the operator's command line.
+
+Each subcommand is a function ``cmd_<name>(args) -> int`` (the exit status); ``main`` parses
+and dispatches. Errors that an operator can fix are printed as one line starting with
+``error:`` and exit with status 2; nothing prints a traceback for a wrong password, a missing
+file or a store that is not ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from node import __version__
+from node.config import DEFAULT_NETWORK, default_data_dir, load_or_create_node_key
+from node.identity.keys import NodeKey, checksum_address
+from node.identity.keystore import KeystoreError, read_password, write_keystore
+from node.replica import Replica
+from node.store import StoreError
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A problem the operator can fix; printed as ``error: ...``, exit status 2."""
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if out.exists():
+        raise UsageError(f"{out} already exists; choose another --out or move it away")
+    if not out.parent.is_dir():
+        raise UsageError(f"directory {out.parent} does not exist; create it first")
+    password = read_password(args.password_file, confirm=True)
+    key = NodeKey.generate()
+    write_keystore(out, key, password)
+    # The address only: the secret never reaches the terminal.
+    print(checksum_address(key.address))
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    key, created = load_or_create_node_key(data_dir, args.password_file)
+    replica = await trio.to_thread.run_sync(Replica.open, data_dir, args.network)
+    try:
+        # Handlers go in before "running" is printed: a supervisor that signals as soon as it
+        # reads that line must get a clean stop, not the default kill.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            print(f"formation-node {__version__}")
+            print(f"  address   {checksum_address(key.address)}{'  (new key)' if created else ''}")
+            print(f"  data dir  {data_dir}")
+            print(f"  network   {args.network}")
+            print(
+                f"  state     {replica.state.op_count} ops, digest {replica.state.state_hash()[:16]}"
+            )
+            print("running; press Ctrl-C to stop", flush=True)
+            async for signum in signals:
+                print(f"\n{signal.Signals(signum).name} received; stopping", flush=True)
+                break
+    finally:
+        await trio.to_thread.run_sync(replica.close)
+    print("stopped cleanly", flush=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return trio.run(_run, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="formation-node",
+        description=(
+            "A peer-to-peer fog node for Formation: it keeps the marketplace's replicated "
+            "state (accounts, nodes, instances, agents, models) as signed operations in a "
+            "local SQLite log and shares them with its peers."
+        ),
+        epilog="Run 'formation-node COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"formation-node {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        metavar="D",
+        help="where the node keeps its key and state (default: %(default)s; "
+        "env FORMATION_NODE_DATA_DIR)",
+    )
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="create a key file (Ethereum keystore v3) and print its address",
+        description=(
+            "Create a new secp256k1 key and write it, password-protected, as an Ethereum "
+            "keystore v3 file that geth, eth-account or ethers can also open. Prints the "
+            "address, never the secret."
+        ),
+    )
+    keygen.add_argument("--out", type=Path, required=True, metavar="FILE", help="file to write")
+    keygen.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="PWFILE",
+        help="read the password from this file (default: prompt twice)",
+    )
+    keygen.set_defaults(func=cmd_keygen)
+
+    run = commands.add_parser(
+        "run",
+        parents=[data_dir],
+        help="run the node until Ctrl-C or SIGTERM",
+        description=(
+            "Open (or create) the node's data directory, rebuild its state from the op log "
+            "and serve until interrupted. With no configuration the node uses the 'local' "
+            "network and dials nobody."
+        ),
+    )
+    run.add_argument("--network", default=DEFAULT_NETWORK, help="network id (default: %(default)s)")
+    run.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="PWFILE",
+        help="password of the node key (default: the generated one in the data dir, or prompt)",
+    )
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.monotonic()
+    try:
+        status: int = args.func(args)
+    except (UsageError, KeystoreError, StoreError, FileExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.monotonic() - started:.1f} s", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

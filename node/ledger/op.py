@@ -35,6 +35,7 @@ our own store are rebuilt with ``Op.trusted`` and skip it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -108,6 +109,32 @@ def canonical_json(value: Any) -> bytes:
     """Canonical bytes of a JSON value (sorted keys, no spaces, UTF-8, integers only)."""
     _check_json(value, 0)
     return _dumps(value)
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(rb"[\[\]{}]")
+# Honest bodies open a few dozen containers; only past this do we pay for an exact depth scan.
+_CONTAINERS_CHEAP_MAX: Final = 64
+
+
+def _nesting_too_deep(body: bytes) -> bool:
+    """True if ``body`` nests JSON containers deeper than ``_DEPTH_MAX``.
+
+    CPython's C JSON parser recurses once per level and a deep enough document crashes the
+    interpreter (a segfault, not an exception) before any limit of ours applies, so a hostile
+    peer could kill a node with ``[[[[...``. This scan runs before parsing.
+    """
+    if body.count(b"[") + body.count(b"{") <= _CONTAINERS_CHEAP_MAX:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRING.sub(b"", body)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > _DEPTH_MAX + 1:  # +1: the envelope object itself
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def _reject_float(text: str) -> Any:
@@ -196,6 +223,8 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
         )
     if len(sig) != SIGNATURE_BYTES:
         raise OpRejected("bad_signature", f"a signature is 65 bytes, got {len(sig)}")
+    if _nesting_too_deep(body):
+        raise OpRejected("malformed", f"op body nests deeper than {_DEPTH_MAX} levels")
     try:
         # No per-value Python walk here (it would cost as much as the JSON parse): floats are
         # caught by the hook, duplicate keys and any other non-canonical spelling by the

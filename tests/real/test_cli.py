@@ -44,7 +44,8 @@ def test_keygen_writes_a_keystore_other_wallets_open_and_prints_only_the_address
         env=_env(tmp_path),
         timeout=60,
     )
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
 
 
 def _start(tmp_path: Path, data_dir: Path) -> subprocess.Popen[str]:
@@ -78,7 +79,8 @@ def test_run_starts_on_defaults_and_stops_cleanly(tmp_path: Path, signum: int) -
     assert str(data_dir) in "".join(lines)
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "stopped cleanly" in out
+    assert proc.returncode == 0
+    assert "stopped cleanly" in out
     # Same key and store on the next start.
     proc = _start(tmp_path, data_dir)
     assert any(address in line for line in _wait_running(proc))
@@ -102,7 +104,11 @@ def test_run_refuses_a_store_that_is_not_ours_without_touching_it(tmp_path: Path
     assert done.returncode == 2
     assert (
         done.stderr.startswith("error:")
-        and "state.db" in done.stderr
-        and "Traceback" not in done.stderr
+    )
+    assert (
+        "state.db" in done.stderr
+    )
+    assert (
+        "Traceback" not in done.stderr
     )
     assert (data_dir / "state.db").read_bytes() == garbage

@@ -29,16 +29,19 @@ def test_lww_register_tie_on_clock_and_author_is_broken_by_op_id() -> None:
     left, right = LWWRegister(), LWWRegister()
     left.merge(a), left.merge(b)
     right.merge(b), right.merge(a)
-    assert left == right and left.value == "b"
+    assert left == right
+    assert left.value == "b"
 
 
 def test_lww_map_removal_is_not_undone_by_an_older_write() -> None:
     m = LWWMap()
     m.merge(m.remove("k", s(10)))
     assert not m.merge(m.set("k", 1, s(9)))
-    assert "k" not in m and m.get("k", "gone") == "gone"
+    assert "k" not in m
+    assert m.get("k", "gone") == "gone"
     m.merge(m.set("k", 2, s(11)))
-    assert m.get("k") == 2 and m.to_dict() == {"k": 2}
+    assert m.get("k") == 2
+    assert m.to_dict() == {"k": 2}
 
 
 def test_lww_map_json_round_trip() -> None:
@@ -57,7 +60,8 @@ def test_orset_add_wins_over_a_concurrent_remove() -> None:
     for replica in (a, b):
         replica.merge(removal)
     a.merge(b), b.merge(a)
-    assert "alice" in a and a == b
+    assert "alice" in a
+    assert a == b
     assert a.observed_tags("alice") == {b"t2"}
 
 
@@ -66,7 +70,8 @@ def test_orset_remove_of_everything_observed_removes() -> None:
     x.merge(x.add("e", b"1"))
     x.merge(x.add("e", b"2"))
     x.merge(x.remove("e"))
-    assert "e" not in x and x.value() == set()
+    assert "e" not in x
+    assert x.value() == set()
     assert ORSet.from_json(x.to_json()) == x
 
 

@@ -31,7 +31,8 @@ def test_submit_stores_then_applies_and_reports_each_op(tmp_path: Path) -> None:
     assert [o.id for o in result.duplicates] == [good.id]
     assert [(i, e.code) for i, e in result.rejected] == [(1, "unauthorized"), (2, "malformed")]
     assert [o.id for o, _ in result.deferred] == [early.id]
-    assert replica.store.op_count() == 1 and replica.store.has(good.id)
+    assert replica.store.op_count() == 1
+    assert replica.store.has(good.id)
     # The deferred op is accepted once it is no longer from the future.
     later = replica.submit([(early.body, early.sig)], now_ms=T0_MS + 10 * 60_000)
     assert [o.id for o in later.accepted] == [early.id]
@@ -65,7 +66,8 @@ def test_write_refuses_an_invalid_op_and_stores_nothing(tmp_path: Path) -> None:
     with pytest.raises(OpRejected) as info:
         replica.write(ALICE, "account.create", {"is_global_admin": True}, T0_MS)
     assert info.value.code == "invalid_payload"
-    assert replica.store.op_count() == 0 and replica.state.op_count == 0
+    assert replica.store.op_count() == 0
+    assert replica.state.op_count == 0
     replica.close()
 
 

@@ -30,7 +30,8 @@ def test_an_account_is_created_by_its_own_key() -> None:
     ingest(state, op(ALICE, "account.create", {"name": "alice"}))
     account = state.account(ALICE.address)
     assert account is not None
-    assert account["address"] == ALICE.address and account["name"] == "alice"
+    assert account["address"] == ALICE.address
+    assert account["name"] == "alice"
     assert account["created_at"] == T0_MS
     assert state.account(BOB.address) is None
 
@@ -39,7 +40,8 @@ def test_nobody_changes_another_account() -> None:
     state = State(NET)
     ingest(state, op(ALICE, "account.create", {"name": "alice"}))
     err = rejected(state, op(BOB, "account.update", {"address": ALICE.address, "name": "pwned"}))
-    assert err.code == "unauthorized" and "only the key of account" in str(err)
+    assert err.code == "unauthorized"
+    assert "only the key of account" in str(err)
     err = rejected(state, op(BOB, "account.delete", {"address": ALICE.address}))
     assert err.code == "unauthorized"
 
@@ -51,7 +53,8 @@ def test_nobody_changes_another_account() -> None:
 def test_nobody_makes_themselves_admin_or_mints_credits(payload: dict[str, object]) -> None:
     state = State(NET)
     err = rejected(state, op(ALICE, "account.create", payload))
-    assert err.code == "invalid_payload" and "is not a known field" in str(err)
+    assert err.code == "invalid_payload"
+    assert "is not a known field" in str(err)
 
 
 def test_only_an_instances_owner_stops_or_deletes_it() -> None:
@@ -60,15 +63,18 @@ def test_only_an_instances_owner_stops_or_deletes_it() -> None:
     iid = instance_id_of(ALICE.address, "web")
     for kind in ("instance.stop", "instance.delete", "instance.update"):
         err = rejected(state, op(BOB, kind, {"id": iid, "name": "web"}))
-        assert err.code == "unauthorized" and "only its owner" in str(err)
+        assert err.code == "unauthorized"
+        assert "only its owner" in str(err)
     # Bob naming "web" without an id reaches only his own (nonexistent) instance.
     ingest(state, op(BOB, "instance.delete", {"name": "web"}))
     instance = state.instance(iid)
-    assert instance is not None and instance["desired_state"] == "running"
+    assert instance is not None
+    assert instance["desired_state"] == "running"
     ingest(state, op(ALICE, "instance.stop", {"id": iid, "name": "web"}, wall_ms=T0_MS + 1))
     assert state.instance(iid)["desired_state"] == "stopped"  # type: ignore[index]
     ingest(state, op(ALICE, "instance.delete", {"name": "web"}, wall_ms=T0_MS + 2))
-    assert state.instance(iid) is None and state.instances() == []
+    assert state.instance(iid) is None
+    assert state.instances() == []
 
 
 def test_only_a_nodes_key_reports_its_capacity() -> None:
@@ -84,11 +90,14 @@ def test_only_a_nodes_key_reports_its_capacity() -> None:
     ingest(state, op(NODE_A, "node.announce", {"host_region": "eu"}))
     ingest(state, op(NODE_A, "node.capacity", {"capacity": capacity}, wall_ms=T0_MS + 5))
     node = state.node(NODE_A.address)
-    assert node is not None and node["capacity"] == capacity and node["last_heartbeat"] == T0_MS + 5
+    assert node is not None
+    assert node["capacity"] == capacity
+    assert node["last_heartbeat"] == T0_MS + 5
     err = rejected(
         state, op(NODE_B, "node.capacity", {"node_id": NODE_A.address, "capacity": capacity})
     )
-    assert err.code == "unauthorized" and "own key" in str(err)
+    assert err.code == "unauthorized"
+    assert "own key" in str(err)
 
 
 def test_instance_status_is_what_the_claiming_host_reports() -> None:
@@ -134,7 +143,8 @@ def test_unknown_kinds_and_bad_names_are_refused() -> None:
     err = rejected(State(NET), op(ALICE, "account.mint", {"amount": 5}))
     assert err.code == "unknown_kind"
     err = rejected(State(NET), op(ALICE, "instance.create", {"name": "-bad name", "formfile": ""}))
-    assert err.code == "invalid_payload" and "'name'" in str(err)
+    assert err.code == "invalid_payload"
+    assert "'name'" in str(err)
     err = rejected(State(NET), op(ALICE, "instance.create", {"name": "ok"}))
     assert "'formfile' is required" in str(err)
 
@@ -158,8 +168,10 @@ def test_agent_listing_with_private_access_and_allow_list() -> None:
     agent_id = build_id_of(ALICE.address, "summarizer")
     agent = state.agent(agent_id)
     assert agent is not None
-    assert agent["owner_id"] == ALICE.address and agent["access"] == "private"
-    assert agent["allow_list"] == [BOB.address] and agent["pricing"] == {"cost_per_call": 3}
+    assert agent["owner_id"] == ALICE.address
+    assert agent["access"] == "private"
+    assert agent["allow_list"] == [BOB.address]
+    assert agent["pricing"] == {"cost_per_call": 3}
     tags = state.allow_tags("agents", agent_id, BOB.address)
     ingest(
         state,
@@ -196,7 +208,8 @@ def test_duplicates_are_no_ops_and_order_does_not_matter() -> None:
         hashes.add(state.state_hash())
     assert len(hashes) == 1
     instance = state.instance(instance_id_of(ALICE.address, "w"))
-    assert instance is not None and instance["formfile"] == "g"
+    assert instance is not None
+    assert instance["formfile"] == "g"
 
 
 def test_snapshot_round_trip_and_state_merge() -> None:
@@ -204,10 +217,12 @@ def test_snapshot_round_trip_and_state_merge() -> None:
     a.apply(op(ALICE, "account.create", {"name": "alice"}))
     b.apply(op(BOB, "model.register", {"name": "llm", "parameters": 7_000_000_000}))
     restored = State.from_snapshot(a.snapshot())
-    assert restored.state_hash() == a.state_hash() and restored.applied == a.applied
+    assert restored.state_hash() == a.state_hash()
+    assert restored.applied == a.applied
     a.merge(b)
     b.merge(restored)
-    assert a.state_hash() == b.state_hash() and a.op_count == b.op_count == 2
+    assert a.state_hash() == b.state_hash()
+    assert a.op_count == b.op_count == 2
     assert [m["model_id"] for m in a.models()] == [build_id_of(BOB.address, "llm")]
 
 

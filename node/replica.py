@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from node.identity.keys import NodeKey
+from node.ledger.digest import OpDigest
 from node.ledger.hlc import HLC, ClockDriftError
 from node.ledger.op import Op, OpRejected, decode_op, sign_op
 from node.ledger.state import State
@@ -76,6 +77,18 @@ class Replica:
 
     def close(self) -> None:
         self.store.close()
+
+    # -- the gossip core's view (node.gossip.api.OpLog) -----------------------------------------
+
+    @property
+    def digest(self) -> OpDigest:
+        return self.state.digest
+
+    def has(self, op_id: bytes) -> bool:
+        return op_id in self.state.applied
+
+    def get_wire(self, ids: Iterable[bytes]) -> list[tuple[bytes, bytes]]:
+        return [(op.body, op.sig) for op in self.store.get(ids)]
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from typing import Any, Final
 
 from node.identity.keys import keccak256
 from node.ledger.crdt import LWWMap, ORSet, stamp_from_json, stamp_to_json
+from node.ledger.digest import OpDigest
 from node.ledger.op import Op, OpRejected, Stamp, canonical_json, decode_op
 from node.ledger.schema import (
     Addr,
@@ -546,7 +547,9 @@ class State:
         self.network = network
         self.tables: dict[str, dict[str, Record]] = {t: {} for t in _TABLES}
         self.owners: dict[str, str] = {}  # entity id -> owner address (derived ids only)
-        self.applied: set[bytes] = set()
+        # id -> wall_ms of every op applied, and the digest gossip compares (node.ledger.digest).
+        self.applied: dict[bytes, int] = {}
+        self.digest = OpDigest()
         self.op_count = 0
         # The greatest HLC among applied ops: a restarted replica's clock starts past it.
         self.clock_max: tuple[int, int] = (0, 0)
@@ -573,7 +576,8 @@ class State:
         if payload is None:
             payload = self.check_op(op)
         KINDS[op.kind].apply(self, op, payload)
-        self.applied.add(op.id)
+        self.applied[op.id] = op.wall_ms
+        self.digest.add(op.id, op.wall_ms)
         self.op_count += 1
         if (op.wall_ms, op.logical) > self.clock_max:
             self.clock_max = (op.wall_ms, op.logical)
@@ -609,9 +613,11 @@ class State:
                     mine = ours[key] = Record()
                 mine.merge(record)
         self.owners.update(other.owners)
-        new = other.applied - self.applied
-        self.applied |= new
-        self.op_count += len(new)
+        for op_id in other.applied.keys() - self.applied.keys():
+            wall_ms = other.applied[op_id]
+            self.applied[op_id] = wall_ms
+            self.digest.add(op_id, wall_ms)
+            self.op_count += 1
         self.clock_max = max(self.clock_max, other.clock_max)
 
     # -- snapshots and hashing -----------------------------------------------------------------
@@ -634,7 +640,7 @@ class State:
     def snapshot(self) -> bytes:
         """Canonical bytes of the state plus the ids applied (the store compresses them)."""
         data = self.to_json()
-        data["applied"] = sorted(i.hex() for i in self.applied)
+        data["applied"] = sorted([i.hex(), w] for i, w in self.applied.items())
         data["clock_max"] = list(self.clock_max)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
@@ -650,7 +656,8 @@ class State:
         for table, records in data["tables"].items():
             state.tables[table] = {k: Record.from_json(r) for k, r in records.items()}
         state.owners = dict(data["owners"])
-        state.applied = {bytes.fromhex(i) for i in data["applied"]}
+        state.applied = {bytes.fromhex(i): int(w) for i, w in data["applied"]}
+        state.digest = OpDigest.from_items(state.applied.items())
         state.op_count = len(state.applied)
         wall_ms, logical = data["clock_max"]
         state.clock_max = (int(wall_ms), int(logical))

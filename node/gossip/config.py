@@ -1,0 +1,97 @@
+"""Gossip configuration, with named presets (memberlist style): every default says why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["GossipConfig"]
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    # -- membership (SWIM + Lifeguard) --
+    # One probe per interval per node: failure detection in a few seconds at ~2 messages/s.
+    probe_interval_s: float = 1.0
+    # A direct probe's ack is awaited this long before indirect probes go out; > 2 x the
+    # worst expected RTT.
+    probe_timeout_s: float = 0.5
+    # Relays asked to probe a silent member: 3 tolerates a couple of bad paths (SWIM paper).
+    indirect_probes: int = 3
+    # Suspicion lasts suspicion_mult x log10(N) x probe_interval (memberlist's formula) and
+    # shrinks towards that from suspicion_max_mult x ... as independent confirmations arrive.
+    suspicion_mult: float = 4.0
+    suspicion_max_mult: float = 6.0
+    # Lifeguard local health: a node that misses acks slows its own probing up to this factor,
+    # so a CPU-starved node stops accusing healthy ones.
+    awareness_max: int = 8
+    # A membership update is piggybacked retransmit_mult x log10(N+1) times (at least 3).
+    retransmit_mult: int = 4
+    updates_per_packet_max: int = 16
+    # Bound on the member table; joins past it are ignored (logged by the driver).
+    members_max: int = 10_000
+    # Dead members are forgotten after this long (a rejoin with a higher incarnation is fine).
+    dead_forget_s: float = 60.0
+    # How many members a seed returns to a joining node (peer exchange).
+    welcome_members_max: int = 64
+
+    # -- dissemination (Plumtree) --
+    # Ops for a peer are batched and flushed at most this often: the main lever on messages
+    # per op; a 25 ms flush adds 12.5 ms per hop on average.
+    flush_interval_s: float = 0.025
+    # Eager (tree) neighbours a node keeps; duplicates prune the surplus down to a tree.
+    eager_peers: int = 4
+    # Lazy neighbours told about new ops with IHAVE (tree repair); 0 disables IHAVE.
+    lazy_peers: int = 4
+    # IHAVE announcements to lazy peers are batched this long: they only repair, so they can
+    # wait longer than eager pushes and cost fewer messages.
+    ihave_interval_s: float = 0.2
+    # A missing op announced by IHAVE is grafted if it has not arrived by then.
+    ihave_timeout_s: float = 0.25
+    # Bounds per packet: a hostile or slow peer never makes us build an unbounded frame.
+    ops_per_packet_max: int = 512
+    ids_per_packet_max: int = 4096
+    packet_bytes_max: int = 4 * 1024 * 1024
+    # Ids remembered as recently seen/announced, to bound the lazy-push bookkeeping.
+    recent_ids_max: int = 100_000
+
+    # -- anti-entropy --
+    # Every node reconciles its op set with one random peer this often: it repairs whatever
+    # push and IHAVE missed (loss, partitions, restarts).
+    sync_interval_s: float = 1.0
+    # A reconciliation gives up after this many flights or this long.
+    sync_flights_max: int = 24
+    sync_timeout_s: float = 5.0
+    # Each node tries to reach one member it believes dead this often: a healed partition is
+    # noticed (the "dead" side refutes) without waiting for anyone to rejoin by hand.
+    reconnect_interval_s: float = 2.0
+    # Ops sent per anti-entropy reply packet (large catch-ups arrive over several rounds).
+    sync_ops_per_reply_max: int = 2048
+
+    @classmethod
+    def lan(cls) -> GossipConfig:
+        return cls()
+
+    @classmethod
+    def wan(cls) -> GossipConfig:
+        """Internet-wide fog: slower probes, longer timeouts (memberlist's WAN preset)."""
+        return replace(
+            cls(),
+            probe_interval_s=2.0,
+            probe_timeout_s=1.5,
+            suspicion_mult=6.0,
+            flush_interval_s=0.05,
+            ihave_timeout_s=0.6,
+            sync_interval_s=2.0,
+        )
+
+    @classmethod
+    def local(cls) -> GossipConfig:
+        """Processes on one host (tests, `formation-sim real`): everything faster."""
+        return replace(
+            cls(),
+            probe_interval_s=0.5,
+            probe_timeout_s=0.2,
+            flush_interval_s=0.01,
+            ihave_timeout_s=0.1,
+            sync_interval_s=0.5,
+        )

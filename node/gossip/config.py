@@ -17,8 +17,9 @@ class GossipConfig:
     probe_timeout_s: float = 0.5
     # Relays asked to probe a silent member: 3 tolerates a couple of bad paths (SWIM paper).
     indirect_probes: int = 3
-    # Suspicion lasts suspicion_mult x log10(N) x probe_interval (memberlist's formula) and
-    # shrinks towards that from suspicion_max_mult x ... as independent confirmations arrive.
+    # Suspicion lasts between suspicion_mult x max(1, log10 N) x probe_interval (the minimum,
+    # reached with enough independent confirmations) and suspicion_max_mult times that minimum
+    # (memberlist's formula and defaults: 24 s at N=10 before a lone suspicion becomes death).
     suspicion_mult: float = 4.0
     suspicion_max_mult: float = 6.0
     # Lifeguard local health: a node that misses acks slows its own probing up to this factor,

@@ -1,0 +1,557 @@
+"""The gossip engine: membership, epidemic broadcast of ops, and anti-entropy. Pure.
+
+Theory of operation
+-------------------
+Three mechanisms, each covering what the one before it misses:
+
+1. **Plumtree push** (Leitão, Pereira & Rodrigues, 2007). Every node keeps a few *eager*
+   neighbours and a few *lazy* ones, picked from the alive members. A new op is pushed in full
+   to the eager neighbours; a node receiving an op it already holds over an eager link answers
+   ``Prune``, and both ends demote that link to lazy. The eager links thus shrink to a spanning
+   tree: each op crosses each tree edge once, about N-1 payload copies per op.
+2. **Lazy repair.** Every op a node accepts is announced by id (``IHave``) to its lazy
+   neighbours, in batches every ``ihave_interval_s``. A node that hears of an op and does not
+   receive it within ``ihave_timeout_s`` sends ``Graft``: the announcer sends the op and the
+   link becomes eager again. A lost message or a dead tree node is repaired in about one
+   timeout, and the tree heals itself.
+3. **Anti-entropy.** Every ``sync_interval_s`` a node reconciles its whole op set with one
+   random alive member (``node.ledger.digest``: cost proportional to the difference). Whatever
+   push and repair missed (long partitions, restarts, a lost graft) arrives this way; the ops
+   it brings are forwarded on the tree like any other new op, but flagged ``eager=False`` so a
+   duplicate does not prune a link that was fine.
+
+Membership (SWIM + Lifeguard) lives in ``node.gossip.membership``; its updates ride on every
+packet. A member declared dead leaves the neighbour sets at once; every
+``reconnect_interval_s`` a node probes one member it believes dead, so after a partition heals
+the two sides find each other again (the "dead" side refutes) and anti-entropy merges them.
+
+Batching: ops and announcements for a peer wait in its outbox and leave together, at most
+``flush_interval_s`` after the first was queued; membership messages go at once and take the
+outbox with them. Everything is bounded: outboxes, the missing-op table, the recently-seen
+table, ops and ids per packet.
+
+Ops are not verified here: ``Deliver`` hands new ones to the driver, which verifies, stores and
+applies them and then calls ``on_ops_accepted`` with the valid ones. Only accepted ops are
+forwarded or announced, so an invalid op dies at its first honest hop.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.gossip.api import OpLog
+from node.gossip.config import GossipConfig
+from node.gossip.membership import Membership
+from node.gossip.messages import (
+    Ack,
+    Deliver,
+    Effect,
+    Gossip,
+    Graft,
+    IHave,
+    IWant,
+    Join,
+    MemberState,
+    Message,
+    Nack,
+    Packet,
+    Ping,
+    PingReq,
+    Prune,
+    Send,
+    Sync,
+    Welcome,
+    WireOp,
+)
+from node.identity.keys import eip191_hash
+from node.ledger import digest as dg
+from node.ledger.op import Op
+
+__all__ = ["GossipCore", "GossipStats"]
+
+_MEMBERSHIP_MESSAGES = (Ping, Ack, PingReq, Nack, Join, Welcome)
+# Ids handed to the driver but not yet reported accepted are forgotten after this long (a
+# rejected op is never reported; forgetting lets a later valid copy through).
+_PENDING_TTL_S = 30.0
+
+
+@dataclass
+class GossipStats:
+    """Counters for metrics, tests and the simulator (monotonic since start)."""
+
+    packets_sent: int = 0
+    messages_sent: dict[str, int] = field(default_factory=dict)
+    ops_pushed: int = 0  # op copies sent in Gossip messages (eager or not)
+    ops_received: int = 0
+    duplicates_received: int = 0
+    prunes_sent: int = 0
+    grafts_sent: int = 0
+    syncs_started: int = 0
+    outbox_dropped: int = 0
+
+
+@dataclass
+class _Outbox:
+    ops: list[WireOp] = field(default_factory=list)
+    eager: bool = True  # False once any non-eager op is queued: the batch must not prune
+    ihave: list[bytes] = field(default_factory=list)
+    other: list[Message] = field(default_factory=list)
+    flush_at: float | None = None
+    ihave_at: float | None = None
+
+
+@dataclass
+class _SyncSession:
+    peer: str
+    started: float
+    flights: int = 0
+
+
+def _id_count(msg: Message) -> int:
+    return len(msg.ids) if isinstance(msg, Graft | IWant | IHave) else 0
+
+
+class GossipCore:
+    """One node's gossip engine. See the module docstring and ``node.gossip.api``."""
+
+    def __init__(
+        self,
+        node_id: str,
+        addr: str,
+        config: GossipConfig,
+        rng: random.Random,
+        log: OpLog,
+        *,
+        incarnation: int = 0,
+    ) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.rng = rng
+        self.log = log
+        self.membership = Membership(node_id, addr, config, rng, incarnation)
+        self.stats = GossipStats()
+        self.eager: set[str] = set()
+        self.lazy: set[str] = set()
+        self._outboxes: dict[str, _Outbox] = {}
+        # id -> (first announced at, announcers in order): ops heard of but not received.
+        self._missing: OrderedDict[bytes, tuple[float, list[str]]] = OrderedDict()
+        # id -> (handed to the driver at, sender, arrived eagerly)
+        self._pending: OrderedDict[bytes, tuple[float, str, bool]] = OrderedDict()
+        self._sessions: dict[int, _SyncSession] = {}
+        self._session_seq = rng.randrange(1 << 32)
+        self._next_sync = 0.0
+        self._next_reconnect = 0.0
+        self._reconcile = dg.ReconcileConfig()
+        self._started = False
+        self._left = False
+
+    # -- driver API ----------------------------------------------------------------------------
+
+    def start(self, now: float, seeds: Sequence[str] = ()) -> list[Effect]:
+        self._started = True
+        # Spread the periodic work of many nodes started at once over one period.
+        self._next_sync = now + self.rng.uniform(0.5, 1.0) * self.config.sync_interval_s
+        self._next_reconnect = now + self.config.reconnect_interval_s
+        effects: list[Effect] = []
+        for to, msg in self.membership.join(now, [s for s in seeds if s != self.node_id]):
+            self._send_now(now, to, [msg], effects)
+        return effects
+
+    def add_seed(self, now: float, node_id: str, addr: str) -> list[Effect]:
+        effects: list[Effect] = []
+        if node_id != self.node_id:
+            for to, msg in self.membership.add_seed(now, node_id, addr):
+                self._send_now(now, to, [msg], effects)
+        return effects
+
+    def leave(self, now: float) -> list[Effect]:
+        """Say goodbye: tell a few members directly; the rest hear it by gossip."""
+        self._left = True
+        effects: list[Effect] = []
+        for to, msg in self.membership.leave(now):
+            self._send_now(now, to, [msg], effects)
+        return effects
+
+    def next_wakeup(self) -> float:
+        times = [self.membership.next_wakeup(), self._next_sync, self._next_reconnect]
+        for box in self._outboxes.values():
+            if box.flush_at is not None:
+                times.append(box.flush_at)
+            if box.ihave_at is not None:
+                times.append(box.ihave_at)
+        if self._missing:
+            first_at, _ = next(iter(self._missing.values()))
+            times.append(first_at + self.config.ihave_timeout_s)
+        return min(times)
+
+    def members(self) -> dict[str, str]:
+        """Alive members (not self) and their addresses."""
+        return {n: self.membership.addr_of(n) or "" for n in self.membership.alive()}
+
+    def broadcast(self, now: float, ops: Sequence[Op]) -> list[Effect]:
+        """Disseminate ops this node wrote (already stored and applied locally)."""
+        effects: list[Effect] = []
+        self._refresh_neighbours()
+        self._forward(now, [((op.body, op.sig), op.id) for op in ops], None, True, effects)
+        return effects
+
+    def on_ops_accepted(self, now: float, ops: Sequence[Op], sender: str) -> list[Effect]:
+        """The driver stored and applied these ops (from a ``Deliver``): pass them on."""
+        effects: list[Effect] = []
+        eager_groups: dict[bool, list[tuple[WireOp, bytes]]] = {True: [], False: []}
+        for op in ops:
+            pending = self._pending.pop(op.id, None)
+            eager = pending[2] if pending is not None else False
+            self._missing.pop(op.id, None)
+            eager_groups[eager].append(((op.body, op.sig), op.id))
+        for eager, group in eager_groups.items():
+            if group:
+                self._forward(now, group, sender, eager, effects)
+        return effects
+
+    def on_packet(self, now: float, packet: Packet) -> list[Effect]:
+        effects: list[Effect] = []
+        sender = packet.sender
+        if sender == self.node_id:
+            return effects
+        self.membership.heard_from(now, sender)
+        if packet.updates:
+            self.membership.on_updates(now, sender, packet.updates)
+        immediate: list[Message] = []
+        for msg in packet.messages:
+            if isinstance(msg, _MEMBERSHIP_MESSAGES):
+                for to, reply in self.membership.on_message(now, sender, msg):
+                    if to == sender:
+                        immediate.append(reply)
+                    else:
+                        self._send_now(now, to, [reply], effects)
+            elif isinstance(msg, Gossip):
+                self._on_gossip(now, sender, msg, effects)
+            elif isinstance(msg, IHave):
+                self._on_ihave(now, sender, msg)
+            elif isinstance(msg, Graft):
+                self._link(sender, eager=True)
+                self._queue_ops(now, sender, self.log.get_wire(msg.ids), eager=False)
+            elif isinstance(msg, IWant):
+                self._queue_ops(now, sender, self.log.get_wire(msg.ids), eager=False)
+            elif isinstance(msg, Prune):
+                self._link(sender, eager=False)
+            elif isinstance(msg, Sync):
+                immediate += self._on_sync(now, sender, msg)
+        if immediate:
+            self._send_now(now, sender, immediate, effects)
+        self._after_membership(now, effects)
+        return effects
+
+    def on_timer(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for to, msg in self.membership.on_timer(now):
+            self._send_now(now, to, [msg], effects)
+        self._after_membership(now, effects)
+        self._graft_missing(now, effects)
+        if now >= self._next_sync:
+            self._next_sync = now + self.config.sync_interval_s
+            self._start_sync(now, effects)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval_s
+            self._reconnect(now, effects)
+        for peer, box in list(self._outboxes.items()):
+            if (box.flush_at is not None and now >= box.flush_at) or (
+                box.ihave_at is not None and now >= box.ihave_at
+            ):
+                self._send_now(now, peer, [], effects)
+        self._expire(now)
+        return effects
+
+    # -- dissemination -------------------------------------------------------------------------
+
+    def _on_gossip(self, now: float, sender: str, msg: Gossip, effects: list[Effect]) -> None:
+        fresh: list[WireOp] = []
+        duplicate = False
+        for wire in msg.ops:
+            self.stats.ops_received += 1
+            op_id = eip191_hash(wire[0])
+            if op_id in self._pending or self.log.has(op_id):
+                self.stats.duplicates_received += 1
+                duplicate = True
+                continue
+            self._pending[op_id] = (now, sender, msg.eager)
+            self._missing.pop(op_id, None)
+            fresh.append(wire)
+        if fresh:
+            effects.append(Deliver(tuple(fresh), sender))
+            if sender not in self.eager and sender not in self.lazy:
+                self._link(sender, eager=True)
+        elif duplicate and msg.eager and sender in self.eager:
+            # Everything in an eager batch was already here: this link is a redundant path.
+            self._link(sender, eager=False)
+            self._queue(now, sender, Prune())
+            self.stats.prunes_sent += 1
+
+    def _forward(
+        self,
+        now: float,
+        ops: list[tuple[WireOp, bytes]],
+        sender: str | None,
+        eager: bool,
+        effects: list[Effect],
+    ) -> None:
+        if self._left:
+            return
+        wires = [wire for wire, _ in ops]
+        for peer in sorted(self.eager):
+            if peer != sender:
+                self._queue_ops(now, peer, wires, eager=eager)
+        ids = [op_id for _, op_id in ops]
+        for peer in sorted(self.lazy):
+            if peer != sender:
+                box = self._box(peer)
+                box.ihave.extend(ids)
+                if box.ihave_at is None:
+                    box.ihave_at = now + self.config.ihave_interval_s
+
+    def _on_ihave(self, now: float, sender: str, msg: IHave) -> None:
+        for op_id in msg.ids:
+            if op_id in self._pending or self.log.has(op_id):
+                continue
+            entry = self._missing.get(op_id)
+            if entry is None:
+                if len(self._missing) >= self.config.recent_ids_max:
+                    self._missing.popitem(last=False)  # anti-entropy will find it
+                self._missing[op_id] = (now, [sender])
+            elif sender not in entry[1] and len(entry[1]) < 8:
+                entry[1].append(sender)
+
+    def _graft_missing(self, now: float, effects: list[Effect]) -> None:
+        timeout = self.config.ihave_timeout_s
+        wanted: dict[str, list[bytes]] = {}
+        retry: list[tuple[bytes, tuple[float, list[str]]]] = []
+        while self._missing:
+            op_id, (first_at, announcers) = next(iter(self._missing.items()))
+            if first_at + timeout > now:
+                break
+            del self._missing[op_id]
+            if self.log.has(op_id) or op_id in self._pending:
+                continue
+            peer = announcers[0]
+            wanted.setdefault(peer, []).append(op_id)
+            if len(announcers) > 1:  # ask the next announcer if this one does not answer
+                retry.append((op_id, (now, announcers[1:])))
+        for op_id, entry in retry:
+            self._missing[op_id] = entry
+        for peer, ids in sorted(wanted.items()):
+            self._link(peer, eager=True)
+            for start in range(0, len(ids), self.config.ids_per_packet_max):
+                self._queue(
+                    now, peer, Graft(tuple(ids[start : start + self.config.ids_per_packet_max]))
+                )
+            self.stats.grafts_sent += 1
+            self._send_now(now, peer, [], effects)
+
+    # -- neighbours ----------------------------------------------------------------------------
+
+    def _link(self, peer: str, *, eager: bool) -> None:
+        if peer == self.node_id or self.membership.state_of(peer) not in (
+            MemberState.ALIVE,
+            MemberState.SUSPECT,
+        ):
+            return
+        if eager:
+            self.lazy.discard(peer)
+            self.eager.add(peer)
+        else:
+            self.eager.discard(peer)
+            self.lazy.add(peer)
+
+    def _refresh_neighbours(self) -> None:
+        alive = set(self.membership.alive())
+        self.eager &= alive
+        self.lazy &= alive
+        target = self.config.eager_peers + self.config.lazy_peers
+        if len(self.eager) + len(self.lazy) >= target:
+            return
+        candidates = sorted(alive - self.eager - self.lazy)
+        self.rng.shuffle(candidates)
+        for peer in candidates[: target - len(self.eager) - len(self.lazy)]:
+            # New links start eager (Plumtree): duplicates prune them into the tree.
+            if len(self.eager) < self.config.eager_peers:
+                self.eager.add(peer)
+            else:
+                self.lazy.add(peer)
+
+    def _after_membership(self, now: float, effects: list[Effect]) -> None:
+        events = self.membership.drain_events()
+        for event in events:
+            effects.append(event)
+            if event.event in ("dead", "left"):
+                self.eager.discard(event.node)
+                self.lazy.discard(event.node)
+                self._outboxes.pop(event.node, None)
+        if events or not (self.eager or self.lazy):
+            self._refresh_neighbours()
+
+    def _reconnect(self, now: float, effects: list[Effect]) -> None:
+        dead = self.membership.dead()
+        if dead:
+            peer = self.rng.choice(dead)
+            # A ping from us carries our updates, including the other side's view of us;
+            # whichever side is wrong about the other refutes, and the partition heals.
+            self._send_now(now, peer, [Ping(seq=0)], effects)
+
+    # -- anti-entropy --------------------------------------------------------------------------
+
+    def _start_sync(self, now: float, effects: list[Effect]) -> None:
+        alive = self.membership.alive()
+        if not alive:
+            return
+        peer = self.rng.choice(alive)
+        self._session_seq = (self._session_seq + 1) & 0xFFFFFFFF
+        session = self._session_seq
+        self._sessions[session] = _SyncSession(peer, now)
+        salt = self.rng.randbytes(dg.SALT_BYTES)
+        opening = dg.opening(self.log.digest, salt, self._reconcile)
+        self.stats.syncs_started += 1
+        self._send_now(now, peer, [Sync(session, opening.encode())], effects)
+
+    def _on_sync(self, now: float, sender: str, msg: Sync) -> list[Message]:
+        own = self._sessions.get(msg.session)
+        if own is not None:
+            if own.peer != sender:
+                return []
+            own.flights += 1
+            if own.flights > self.config.sync_flights_max:
+                del self._sessions[msg.session]
+                return []
+        try:
+            body = dg.decode(msg.body)
+        except dg.BadMessage:
+            return []  # a peer speaking garbage gets no answer (the driver logs the packet)
+        step = dg.respond(self.log.digest, body, self._reconcile)
+        replies: list[Message] = []
+        for reply in step.replies:
+            if isinstance(reply, dg.Missing):
+                self._queue_ops(now, sender, self.log.get_wire(reply.ids), eager=False)
+            else:
+                replies.append(Sync(msg.session, reply.encode()))
+        lacking = [op_id for op_id in step.lacking if op_id not in self._pending]
+        chunk = self.config.ids_per_packet_max
+        for start in range(0, len(lacking), chunk):
+            self._queue(now, sender, IWant(tuple(lacking[start : start + chunk])))
+        return replies
+
+    # -- packets -------------------------------------------------------------------------------
+
+    def _box(self, peer: str) -> _Outbox:
+        box = self._outboxes.get(peer)
+        if box is None:
+            box = self._outboxes[peer] = _Outbox()
+        return box
+
+    def _queue(self, now: float, peer: str, msg: Message) -> None:
+        box = self._box(peer)
+        box.other.append(msg)
+        if box.flush_at is None:
+            box.flush_at = now + self.config.flush_interval_s
+
+    def _queue_ops(self, now: float, peer: str, wires: Iterable[WireOp], *, eager: bool) -> None:
+        box = self._box(peer)
+        for wire in wires:
+            if len(box.ops) >= self.config.recent_ids_max:
+                self.stats.outbox_dropped += 1  # a stuck peer: anti-entropy catches it up later
+                continue
+            box.ops.append(wire)
+            if not eager:
+                box.eager = False
+        if box.ops and box.flush_at is None:
+            box.flush_at = now + self.config.flush_interval_s
+
+    def _send_now(
+        self, now: float, peer: str, messages: list[Message], effects: list[Effect]
+    ) -> None:
+        """Send ``messages`` to ``peer`` now, with as much of its outbox as one packet holds.
+
+        The packet respects the wire limits as totals (``node.gossip.wire``): ids across
+        Graft/IWant/IHave, ops and op bytes across Gossip. What does not fit stays queued and
+        goes at the next flush.
+        """
+        cfg = self.config
+        box = self._outboxes.get(peer)
+        batch = list(messages)
+        if box is not None:
+            ids_left = cfg.ids_per_packet_max - sum(_id_count(m) for m in batch)
+            kept: list[Message] = []
+            for msg in box.other:
+                count = _id_count(msg)
+                if count <= ids_left:
+                    batch.append(msg)
+                    ids_left -= count
+                else:
+                    kept.append(msg)
+            box.other = kept
+            if box.ops:
+                ops: list[WireOp] = []
+                seen: set[bytes] = set()
+                bytes_left = cfg.packet_bytes_max // 2  # room for everything else in the packet
+                taken = 0
+                for wire in box.ops:
+                    if len(ops) >= cfg.ops_per_packet_max or len(wire[0]) + 70 > bytes_left:
+                        break
+                    taken += 1
+                    if wire[0] in seen:
+                        continue  # requested twice (graft + anti-entropy): send once
+                    seen.add(wire[0])
+                    ops.append(wire)
+                    bytes_left -= len(wire[0]) + 70
+                box.ops = box.ops[taken:]
+                if ops:
+                    batch.append(Gossip(tuple(ops), box.eager))
+                    self.stats.ops_pushed += len(ops)
+                if not box.ops:
+                    box.eager = True
+            if (
+                box.ihave
+                and ids_left > 0
+                and (box.ihave_at is None or now >= box.ihave_at or batch)
+            ):
+                # Announcements ride along with anything else going to this peer.
+                take = min(ids_left, len(box.ihave))
+                batch.append(IHave(tuple(box.ihave[:take])))
+                box.ihave = box.ihave[take:]
+                box.ihave_at = (now + cfg.ihave_interval_s) if box.ihave else None
+            box.flush_at = now + cfg.flush_interval_s if (box.ops or box.other) else None
+            if box.flush_at is None and box.ihave_at is None and not box.ihave:
+                del self._outboxes[peer]
+        updates = self.membership.take_updates(peer, cfg.updates_per_packet_max)
+        if not batch and not updates:
+            return
+        for msg in batch:
+            name = type(msg).__name__
+            self.stats.messages_sent[name] = self.stats.messages_sent.get(name, 0) + 1
+        self.stats.packets_sent += 1
+        effects.append(Send(peer, Packet(self.node_id, tuple(batch), updates)))
+
+    def _expire(self, now: float) -> None:
+        while self._pending:
+            op_id, (at, _, _) = next(iter(self._pending.items()))
+            if at + _PENDING_TTL_S > now and len(self._pending) <= self.config.recent_ids_max:
+                break
+            del self._pending[op_id]
+        for session, state in list(self._sessions.items()):
+            if state.started + self.config.sync_timeout_s < now:
+                del self._sessions[session]
+
+    def describe(self) -> dict[str, Any]:
+        """A snapshot for ``status`` and tests."""
+        return {
+            "node_id": self.node_id,
+            "members_alive": len(self.membership.alive()),
+            "eager": sorted(self.eager),
+            "lazy": sorted(self.lazy),
+            "missing": len(self._missing),
+            "pending": len(self._pending),
+            "local_health": self.membership.local_health,
+        }

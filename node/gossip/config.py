@@ -33,21 +33,27 @@ class GossipConfig:
     # Dead members are forgotten after this long (a rejoin with a higher incarnation is fine).
     dead_forget_s: float = 60.0
     # How many members a seed returns to a joining node (peer exchange).
-    welcome_members_max: int = 64
+    welcome_members_max: int = 256
 
-    # -- dissemination (Plumtree) --
+    # -- dissemination (two-level rendezvous tree, node/gossip/core.py) --
     # Ops for a peer are batched and flushed at most this often: the main lever on messages
     # per op; a 25 ms flush adds 12.5 ms per hop on average.
     flush_interval_s: float = 0.025
-    # Eager (tree) neighbours a node keeps; duplicates prune the surplus down to a tree.
-    eager_peers: int = 4
-    # Lazy neighbours told about new ops with IHAVE (tree repair); 0 disables IHAVE.
-    lazy_peers: int = 4
+    # A leaf re-sends its attachment to its parent this often; a parent forgets a child that
+    # has been silent for three times as long.
+    attach_refresh_s: float = 10.0
+    # Bound on children per parent (about sqrt(N) are expected; the slack absorbs views that
+    # disagree for a while).
+    children_max: int = 4096
+    # Random members told about new ops with IHAVE (repair); 0 disables IHAVE. The set is
+    # re-drawn this often so repair paths do not fossilize.
+    lazy_peers: int = 3
+    lazy_refresh_s: float = 30.0
     # IHAVE announcements to lazy peers are batched this long: they only repair, so they can
     # wait longer than eager pushes and cost fewer messages.
     ihave_interval_s: float = 0.2
     # A missing op announced by IHAVE is grafted if it has not arrived by then.
-    ihave_timeout_s: float = 0.25
+    ihave_timeout_s: float = 0.5
     # Bounds per packet: a hostile or slow peer never makes us build an unbounded frame.
     ops_per_packet_max: int = 512
     ids_per_packet_max: int = 4096

@@ -1,34 +1,41 @@
-"""The gossip engine: membership, epidemic broadcast of ops, and anti-entropy. Pure.
+"""The gossip engine: membership, tree broadcast of ops, lazy repair, anti-entropy. Pure.
 
 Theory of operation
 -------------------
 Three mechanisms, each covering what the one before it misses:
 
-1. **Plumtree push** (Leitão, Pereira & Rodrigues, 2007). Every node keeps a few *eager*
-   neighbours and a few *lazy* ones, picked from the alive members. A new op is pushed in full
-   to the eager neighbours; a node receiving an op it already holds over an eager link answers
-   ``Prune``, and both ends demote that link to lazy. The eager links thus shrink to a spanning
-   tree: each op crosses each tree edge once, about N-1 payload copies per op.
-2. **Lazy repair.** Every op a node accepts is announced by id (``IHave``) to its lazy
-   neighbours, in batches every ``ihave_interval_s``. A node that hears of an op and does not
-   receive it within ``ihave_timeout_s`` sends ``Graft``: the announcer sends the op and the
-   link becomes eager again. A lost message or a dead tree node is repaired in about one
-   timeout, and the tree heals itself.
+1. **Tree push over a two-level rendezvous tree.** Every node ranks the alive members by a
+   hash of their id; the ``ceil(sqrt(N))`` lowest ranks are the *core*, a full mesh, and every
+   other node is a *leaf* attached to the core member its id hashes closest to (rendezvous
+   hashing, so a membership change moves few leaves). A leaf tells its parent with
+   ``Graft(())`` (attach) and refreshes that every ``attach_refresh_s``; a parent's *children*
+   are the nodes attached to it. An op travels leaf → parent → the other core members → their
+   children: at most three hops, and N-1 payload copies. Traffic concentrates on few links, so
+   batching (below) fills messages, which is what keeps messages per op low.
+   Every node computes the roles from its own membership view; views that briefly disagree
+   only cause duplicates (harmless) or gaps (repaired by 2 and 3). No node coordinates.
+   *Why not Plumtree's pruned tree:* we built it first; with a hundred ops per second from many
+   origins, concurrent prunes cut the shared tree over and over, grafts re-grew cycles, and it
+   settled at 40-80 messages per op and a p99 over 700 ms on the broadcast-25 set-up
+   (docs/decisions.md, D7).
+2. **Lazy repair.** Every op a node accepts is announced by id (``IHave``) to
+   ``lazy_peers`` random members, batched every ``ihave_interval_s``. A node that hears of an
+   op and does not receive it within ``ihave_timeout_s`` asks the announcer (``IWant``); the op
+   it gets is forwarded on the tree like any other, so one lost tree message costs one
+   timeout, not a subtree's worth of loss.
 3. **Anti-entropy.** Every ``sync_interval_s`` a node reconciles its whole op set with one
    random alive member (``node.ledger.digest``: cost proportional to the difference). Whatever
-   push and repair missed (long partitions, restarts, a lost graft) arrives this way; the ops
-   it brings are forwarded on the tree like any other new op, but flagged ``eager=False`` so a
-   duplicate does not prune a link that was fine.
+   push and repair missed (partitions, restarts) arrives this way.
 
 Membership (SWIM + Lifeguard) lives in ``node.gossip.membership``; its updates ride on every
-packet. A member declared dead leaves the neighbour sets at once; every
-``reconnect_interval_s`` a node probes one member it believes dead, so after a partition heals
-the two sides find each other again (the "dead" side refutes) and anti-entropy merges them.
+packet. Every ``reconnect_interval_s`` a node probes one member it believes dead, so after a
+partition heals the two sides find each other (the "dead" side refutes) and anti-entropy
+merges them.
 
 Batching: ops and announcements for a peer wait in its outbox and leave together, at most
 ``flush_interval_s`` after the first was queued; membership messages go at once and take the
-outbox with them. Everything is bounded: outboxes, the missing-op table, the recently-seen
-table, ops and ids per packet.
+outbox with them. Everything is bounded: outboxes, the missing-op table, the pending table,
+children, ops and ids per packet.
 
 Ops are not verified here: ``Deliver`` hands new ones to the driver, which verifies, stores and
 applies them and then calls ``on_ops_accepted`` with the valid ones. Only accepted ops are
@@ -37,6 +44,9 @@ forwarded or announced, so an invalid op dies at its first honest hop.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -88,8 +98,7 @@ class GossipStats:
     ops_pushed: int = 0  # op copies sent in Gossip messages (eager or not)
     ops_received: int = 0
     duplicates_received: int = 0
-    prunes_sent: int = 0
-    grafts_sent: int = 0
+    repairs_requested: int = 0  # ids asked for after an IHAVE timed out
     syncs_started: int = 0
     outbox_dropped: int = 0
 
@@ -134,8 +143,15 @@ class GossipCore:
         self.log = log
         self.membership = Membership(node_id, addr, config, rng, incarnation)
         self.stats = GossipStats()
-        self.eager: set[str] = set()
-        self.lazy: set[str] = set()
+        # The tree (see the module docstring): rank cache, roles, our attachment, children.
+        self._ranks: dict[str, bytes] = {}
+        self._roles_cache: tuple[tuple[str, ...], str | None] | None = None
+        self._membership_changed = True
+        self._children: dict[str, float] = {}  # child -> when it last attached
+        self._attached_to: str | None = None
+        self._attached_at = 0.0
+        self._lazy: list[str] = []
+        self._lazy_until = 0.0
         self._outboxes: dict[str, _Outbox] = {}
         # id -> (first announced at, announcers in order): ops heard of but not received.
         self._missing: OrderedDict[bytes, tuple[float, list[str]]] = OrderedDict()
@@ -195,7 +211,6 @@ class GossipCore:
     def broadcast(self, now: float, ops: Sequence[Op]) -> list[Effect]:
         """Disseminate ops this node wrote (already stored and applied locally)."""
         effects: list[Effect] = []
-        self._refresh_neighbours()
         self._forward(now, [((op.body, op.sig), op.id) for op in ops], None, True, effects)
         return effects
 
@@ -234,12 +249,15 @@ class GossipCore:
             elif isinstance(msg, IHave):
                 self._on_ihave(now, sender, msg)
             elif isinstance(msg, Graft):
-                self._link(sender, eager=True)
-                self._queue_ops(now, sender, self.log.get_wire(msg.ids), eager=False)
+                # Graft(()) is "I am your child": push everything to me from now on.
+                if sender in self._children or len(self._children) < self.config.children_max:
+                    self._children[sender] = now
+                if msg.ids:
+                    self._queue_ops(now, sender, self.log.get_wire(msg.ids), eager=False)
             elif isinstance(msg, IWant):
                 self._queue_ops(now, sender, self.log.get_wire(msg.ids), eager=False)
             elif isinstance(msg, Prune):
-                self._link(sender, eager=False)
+                self._children.pop(sender, None)
             elif isinstance(msg, Sync):
                 immediate += self._on_sync(now, sender, msg)
         if immediate:
@@ -252,7 +270,7 @@ class GossipCore:
         for to, msg in self.membership.on_timer(now):
             self._send_now(now, to, [msg], effects)
         self._after_membership(now, effects)
-        self._graft_missing(now, effects)
+        self._request_missing(now, effects)
         if now >= self._next_sync:
             self._next_sync = now + self.config.sync_interval_s
             self._start_sync(now, effects)
@@ -271,26 +289,32 @@ class GossipCore:
 
     def _on_gossip(self, now: float, sender: str, msg: Gossip, effects: list[Effect]) -> None:
         fresh: list[WireOp] = []
-        duplicate = False
         for wire in msg.ops:
             self.stats.ops_received += 1
             op_id = eip191_hash(wire[0])
             if op_id in self._pending or self.log.has(op_id):
                 self.stats.duplicates_received += 1
-                duplicate = True
                 continue
+            if len(self._pending) >= self.config.recent_ids_max:
+                self._pending.popitem(last=False)
             self._pending[op_id] = (now, sender, msg.eager)
             self._missing.pop(op_id, None)
             fresh.append(wire)
         if fresh:
             effects.append(Deliver(tuple(fresh), sender))
-            if sender not in self.eager and sender not in self.lazy:
-                self._link(sender, eager=True)
-        elif duplicate and msg.eager and sender in self.eager:
-            # Everything in an eager batch was already here: this link is a redundant path.
-            self._link(sender, eager=False)
-            self._queue(now, sender, Prune())
-            self.stats.prunes_sent += 1
+
+    def _tree_targets(self, now: float, sender: str | None) -> list[str]:
+        core, parent = self._roles(now)
+        targets = set(self._children) - {sender}
+        if self.node_id in core:
+            if sender not in core:  # from a leaf (or local): the core mesh carries it on
+                targets |= set(core)
+        elif parent is not None and sender != parent:
+            targets.add(parent)
+        targets.discard(self.node_id)
+        if sender is not None:
+            targets.discard(sender)
+        return sorted(targets)
 
     def _forward(
         self,
@@ -300,14 +324,13 @@ class GossipCore:
         eager: bool,
         effects: list[Effect],
     ) -> None:
-        if self._left:
+        if self._left or not ops:
             return
         wires = [wire for wire, _ in ops]
-        for peer in sorted(self.eager):
-            if peer != sender:
-                self._queue_ops(now, peer, wires, eager=eager)
+        for peer in self._tree_targets(now, sender):
+            self._queue_ops(now, peer, wires, eager=eager)
         ids = [op_id for _, op_id in ops]
-        for peer in sorted(self.lazy):
+        for peer in self._lazy_targets(now):
             if peer != sender:
                 box = self._box(peer)
                 box.ihave.extend(ids)
@@ -326,7 +349,7 @@ class GossipCore:
             elif sender not in entry[1] and len(entry[1]) < 8:
                 entry[1].append(sender)
 
-    def _graft_missing(self, now: float, effects: list[Effect]) -> None:
+    def _request_missing(self, now: float, effects: list[Effect]) -> None:
         timeout = self.config.ihave_timeout_s
         wanted: dict[str, list[bytes]] = {}
         retry: list[tuple[bytes, tuple[float, list[str]]]] = []
@@ -337,62 +360,84 @@ class GossipCore:
             del self._missing[op_id]
             if self.log.has(op_id) or op_id in self._pending:
                 continue
-            peer = announcers[0]
-            wanted.setdefault(peer, []).append(op_id)
+            wanted.setdefault(announcers[0], []).append(op_id)
             if len(announcers) > 1:  # ask the next announcer if this one does not answer
                 retry.append((op_id, (now, announcers[1:])))
         for op_id, entry in retry:
             self._missing[op_id] = entry
+        chunk = self.config.ids_per_packet_max
         for peer, ids in sorted(wanted.items()):
-            self._link(peer, eager=True)
-            for start in range(0, len(ids), self.config.ids_per_packet_max):
-                self._queue(
-                    now, peer, Graft(tuple(ids[start : start + self.config.ids_per_packet_max]))
-                )
-            self.stats.grafts_sent += 1
+            for start in range(0, len(ids), chunk):
+                self._queue(now, peer, IWant(tuple(ids[start : start + chunk])))
+            self.stats.repairs_requested += len(ids)
             self._send_now(now, peer, [], effects)
 
-    # -- neighbours ----------------------------------------------------------------------------
+    # -- the tree ------------------------------------------------------------------------------
 
-    def _link(self, peer: str, *, eager: bool) -> None:
-        if peer == self.node_id or self.membership.state_of(peer) not in (
-            MemberState.ALIVE,
-            MemberState.SUSPECT,
+    def _rank(self, node: str) -> bytes:
+        rank = self._ranks.get(node)
+        if rank is None:
+            if len(self._ranks) > 4 * self.config.members_max:
+                self._ranks.clear()
+            rank = self._ranks[node] = hashlib.blake2b(node.encode(), digest_size=8).digest()
+        return rank
+
+    def _roles(self, now: float) -> tuple[tuple[str, ...], str | None]:
+        """(core members, our parent or None), recomputed when membership changed."""
+        if self._roles_cache is not None and not self._membership_changed:
+            return self._roles_cache
+        self._membership_changed = False
+        members = [*self.membership.alive(), self.node_id]
+        size = max(1, math.isqrt(len(members) - 1) + 1)  # ceil(sqrt(N))
+        core = tuple(sorted(heapq.nsmallest(size, members, key=self._rank)))
+        parent: str | None = None
+        if self.node_id not in core:
+            me = self.node_id.encode()
+            parent = min(
+                core, key=lambda c: hashlib.blake2b(me + c.encode(), digest_size=8).digest()
+            )
+        self._roles_cache = (core, parent)
+        return self._roles_cache
+
+    def _maintain_tree(self, now: float, effects: list[Effect]) -> None:
+        """Attach to our parent when it changes, and re-attach now and then."""
+        _, parent = self._roles(now)
+        if parent != self._attached_to or (
+            parent is not None and now >= self._attached_at + self.config.attach_refresh_s
         ):
-            return
-        if eager:
-            self.lazy.discard(peer)
-            self.eager.add(peer)
-        else:
-            self.eager.discard(peer)
-            self.lazy.add(peer)
+            if self._attached_to is not None and self._attached_to != parent:
+                self._queue(now, self._attached_to, Prune())  # detach from the old parent
+                self._send_now(now, self._attached_to, [], effects)
+            self._attached_to = parent
+            self._attached_at = now
+            if parent is not None:
+                self._send_now(now, parent, [Graft(())], effects)
+        # Children that stopped refreshing their attachment are gone (or re-parented).
+        horizon = now - 3 * self.config.attach_refresh_s
+        for child, at in list(self._children.items()):
+            if at < horizon:
+                del self._children[child]
 
-    def _refresh_neighbours(self) -> None:
-        alive = set(self.membership.alive())
-        self.eager &= alive
-        self.lazy &= alive
-        target = self.config.eager_peers + self.config.lazy_peers
-        if len(self.eager) + len(self.lazy) >= target:
-            return
-        candidates = sorted(alive - self.eager - self.lazy)
-        self.rng.shuffle(candidates)
-        for peer in candidates[: target - len(self.eager) - len(self.lazy)]:
-            # New links start eager (Plumtree): duplicates prune them into the tree.
-            if len(self.eager) < self.config.eager_peers:
-                self.eager.add(peer)
-            else:
-                self.lazy.add(peer)
+    def _lazy_targets(self, now: float) -> list[str]:
+        if now >= self._lazy_until or any(
+            self.membership.state_of(p) != MemberState.ALIVE for p in self._lazy
+        ):
+            alive = self.membership.alive()
+            count = min(self.config.lazy_peers, len(alive))
+            self._lazy = sorted(self.rng.sample(alive, count)) if count else []
+            self._lazy_until = now + self.config.lazy_refresh_s
+        return self._lazy
 
     def _after_membership(self, now: float, effects: list[Effect]) -> None:
         events = self.membership.drain_events()
         for event in events:
             effects.append(event)
+            self._membership_changed = True
             if event.event in ("dead", "left"):
-                self.eager.discard(event.node)
-                self.lazy.discard(event.node)
+                self._children.pop(event.node, None)
                 self._outboxes.pop(event.node, None)
-        if events or not (self.eager or self.lazy):
-            self._refresh_neighbours()
+        if self._started and not self._left:
+            self._maintain_tree(now, effects)
 
     def _reconnect(self, now: float, effects: list[Effect]) -> None:
         dead = self.membership.dead()
@@ -549,8 +594,10 @@ class GossipCore:
         return {
             "node_id": self.node_id,
             "members_alive": len(self.membership.alive()),
-            "eager": sorted(self.eager),
-            "lazy": sorted(self.lazy),
+            "core": list(self._roles_cache[0]) if self._roles_cache else [],
+            "parent": self._attached_to,
+            "children": sorted(self._children),
+            "lazy": list(self._lazy),
             "missing": len(self._missing),
             "pending": len(self._pending),
             "local_health": self.membership.local_health,

@@ -127,6 +127,7 @@ UNKNOWN_SENDERS_MAX: Final = 64
 # membership equivalent of anti-entropy, for claims that dissemination missed (memberlist
 # does a full push-pull every 30 s; a bounded sample keeps packets small).
 PULL_PROBE_PERIODS: Final = 30
+PULL_PROBE_PERIODS_GROWING: Final = 2
 # Join retries back off from one probe interval to this many.
 JOIN_BACKOFF_MULT_MAX: Final = 32
 REJECTIONS_KEPT: Final = 32
@@ -195,9 +196,11 @@ class _Member:
     since_s: float
     suspicion: _Suspicion | None = None
     heard_s: float | None = None
+    origin: str = ""  # who raised the current suspicion
 
     def claim(self) -> MemberUpdate:
-        return MemberUpdate(self.node, self.addr, self.state, self.incarnation)
+        origin = self.origin if self.state is MemberState.SUSPECT else ""
+        return MemberUpdate(self.node, self.addr, self.state, self.incarnation, origin)
 
 
 @dataclass(slots=True)
@@ -320,6 +323,8 @@ class Membership:
         self._join_backoff_s = config.probe_interval_s
         self._unknown_senders: dict[str, None] = {}
         self._periods = 0
+        self._next_pull_period = PULL_PROBE_PERIODS_GROWING
+        self._size_at_last_pull = 0
         self._events: list[Notify] = []
         self.stats: Counter[str] = Counter()
         self.rejections: deque[str] = deque(maxlen=REJECTIONS_KEPT)
@@ -683,7 +688,16 @@ class Membership:
             if node not in self._members:
                 self.stats["peer_exchange_joins"] += 1
                 return [(node, Join(self.self_addr))]
-        if self._periods % PULL_PROBE_PERIODS == 0:
+        if self._periods >= self._next_pull_period:
+            # Pull often while pulls keep teaching us members (a fog that is still forming:
+            # piggybacked updates alone take minutes to spread a thousand joins), rarely once
+            # the view is stable.
+            size = len(self._members)
+            growing = size > self._size_at_last_pull
+            self._size_at_last_pull = size
+            self._next_pull_period = self._periods + (
+                PULL_PROBE_PERIODS_GROWING if growing else PULL_PROBE_PERIODS
+            )
             peers = self.alive()
             if peers:
                 self.stats["peer_exchange_pulls"] += 1
@@ -800,11 +814,11 @@ class Membership:
                 and member.state is MemberState.SUSPECT
                 and update.incarnation == member.incarnation
             ):
-                self._confirm(member, via)
+                self._confirm(member, update.origin or via)
             return
         if update.addr and update.incarnation > member.incarnation:
             member.addr = update.addr
-        self._transition(now, member, update.state, update.incarnation, via)
+        self._transition(now, member, update.state, update.incarnation, update.origin or via)
         if disseminate:
             self._enqueue(member.claim())
 
@@ -826,6 +840,7 @@ class Membership:
             expected = suspicion_confirmations(self.config, n)
             deadline = suspicion_deadline(now, min_s, max_s, expected, 0)
             member.suspicion = _Suspicion(now, expected, min_s, max_s, deadline, {via})
+            member.origin = via
             self._push_timer(deadline, "suspect", member.node)
         elif state in (MemberState.DEAD, MemberState.LEFT):
             self._push_timer(now + self.config.dead_forget_s, "forget", member.node)

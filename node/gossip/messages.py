@@ -73,6 +73,9 @@ class MemberUpdate:
     addr: str
     state: MemberState
     incarnation: int
+    # For SUSPECT: the member that raised the suspicion. Lifeguard shrinks a suspicion timer
+    # with *independent* confirmations; relayed copies of one suspicion must not count twice.
+    origin: str = ""
 
 
 # -- membership (SWIM + Lifeguard) -----------------------------------------------------------

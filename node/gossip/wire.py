@@ -317,6 +317,7 @@ def _put_members(put: Callable[[bytes], None], members: object, what: str, count
             raise BadPacket(f"{what} state {state!r} is not a MemberState")
         put(_SMALL_VARINTS[state])
         put(_u64(member.incarnation, f"{what} incarnation"))
+        put(_text(member.origin, f"{what} origin", NODE_ID_BYTES_MAX, empty_ok=True))
         if member.node in seen:
             raise BadPacket(f"{what} lists node {member.node!r} twice (keep the newest claim)")
         seen.add(member.node)
@@ -555,10 +556,11 @@ class _Parser:
                     f"{what} state {state} is not a MemberState (0..{len(_STATES) - 1})"
                 )
             incarnation = self.varint(f"{what} incarnation")
+            origin = self.text(f"{what} origin", NODE_ID_BYTES_MAX, empty_ok=True)
             if node in seen:
                 raise BadPacket(f"{what} lists node {node!r} twice")
             seen.add(node)
-            members.append(MemberUpdate(node, addr, _STATES[state], incarnation))
+            members.append(MemberUpdate(node, addr, _STATES[state], incarnation, origin))
         return tuple(members)
 
     def ids(self, what: str, count_max: int) -> tuple[bytes, ...]:

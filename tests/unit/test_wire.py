@@ -84,8 +84,10 @@ def raw_packet(*messages: bytes, sender: bytes = b"\x01a", updates: bytes = b"\x
     return bytes((MAGIC, 0)) + sender + updates + varint(len(messages)) + b"".join(messages)
 
 
-def member_bytes(node: str, addr: str = "", state: int = 0, incarnation: int = 0) -> bytes:
-    return text(node) + text(addr) + bytes((state,)) + varint(incarnation)
+def member_bytes(
+    node: str, addr: str = "", state: int = 0, incarnation: int = 0, origin: str = ""
+) -> bytes:
+    return text(node) + text(addr) + bytes((state,)) + varint(incarnation) + text(origin)
 
 
 def tag(kind: type) -> bytes:

@@ -51,7 +51,7 @@ class GossipConfig:
     lazy_refresh_s: float = 30.0
     # IHAVE announcements to lazy peers are batched this long: they only repair, so they can
     # wait longer than eager pushes and cost fewer messages.
-    ihave_interval_s: float = 0.2
+    ihave_interval_s: float = 0.5
     # A missing op announced by IHAVE is grafted if it has not arrived by then.
     ihave_timeout_s: float = 0.5
     # Bounds per packet: a hostile or slow peer never makes us build an unbounded frame.

@@ -102,13 +102,7 @@ def test_run_refuses_a_store_that_is_not_ours_without_touching_it(tmp_path: Path
         timeout=60,
     )
     assert done.returncode == 2
-    assert (
-        done.stderr.startswith("error:")
-    )
-    assert (
-        "state.db" in done.stderr
-    )
-    assert (
-        "Traceback" not in done.stderr
-    )
+    assert done.stderr.startswith("error:")
+    assert "state.db" in done.stderr
+    assert "Traceback" not in done.stderr
     assert (data_dir / "state.db").read_bytes() == garbage

@@ -252,7 +252,7 @@ def test_a_bad_sync_body_is_ignored() -> None:
 def test_a_partitioned_pair_converges_after_the_partition_heals() -> None:
     net = Net(8, seed=5)
     net.run_until(10.0)
-    left, right = set(net.ids[:4]), set(net.ids[4:])
+    left = set(net.ids[:4])
     net.drop = lambda to, packet: (packet.sender in left) != (to in left)
     written = []
     for i in range(20):

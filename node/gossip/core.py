@@ -87,6 +87,9 @@ _MEMBERSHIP_MESSAGES = (Ping, Ack, PingReq, Nack, Join, Welcome)
 # Ids handed to the driver but not yet reported accepted are forgotten after this long (a
 # rejected op is never reported; forgetting lets a later valid copy through).
 _PENDING_TTL_S = 30.0
+# While a fog forms, membership changes many times a second; recomputing the tree's roles on
+# each change costs O(N log sqrt N) and moves nobody that a later change would not move again.
+_ROLES_RECOMPUTE_S = 0.5
 
 
 @dataclass
@@ -147,6 +150,7 @@ class GossipCore:
         self._ranks: dict[str, bytes] = {}
         self._roles_cache: tuple[tuple[str, ...], str | None] | None = None
         self._membership_changed = True
+        self._roles_at = 0.0
         self._children: dict[str, float] = {}  # child -> when it last attached
         self._attached_to: str | None = None
         self._attached_at = 0.0
@@ -384,9 +388,12 @@ class GossipCore:
 
     def _roles(self, now: float) -> tuple[tuple[str, ...], str | None]:
         """(core members, our parent or None), recomputed when membership changed."""
-        if self._roles_cache is not None and not self._membership_changed:
+        if self._roles_cache is not None and (
+            not self._membership_changed or now < self._roles_at + _ROLES_RECOMPUTE_S
+        ):
             return self._roles_cache
         self._membership_changed = False
+        self._roles_at = now
         members = [*self.membership.alive(), self.node_id]
         size = max(1, math.isqrt(len(members) - 1) + 1)  # ceil(sqrt(N))
         core = tuple(sorted(heapq.nsmallest(size, members, key=self._rank)))

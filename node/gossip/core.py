@@ -123,6 +123,18 @@ class _SyncSession:
     flights: int = 0
 
 
+# Below node.gossip.wire's messages_per_packet_max (1,024), with room for the outbox.
+_MESSAGES_PER_PACKET_MAX = 512
+
+
+def _approx_bytes(msg: Message) -> int:
+    if isinstance(msg, Sync):
+        return len(msg.body) + 16
+    if isinstance(msg, Gossip):
+        return sum(len(body) + 72 for body, _ in msg.ops)
+    return 40 + 33 * _id_count(msg)
+
+
 def _id_count(msg: Message) -> int:
     return len(msg.ids) if isinstance(msg, Graft | IWant | IHave) else 0
 
@@ -583,8 +595,25 @@ class GossipCore:
         for msg in batch:
             name = type(msg).__name__
             self.stats.messages_sent[name] = self.stats.messages_sent.get(name, 0) + 1
-        self.stats.packets_sent += 1
-        effects.append(Send(peer, Packet(self.node_id, tuple(batch), updates)))
+        # An anti-entropy answer can be hundreds of digest messages: split what one packet
+        # may not carry (message count and bytes, as node.gossip.wire enforces).
+        packets: list[list[Message]] = [[]]
+        size_bytes = 0
+        for msg in batch:
+            msg_bytes = _approx_bytes(msg)
+            if packets[-1] and (
+                len(packets[-1]) >= _MESSAGES_PER_PACKET_MAX
+                or size_bytes + msg_bytes > cfg.packet_bytes_max // 2
+            ):
+                packets.append([])
+                size_bytes = 0
+            packets[-1].append(msg)
+            size_bytes += msg_bytes
+        for index, chunk in enumerate(packets):
+            self.stats.packets_sent += 1
+            effects.append(
+                Send(peer, Packet(self.node_id, tuple(chunk), updates if index == 0 else ()))
+            )
 
     def _expire(self, now: float) -> None:
         while self._pending:

@@ -1,0 +1,287 @@
+"""``formation-sim``: run deterministic gossip simulations from scenario files.
+
+```
+formation-sim list
+formation-sim run SCENARIO [--nodes N] [--seed S] [--duration S] [--core NAME]
+                           [--json] [--plot FILE.png] [--trace FILE]
+```
+
+SCENARIO is a name from ``simulations/scenarios`` (see ``list``) or a path to a .toml file.
+The exit status is 0 when every check of the scenario holds, 1 when one fails (with the
+command that reproduces the run), 2 for a bad command line or scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from simulations.cores import CORE_NAMES, CoreError, default_core_name, load_core
+from simulations.engine import RunResult, SimError, run_scenario
+from simulations.scenario import ScenarioError, list_scenarios, load_scenario
+
+__all__ = ["main"]
+
+_EXIT_CHECK_FAILED = 1
+_EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="formation-sim",
+        description="Deterministic simulation of formation-node's gossip on many virtual nodes.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the shipped scenarios")
+    run = sub.add_parser("run", help="run one scenario")
+    run.add_argument("scenario", help="a scenario name (see `formation-sim list`) or a .toml path")
+    run.add_argument("--nodes", type=int, help="initial node count (overrides the scenario)")
+    run.add_argument("--seed", type=int, help="random seed (overrides the scenario)")
+    run.add_argument("--duration", type=float, metavar="S", help="virtual seconds to simulate")
+    run.add_argument(
+        "--core", choices=CORE_NAMES, help="gossip core (default: gossip if it imports)"
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    run.add_argument(
+        "--plot", metavar="FILE.png", help="draw the propagation CDF (needs matplotlib)"
+    )
+    run.add_argument("--trace", metavar="FILE", help="write the event trace (one line per event)")
+    return parser
+
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn at most 10 times a second."""
+
+    def __init__(self, stream: IO[str], label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.started = time.perf_counter()
+        self.drawn_at = 0.0
+
+    def __call__(self, sim_s: float, duration_s: float) -> None:
+        now = time.perf_counter()
+        if now - self.drawn_at < 0.1:
+            return
+        self.drawn_at = now
+        done = min(1.0, sim_s / duration_s) if duration_s > 0 else 1.0
+        width = 30
+        bar = "#" * int(done * width) + "-" * (width - int(done * width))
+        wall = now - self.started
+        speed = sim_s / wall if wall > 0 else 0.0
+        self.stream.write(
+            f"\r{self.label} [{bar}] {sim_s:7.1f}/{duration_s:g} s sim  {wall:6.1f} s wall  {speed:6.1f}x"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn_at:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        text = f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.1f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".rstrip()
+
+
+def _table(result: RunResult) -> str:
+    m = result.metrics
+    mib = 1024 * 1024
+    rows: list[tuple[str, list[tuple[str, str]]]] = [
+        (
+            "run",
+            [
+                ("scenario", f"{m['scenario']} ({result.scenario.description})"),
+                ("core", m["core"]),
+                ("nodes", f"{_fmt(m['nodes'])} ({_fmt(m['live_nodes'])} live at the end)"),
+                ("seed", str(m["seed"])),
+                ("network", m["network"]),
+                (
+                    "simulated",
+                    f"{_fmt(m['sim_s'], 's')} in {_fmt(m['wall_s'], 's')} wall "
+                    f"({_fmt(m['speed_factor'])}x real time, {_fmt(m['events'])} events)",
+                ),
+            ],
+        ),
+        (
+            "propagation",
+            [
+                ("ops written", _fmt(m["ops"])),
+                (
+                    "p50 / p99 / max",
+                    f"{_fmt(m['propagation_ms_p50'])} / {_fmt(m['propagation_ms_p99'])} / "
+                    f"{_fmt(m['propagation_ms_max'])} ms",
+                ),
+                (
+                    "to 99% of nodes",
+                    f"p50 {_fmt(m['time_to_99pct_ms_p50'])} ms, max "
+                    f"{_fmt(m['time_to_99pct_ms_max'])} ms ({_fmt(m['ops_not_reaching_99pct'])} ops never)",
+                ),
+            ],
+        ),
+        (
+            "traffic",
+            [
+                (
+                    "messages",
+                    f"{_fmt(m['msgs'])} ({_fmt(m['msgs_per_op'])} per op, "
+                    f"{_fmt(m['msgs_per_op_maelstrom'])} Maelstrom-style, "
+                    f"{_fmt(m['msgs_per_node_per_s'])} per node per s)",
+                ),
+                (
+                    "bytes",
+                    f"{_fmt(m['bytes'] / mib)} MiB ({_fmt(m['bytes_per_op'])} per op, "
+                    f"{_fmt(m['bytes_per_node_per_s'])} per node per s)",
+                ),
+                ("payload copies", f"{_fmt(m['payload_copies_per_op'])} per op"),
+                (
+                    "by kind",
+                    ", ".join(f"{k} {v:,}" for k, v in m["messages_by_kind"].items()) or "-",
+                ),
+                ("dropped", ", ".join(f"{k} {v:,}" for k, v in m["dropped"].items())),
+            ],
+        ),
+        (
+            "convergence",
+            [
+                (
+                    "converged",
+                    f"{_fmt(m['converged'])} ({m['digest_roots_distinct']} digest roots, "
+                    f"{m['state_hashes_distinct']} state hashes over {m['state_hashes_checked']} states)",
+                ),
+                ("after heal", _fmt(m["heal_converge_s"], "s")),
+                ("settled", f"{_fmt(m['settle_s'], 's')} after the last op or fault"),
+                ("ops lost", _fmt(m["ops_lost"])),
+            ],
+        ),
+        (
+            "membership",
+            [
+                ("notifications", ", ".join(f"{k} {v:,}" for k, v in m["notifies"].items()) or "-"),
+                ("false suspicions", _fmt(m["false_suspicions"])),
+                (
+                    "crashes",
+                    f"{_fmt(m['crashes'])} ({_fmt(m['crashes_undetected'])} undetected; first "
+                    f"dead report <= {_fmt(m['dead_detect_s_first_max'], 's')}, all <= "
+                    f"{_fmt(m['dead_detect_s_all_max'], 's')})",
+                ),
+            ],
+        ),
+        (
+            "memory",
+            [("per node", f"{_fmt(m['memory_per_node_bytes'] / 1024)} KiB (RSS growth / nodes)")],
+        ),
+    ]
+    width = max(len(label) for _, items in rows for label, _ in items)
+    lines = []
+    for section, items in rows:
+        lines.append(section.upper())
+        lines.extend(f"  {label:<{width}}  {value}" for label, value in items)
+    lines.append(f"trace_hash {m['trace_hash']}")
+    return "\n".join(lines)
+
+
+def _plot(result: RunResult, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [x for x, _ in result.cdf]
+    ys = [y for _, y in result.cdf]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(xs, ys, drawstyle="steps-post")
+    m = result.metrics
+    ax.set_xlabel("propagation delay (ms)")
+    ax.set_ylabel("fraction of (op, node) arrivals")
+    ax.set_title(f"{m['scenario']}: {m['nodes']} nodes, core {m['core']}, seed {m['seed']}")
+    if xs and xs[0] > 0 and xs[-1] / xs[0] > 100:
+        ax.set_xscale("log")  # partitions and restarts stretch the tail over decades
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(0, 1.01)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "--plot needs matplotlib, an optional extra: pip install 'formation-node[plot]'",
+                file=sys.stderr,
+            )
+            return _EXIT_USAGE
+    scenario = load_scenario(args.scenario)
+    core_name = args.core or scenario.core
+    if core_name is None:
+        core_name, why = default_core_name()
+        if why and not args.json:
+            print(f"note: {why}", file=sys.stderr)
+    core = load_core(core_name)
+    scenario = scenario.with_overrides(
+        nodes=args.nodes, seed=args.seed, duration_s=args.duration, core=core_name
+    )
+    show_progress = not args.json and sys.stderr.isatty()
+    progress = _Progress(sys.stderr, scenario.name) if show_progress else None
+    trace = open(args.trace, "w", encoding="utf-8") if args.trace else None  # noqa: SIM115
+    try:
+        result = run_scenario(scenario, core, trace=trace, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+        if trace is not None:
+            trace.close()
+    if args.json:
+        print(json.dumps({**result.metrics, "checks_failed": result.failures}, sort_keys=False))
+    else:
+        print(_table(result))
+    if args.plot:
+        _plot(result, args.plot)
+        if not args.json:
+            print(f"propagation CDF written to {args.plot}")
+    if result.failures:
+        out = sys.stderr if args.json else sys.stdout
+        for failure in result.failures:
+            print(f"CHECK FAILED: {failure}", file=out)
+        print(f"reproduce with: {result.reproduce()}", file=out)
+        return _EXIT_CHECK_FAILED
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        scenarios = list_scenarios()
+        width = max((len(name) for name, _ in scenarios), default=0)
+        for name, description in scenarios:
+            print(f"{name:<{width}}  {description}")
+        return 0
+    try:
+        return _run(args)
+    except (ScenarioError, CoreError) as exc:
+        print(f"formation-sim: {exc}", file=sys.stderr)
+        return _EXIT_USAGE
+    except SimError as exc:
+        print(f"formation-sim: simulation error: {exc}", file=sys.stderr)
+        return _EXIT_CHECK_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

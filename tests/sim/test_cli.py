@@ -84,7 +84,7 @@ def test_usage_errors_exit_2(
 
 
 def test_plot_draws_the_cdf(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib")  # in the dev group: installed by `make test`
     png = tmp_path / "cdf.png"
     assert main(["run", "smoke-5", "--core", SIM_CORE, "--json", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

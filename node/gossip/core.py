@@ -171,6 +171,7 @@ class GossipCore:
         self._roles_cache: tuple[tuple[str, ...], str | None] | None = None
         self._membership_changed = True
         self._roles_at = 0.0
+        self._backup_parent: str | None = None
         self._children: dict[str, float] = {}  # child -> when it last attached
         self._attached_to: str | None = None
         self._attached_at = 0.0
@@ -335,6 +336,11 @@ class GossipCore:
                 targets |= set(core)
         elif parent is not None and sender != parent:
             targets.add(parent)
+            if sender is None and self._backup_parent is not None:
+                # Our own ops also go to a second core member: one lost leaf -> parent push
+                # would otherwise leave the whole fog waiting for repair. Costs about
+                # 2 x sqrt(N) extra copies per op (the backup's core pushes and children).
+                targets.add(self._backup_parent)
         targets.discard(self.node_id)
         if sender is not None:
             targets.discard(sender)
@@ -419,9 +425,13 @@ class GossipCore:
         size = math.isqrt(len(alive) - 1) + 1  # ceil(sqrt(N))
         core = tuple(sorted(node for _, node in self._ranked[:size]))
         parent: str | None = None
+        backup: str | None = None
         if self.node_id not in core:
             me = self.node_id.encode()
-            parent = min(core, key=lambda c: hashlib.blake2b(me + c.encode(), digest_size=8).digest())
+            ordered = sorted(core, key=lambda c: hashlib.blake2b(me + c.encode(), digest_size=8).digest())
+            parent = ordered[0]
+            backup = ordered[1] if len(ordered) > 1 else None
+        self._backup_parent = backup
         self._roles_cache = (core, parent)
         return self._roles_cache
 

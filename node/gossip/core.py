@@ -10,7 +10,9 @@ Three mechanisms, each covering what the one before it misses:
    hashing, so a membership change moves few leaves). A leaf tells its parent with
    ``Graft(())`` (attach) and refreshes that every ``attach_refresh_s``; a parent's *children*
    are the nodes attached to it. An op travels leaf → parent → the other core members → their
-   children: at most three hops, and N-1 payload copies. Traffic concentrates on few links, so
+   children: at most three hops, and N-1 payload copies. A leaf also sends its *own* ops to
+   its second-choice core member, so one lost first hop does not leave the whole fog waiting
+   for repair (N-1 + |core| copies in all). Traffic concentrates on few links, so
    batching (below) fills messages, which is what keeps messages per op low.
    Every node computes the roles from its own membership view; views that briefly disagree
    only cause duplicates (harmless) or gaps (repaired by 2 and 3). No node coordinates.

@@ -152,12 +152,14 @@ def test_the_tree_has_sqrt_n_core_members_and_every_leaf_one_parent() -> None:
             assert node in children[parent]
 
 
-def test_one_payload_copy_per_node_when_nothing_is_lost() -> None:
+def test_payload_copies_are_n_minus_one_plus_the_backup_path() -> None:
     net = Net(16)
     net.run_until(15.0)
+    core = net.cores["n00"].describe()["core"]
+    origin = next(n for n in net.ids if n not in core)
     before = len(net.sent)
     made = user_op(2)
-    net.write("n07", made)
+    net.write(origin, made)
     net.run_until(net.now + 2.0)
     copies = sum(
         1
@@ -168,20 +170,25 @@ def test_one_payload_copy_per_node_when_nothing_is_lost() -> None:
         if body == made.body
     )
     assert net.holders(made.id) == set(net.ids)
-    assert copies == len(net.ids) - 1
+    # A spanning delivery (N-1), plus the leaf's copy to its backup core member and that
+    # member's pushes to the rest of the core (which already has it): N-1 + |core|.
+    assert copies == len(net.ids) - 1 + len(core)
 
 
 def test_a_lost_tree_message_is_repaired_by_ihave_and_iwant() -> None:
     net = Net(9)
     net.run_until(10.0)
     made = user_op(3)
-    lost = []
+    lost: list[str] = []
+    core = net.cores["n00"].describe()["core"]
+    victim = next(n for n in reversed(net.ids) if n not in core and n != "n04")
 
     def drop_first_push(to: str, packet: Packet) -> bool:
+        # The victim's only tree path is its parent's push: lose it once.
         carries = any(
             isinstance(m, Gossip) and made.body in (b for b, _ in m.ops) for m in packet.messages
         )
-        if carries and not lost:
+        if carries and to == victim and not lost:
             lost.append(to)
             return True
         return False

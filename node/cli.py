@@ -9,6 +9,7 @@ file or a store that is not ours.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -17,8 +18,15 @@ from pathlib import Path
 
 import trio
 
+from bootstrap.profiles import PROFILES
 from node import __version__
-from node.config import DEFAULT_NETWORK, default_data_dir, load_or_create_node_key
+from node.config import (
+    ConfigError,
+    default_data_dir,
+    load_config,
+    load_or_create_node_key,
+    write_config,
+)
 from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
 from node.replica import Replica
@@ -45,10 +53,34 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    path = write_config(data_dir, args.network)
+    key, created = load_or_create_node_key(data_dir, args.password_file)
+    print(f"wrote {path}")
+    print(f"node address {checksum_address(key.address)}{'' if created else ' (existing key)'}")
+    print(f"start it with: formation-node run --data-dir {data_dir}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    config = load_config(args.data_dir)
+    data = {"data_dir": str(args.data_dir), **config.to_json()}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            print(f"{key:<13} {shown if shown != '' else '(none)'}")
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
+    config = load_config(data_dir)
+    network = args.network or config.network
     key, created = load_or_create_node_key(data_dir, args.password_file)
-    replica = await trio.to_thread.run_sync(Replica.open, data_dir, args.network)
+    replica = await trio.to_thread.run_sync(Replica.open, data_dir, network)
     try:
         # Handlers go in before "running" is printed: a supervisor that signals as soon as it
         # reads that line must get a clean stop, not the default kill.
@@ -56,7 +88,7 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"formation-node {__version__}")
             print(f"  address   {checksum_address(key.address)}{'  (new key)' if created else ''}")
             print(f"  data dir  {data_dir}")
-            print(f"  network   {args.network}")
+            print(f"  network   {network} ({config.source})")
             print(
                 f"  state     {replica.state.op_count} ops, digest {replica.state.state_hash()[:16]}"
             )
@@ -125,7 +157,10 @@ def _parser() -> argparse.ArgumentParser:
             "network and dials nobody."
         ),
     )
-    run.add_argument("--network", default=DEFAULT_NETWORK, help="network id (default: %(default)s)")
+    run.add_argument(
+        "--network",
+        help="network id (default: the config file's, else 'local'); ops of other networks are refused",
+    )
     run.add_argument(
         "--password-file",
         type=Path,
@@ -133,6 +168,41 @@ def _parser() -> argparse.ArgumentParser:
         help="password of the node key (default: the generated one in the data dir, or prompt)",
     )
     run.set_defaults(func=cmd_run)
+
+    init = commands.add_parser(
+        "init",
+        parents=[data_dir],
+        help="write a config file for a network profile, and the node key",
+        description=(
+            "Create the data directory with config.toml for a network profile and the node's "
+            "key (the CLI counterpart of the upstream 'form kit init'). Profiles: "
+            + "; ".join(f"{p.name}: {p.description}" for p in PROFILES.values())
+            + "."
+        ),
+    )
+    init.add_argument(
+        "--network",
+        choices=sorted(PROFILES),
+        default="local",
+        help="profile (default: %(default)s)",
+    )
+    init.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="PWFILE",
+        help="protect the new key with this password (default: a generated one beside it)",
+    )
+    init.set_defaults(func=cmd_init)
+
+    config = commands.add_parser("config", help="inspect the configuration")
+    config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    show = config_commands.add_parser(
+        "show",
+        parents=[data_dir],
+        help="print the effective configuration (file, else embedded defaults)",
+    )
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    show.set_defaults(func=cmd_config_show)
     return parser
 
 
@@ -141,7 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         status: int = args.func(args)
-    except (UsageError, KeystoreError, StoreError, FileExistsError, FileNotFoundError) as exc:
+    except (
+        UsageError,
+        ConfigError,
+        KeystoreError,
+        StoreError,
+        FileExistsError,
+        FileNotFoundError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

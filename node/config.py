@@ -13,23 +13,33 @@ unattended. An operator who wants a passphrase runs ``formation-node keygen`` an
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import tomllib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from bootstrap.profiles import DEFAULT_PROFILE, get_profile
 from node.identity.keys import NodeKey
 from node.identity.keystore import read_keystore, read_password, write_keystore
 
 __all__ = [
+    "CONFIG_FILENAME",
     "DEFAULT_NETWORK",
     "KEY_FILENAME",
     "PASSWORD_FILENAME",
+    "ConfigError",
+    "NodeConfig",
     "default_data_dir",
+    "load_config",
     "load_or_create_node_key",
+    "write_config",
 ]
 
 DEFAULT_NETWORK: Final = "local"
+CONFIG_FILENAME: Final = "config.toml"
 KEY_FILENAME: Final = "node-key.json"
 PASSWORD_FILENAME: Final = "node-key.password"
 # A self-generated key's password sits next to it, so a slow KDF would only slow every start.
@@ -65,3 +75,93 @@ def load_or_create_node_key(
         out.write(password + "\n")
     write_keystore(key_path, key, password, work_factor=_GENERATED_KEY_SCRYPT_N)
     return key, True
+
+
+class ConfigError(ValueError):
+    """The config file is unreadable or says something this version does not understand."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The effective configuration of a node (file, else profile defaults)."""
+
+    profile: str
+    network: str
+    listen_addrs: tuple[str, ...]
+    bootstrap: tuple[str, ...]
+    source: str  # the file it came from, or "embedded defaults"
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["listen_addrs"] = list(self.listen_addrs)
+        data["bootstrap"] = list(self.bootstrap)
+        return data
+
+
+_KEYS: Final = {"profile", "network", "listen_addrs", "bootstrap"}
+
+
+def load_config(data_dir: Path) -> NodeConfig:
+    """The config in ``data_dir``, or the ``local`` profile's defaults when there is none."""
+    path = data_dir / CONFIG_FILENAME
+    if not path.exists():
+        profile = get_profile(DEFAULT_PROFILE)
+        return NodeConfig(
+            profile.name,
+            profile.network,
+            profile.listen_addrs,
+            profile.bootstrap,
+            "embedded defaults",
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is not valid TOML ({exc}); fix it or run 'formation-node init' again"
+        ) from None
+    unknown = sorted(data.keys() - _KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_KEYS))}"
+        )
+    try:
+        profile = get_profile(str(data.get("profile", DEFAULT_PROFILE)))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+    def strings(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = data.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {key} must be a list of multiaddr strings")
+        return tuple(value)
+
+    network = data.get("network", profile.network)
+    if not isinstance(network, str) or not network:
+        raise ConfigError(f"{path}: network must be a non-empty string")
+    return NodeConfig(
+        profile.name,
+        network,
+        strings("listen_addrs", profile.listen_addrs),
+        strings("bootstrap", profile.bootstrap),
+        str(path),
+    )
+
+
+def write_config(data_dir: Path, profile_name: str) -> Path:
+    """Write ``data_dir/config.toml`` for a profile. Refuses to overwrite an existing one."""
+    profile = get_profile(profile_name)
+    path = data_dir / CONFIG_FILENAME
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; edit it, or move it away to start over")
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lines = [
+        "# formation-node configuration, written by 'formation-node init'.",
+        f"# Profile {profile.name}: {profile.description}.",
+        f"profile = {json.dumps(profile.name)}",
+        f"network = {json.dumps(profile.network)}",
+        f"listen_addrs = {json.dumps(list(profile.listen_addrs))}",
+        f"bootstrap = {json.dumps(list(profile.bootstrap))}",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -106,3 +106,28 @@ def test_run_refuses_a_store_that_is_not_ours_without_touching_it(tmp_path: Path
     assert "state.db" in done.stderr
     assert "Traceback" not in done.stderr
     assert (data_dir / "state.db").read_bytes() == garbage
+
+
+def test_init_and_config_show_report_the_devnet_profile_without_dialing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "devnet-node"
+    done = subprocess.run(
+        [*CLI, "init", "--network", "devnet", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=60,
+        check=True,
+    )
+    assert "node address 0x" in done.stdout
+    shown = subprocess.run(
+        [*CLI, "config", "show", "--data-dir", str(data_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=60,
+        check=True,
+    )
+    config = json.loads(shown.stdout)
+    assert config["network"] == "devnet"
+    assert config["bootstrap"] == ["/ip4/3.214.9.18/tcp/53333", "/ip4/44.218.128.162/tcp/53333"]
+    assert (data_dir / "node-key.json").exists()

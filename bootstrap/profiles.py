@@ -1,0 +1,64 @@
+"""Network profiles: which network a node joins and the peers it bootstraps through.
+
+A profile is data, not code: a network id (it goes into every op, see node/ledger/op.py, so
+ops signed for one network are void in another), the default listen address and the bootstrap
+peers. Bootstrap entries are libp2p multiaddrs; an entry may lack its ``/p2p/<peer id>`` part
+(the public devnet hosts are published as bare addresses): the node then learns the peer id
+from the secure handshake when it dials (Noise authenticates the key it is talking to), and
+remembers it.
+
+The devnet hosts are the upstream's published ones (`shared/seed`, "host 1: 3.214.9.18") on
+port 53333, the port of the upstream's peer-to-peer service (form-p2p's ``QUEUE_PORT``).
+Nothing in tests or local runs dials them: tests read this table, and ``make run`` uses the
+``local`` profile, which has no bootstrap peers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["DEFAULT_PROFILE", "DEVNET_PORT", "PROFILES", "Profile", "get_profile"]
+
+# The upstream's peer-to-peer port (form-p2p QUEUE_PORT); our libp2p listens there on devnet.
+DEVNET_PORT: Final = 53333
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    network: str
+    description: str
+    listen_addrs: tuple[str, ...]
+    bootstrap: tuple[str, ...]
+
+
+PROFILES: Final[dict[str, Profile]] = {
+    "local": Profile(
+        name="local",
+        network="local",
+        description="a node on this machine only: listens on loopback, dials nobody",
+        listen_addrs=("/ip4/127.0.0.1/tcp/0",),
+        bootstrap=(),
+    ),
+    "devnet": Profile(
+        name="devnet",
+        network="devnet",
+        description="the public Formation devnet",
+        listen_addrs=(f"/ip4/0.0.0.0/tcp/{DEVNET_PORT}",),
+        bootstrap=(
+            f"/ip4/3.214.9.18/tcp/{DEVNET_PORT}",
+            f"/ip4/44.218.128.162/tcp/{DEVNET_PORT}",
+        ),
+    ),
+}
+
+DEFAULT_PROFILE: Final = "local"
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown network profile {name!r}; known profiles: {known}") from None

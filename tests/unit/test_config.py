@@ -1,0 +1,65 @@
+"""Config files and network profiles (read only: nothing here dials anyone)."""
+
+from pathlib import Path
+
+import pytest
+
+from bootstrap.profiles import DEVNET_PORT, PROFILES, get_profile
+from node.config import CONFIG_FILENAME, ConfigError, load_config, write_config
+
+
+def test_no_config_means_the_local_profile_which_dials_nobody(tmp_path: Path) -> None:
+    config = load_config(tmp_path)
+    assert (config.profile, config.network, config.bootstrap) == ("local", "local", ())
+    assert config.listen_addrs == ("/ip4/127.0.0.1/tcp/0",)
+    assert config.source == "embedded defaults"
+
+
+def test_the_devnet_profile_lists_the_public_hosts_on_the_upstream_port() -> None:
+    devnet = get_profile("devnet")
+    hosts = [addr.split("/")[2] for addr in devnet.bootstrap]
+    assert hosts == ["3.214.9.18", "44.218.128.162"]
+    assert all(addr.endswith(f"/tcp/{DEVNET_PORT}") for addr in devnet.bootstrap)
+    assert DEVNET_PORT == 53333
+    assert devnet.network == "devnet"
+
+
+def test_init_writes_a_config_that_loads_back(tmp_path: Path) -> None:
+    for name in PROFILES:
+        data_dir = tmp_path / name
+        path = write_config(data_dir, name)
+        config = load_config(data_dir)
+        profile = get_profile(name)
+        assert config.source == str(path)
+        assert (config.network, config.bootstrap, config.listen_addrs) == (
+            profile.network,
+            profile.bootstrap,
+            profile.listen_addrs,
+        )
+        with pytest.raises(FileExistsError, match="already exists"):
+            write_config(data_dir, name)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("profile = ", "not valid TOML"),
+        ("admin = true\n", "unknown key 'admin'"),
+        ('profile = "mainnet"\n', "unknown network profile 'mainnet'"),
+        ("bootstrap = [1, 2]\n", "bootstrap must be a list of multiaddr strings"),
+        ('network = ""\n', "network must be a non-empty string"),
+    ],
+)
+def test_a_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / CONFIG_FILENAME).write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(tmp_path)
+
+
+def test_a_config_may_override_its_profile(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_FILENAME).write_text(
+        'profile = "devnet"\nbootstrap = ["/ip4/127.0.0.1/tcp/4001"]\n'
+    )
+    config = load_config(tmp_path)
+    assert config.network == "devnet"
+    assert config.bootstrap == ("/ip4/127.0.0.1/tcp/4001",)

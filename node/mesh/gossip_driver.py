@@ -1,0 +1,154 @@
+"""The Trio driver of the gossip core: moves packets, time and ops, nothing else.
+
+Theory of operation
+-------------------
+``GossipCore`` (pure) decides; this driver performs its effects:
+
+* ``Send(to, packet)``: encode with ``node.gossip.wire`` and hand to the peer's outbound
+  queue. Each peer has one bounded queue drained by its own task, so one slow or dead peer
+  never stalls the loop or the others; when a queue is full the packet is dropped and counted
+  (gossip repairs loss: IHAVE, anti-entropy).
+* ``Deliver(ops, sender)``: ``Replica.submit`` in a worker thread (it fsyncs), then
+  ``core.on_ops_accepted`` with the ops that were valid and durable.
+* ``Notify``: logged.
+
+The loop waits for a packet until ``core.next_wakeup()``, then calls ``on_packet`` or
+``on_timer`` with ``trio.current_time()``. A packet that does not decode, or whose claimed
+sender is not the authenticated peer it came from, is logged and dropped.
+
+The transport is anything with an ``inbox`` channel of ``(sender, bytes)`` and an async
+``send(to, bytes)`` (``node.mesh.transport`` over libp2p; an in-memory one in tests). Node ids
+are addresses; the transport authenticates them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import trio
+
+from node.gossip import wire
+from node.gossip.core import GossipCore
+from node.gossip.messages import Deliver, Effect, Notify, Send
+from node.identity.keys import NodeKey
+from node.ledger.op import Op
+from node.replica import Replica
+
+__all__ = ["GossipService", "PacketTransport"]
+
+log = logging.getLogger("formation.gossip")
+
+# Packets waiting for one peer; past this the peer is too slow and we drop (gossip repairs).
+PEER_QUEUE_PACKETS_MAX = 256
+
+
+class PacketTransport(Protocol):
+    inbox: trio.MemoryReceiveChannel[tuple[str, bytes]]
+
+    async def send(self, to: str, data: bytes) -> None: ...
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GossipService:
+    """One node's gossip: the core, its replica and its transport, run by ``run``."""
+
+    def __init__(
+        self,
+        core: GossipCore,
+        replica: Replica,
+        transport: PacketTransport,
+        seeds: Sequence[str] = (),
+    ) -> None:
+        self.core = core
+        self.replica = replica
+        self.transport = transport
+        self.seeds = list(seeds)
+        self.limits = wire.WireLimits.from_config(core.config)
+        self.dropped_packets = 0
+        self.bad_packets = 0
+        self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()  # the core is not re-entrant: one caller at a time
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            async with self._lock:
+                await self._apply(self.core.start(trio.current_time(), self.seeds))
+            task_status.started(self)
+            inbox = self.transport.inbox
+            while True:
+                item = None
+                with trio.move_on_at(self._deadline()):
+                    item = await inbox.receive()
+                async with self._lock:
+                    now = trio.current_time()
+                    effects = self.core.on_timer(now) if item is None else self._on_data(now, *item)
+                    await self._apply(effects)
+
+    def _deadline(self) -> float:
+        wake = self.core.next_wakeup()
+        return wake if math.isfinite(wake) else trio.current_time() + 1.0
+
+    def _on_data(self, now: float, sender: str, data: bytes) -> list[Effect]:
+        try:
+            packet = wire.decode(data, self.limits)
+        except wire.BadPacket as exc:
+            self.bad_packets += 1
+            log.warning("dropped a bad packet from %s: %s", sender, exc)
+            return []
+        if packet.sender != sender:
+            self.bad_packets += 1
+            log.warning("dropped a packet from %s claiming to be from %s", sender, packet.sender)
+            return []
+        return self.core.on_packet(now, packet)
+
+    async def write(self, key: NodeKey, kind: str, payload: dict[str, Any]) -> Op:
+        """Sign an op as ``key``, store it durably, apply it, and gossip it."""
+        op = await trio.to_thread.run_sync(self.replica.write, key, kind, payload, wall_ms())
+        async with self._lock:
+            await self._apply(self.core.broadcast(trio.current_time(), [op]))
+        return op
+
+    async def _apply(self, effects: list[Effect]) -> None:
+        pending = list(effects)
+        while pending:
+            effect = pending.pop(0)
+            if isinstance(effect, Send):
+                self._enqueue(effect.to, wire.encode(effect.packet, self.limits))
+            elif isinstance(effect, Deliver):
+                result = await trio.to_thread.run_sync(self.replica.submit, effect.ops, wall_ms())
+                for index, why in result.rejected:
+                    log.warning("op %d from %s refused: %s", index, effect.sender, why)
+                pending += self.core.on_ops_accepted(
+                    trio.current_time(), result.accepted, effect.sender
+                )
+            elif isinstance(effect, Notify):
+                log.info("member %s is %s", effect.node, effect.event)
+
+    def _enqueue(self, to: str, data: bytes) -> None:
+        queue = self._queues.get(to)
+        if queue is None:
+            assert self._nursery is not None
+            queue, receive = trio.open_memory_channel[bytes](PEER_QUEUE_PACKETS_MAX)
+            self._queues[to] = queue
+            self._nursery.start_soon(self._sender, to, receive)
+        try:
+            queue.send_nowait(data)
+        except trio.WouldBlock:
+            self.dropped_packets += 1
+
+    async def _sender(self, to: str, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for data in receive:
+            try:
+                await self.transport.send(to, data)
+            except Exception as exc:  # an unreachable peer: membership will notice
+                self.dropped_packets += 1
+                log.debug("send to %s failed: %s", to, exc)

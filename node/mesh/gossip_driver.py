@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ from node.identity.keys import NodeKey
 from node.ledger.op import Op
 from node.replica import Replica
 
-__all__ = ["GossipService", "PacketTransport"]
+__all__ = ["Dialer", "GossipService", "PacketTransport", "join_through"]
 
 log = logging.getLogger("formation.gossip")
 
@@ -110,6 +111,11 @@ class GossipService:
             return []
         return self.core.on_packet(now, packet)
 
+    async def add_seed(self, node: str, addr: str) -> None:
+        """A peer found by dialing (bootstrap): join the fog through it."""
+        async with self._lock:
+            await self._apply(self.core.add_seed(trio.current_time(), node, addr))
+
     async def write(self, key: NodeKey, kind: str, payload: dict[str, Any]) -> Op:
         """Sign an op as ``key``, store it durably, apply it, and gossip it."""
         op = await trio.to_thread.run_sync(self.replica.write, key, kind, payload, wall_ms())
@@ -152,3 +158,37 @@ class GossipService:
             except Exception as exc:  # an unreachable peer: membership will notice
                 self.dropped_packets += 1
                 log.debug("send to %s failed: %s", to, exc)
+
+
+BOOTSTRAP_BACKOFF_S_MIN = 1.0
+BOOTSTRAP_BACKOFF_S_MAX = 60.0
+BOOTSTRAP_DIAL_TIMEOUT_S = 10.0
+
+
+class Dialer(Protocol):
+    async def connect(self, multiaddr: str) -> str: ...
+
+
+async def join_through(
+    service: GossipService, dialer: Dialer, multiaddr: str, rng: random.Random
+) -> None:
+    """Dial a bootstrap peer until it answers, then hand it to the core as a seed.
+
+    Retries with jittered exponential backoff (1 s doubling to 60 s), so an unreachable
+    bootstrap host costs a warning now and then, never a crash, and never blocks serving.
+    """
+    backoff_s = BOOTSTRAP_BACKOFF_S_MIN
+    while True:
+        try:
+            with trio.fail_after(BOOTSTRAP_DIAL_TIMEOUT_S):
+                address = await dialer.connect(multiaddr)
+        except Exception as exc:
+            log.warning(
+                "bootstrap peer %s unreachable (%s); retrying in %.0f s", multiaddr, exc, backoff_s
+            )
+            await trio.sleep(backoff_s * rng.uniform(0.5, 1.5))
+            backoff_s = min(backoff_s * 2, BOOTSTRAP_BACKOFF_S_MAX)
+            continue
+        log.info("joined through %s (%s)", multiaddr, address)
+        await service.add_seed(address, multiaddr)
+        return

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from node.gossip import wire
 from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
 from node.gossip.messages import Packet, Ping
-from node.mesh.gossip_driver import GossipService
+from node.mesh.gossip_driver import GossipService, join_through
 from node.replica import Replica
 from tests.helpers import NET, seeded_keys
 
@@ -97,6 +98,38 @@ async def test_garbage_and_spoofed_packets_are_dropped_and_the_node_goes_on(tmp_
             await wait_until(lambda: victim.bad_packets >= 2)
             made = await services[0].write(KEYS[0], "account.create", {"name": "alice"})
             await wait_until(lambda: victim.replica.has(made.id))
+        nursery.cancel_scope.cancel()
+    for service in services:
+        service.replica.close()
+
+
+class FlakyDialer:
+    def __init__(self, failures: int, address: str) -> None:
+        self.failures = failures
+        self.address = address
+        self.attempts: list[float] = []
+
+    async def connect(self, multiaddr: str) -> str:
+        self.attempts.append(trio.current_time())
+        if len(self.attempts) <= self.failures:
+            raise ConnectionRefusedError(f"{multiaddr} refused")
+        return self.address
+
+
+async def test_an_unreachable_bootstrap_peer_is_retried_with_backoff(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    hub = MemoryHub()
+    async with trio.open_nursery() as nursery:
+        services = await start_nodes(nursery, tmp_path, hub, 2)
+        lonely = services[1]
+        dialer = FlakyDialer(failures=4, address=KEYS[0].address)
+        await join_through(lonely, dialer, "/ip4/127.0.0.1/tcp/1", random.Random(1))
+        gaps = [b - a for a, b in zip(dialer.attempts, dialer.attempts[1:], strict=False)]
+        # 1 s doubling, each jittered by 0.5x..1.5x
+        assert len(gaps) == 4
+        for gap, base in zip(gaps, [1, 2, 4, 8], strict=True):
+            assert 0.5 * base <= gap <= 1.5 * base
         nursery.cancel_scope.cancel()
     for service in services:
         service.replica.close()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import secrets
 import signal
 import sys
 import time
@@ -27,8 +29,12 @@ from node.config import (
     load_or_create_node_key,
     write_config,
 )
+from node.gossip.config import GossipConfig
+from node.gossip.core import GossipCore
 from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
+from node.logs import LEVELS, configure_logging
+from node.mesh.gossip_driver import GossipService, join_through
 from node.replica import Replica
 from node.store import StoreError
 
@@ -76,26 +82,49 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    # libp2p costs ~1 s to import: only the command that needs it pays.
+    from node.mesh.transport import open_transport
+
+    configure_logging(args.log_level, json_lines=args.log_json)
     data_dir: Path = args.data_dir
     config = load_config(data_dir)
     network = args.network or config.network
+    listen = args.listen or list(config.listen_addrs)
+    bootstrap = args.bootstrap if args.bootstrap is not None else list(config.bootstrap)
     key, created = load_or_create_node_key(data_dir, args.password_file)
     replica = await trio.to_thread.run_sync(Replica.open, data_dir, network)
     try:
         # Handlers go in before "running" is printed: a supervisor that signals as soon as it
         # reads that line must get a clean stop, not the default kill.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            print(f"formation-node {__version__}")
-            print(f"  address   {checksum_address(key.address)}{'  (new key)' if created else ''}")
-            print(f"  data dir  {data_dir}")
-            print(f"  network   {network} ({config.source})")
-            print(
-                f"  state     {replica.state.op_count} ops, digest {replica.state.state_hash()[:16]}"
-            )
-            print("running; press Ctrl-C to stop", flush=True)
-            async for signum in signals:
-                print(f"\n{signal.Signals(signum).name} received; stopping", flush=True)
-                break
+            async with open_transport(key, listen) as transport, trio.open_nursery() as nursery:
+                rng = random.Random(secrets.randbits(64))
+                core = GossipCore(
+                    key.address, transport.listen_addrs[0], GossipConfig.lan(), rng, replica
+                )
+                service = GossipService(core, replica, transport)
+                await nursery.start(service.run)
+                for addr in bootstrap:
+                    nursery.start_soon(join_through, service, transport, addr, rng)
+                print(f"formation-node {__version__}")
+                print(
+                    f"  address   {checksum_address(key.address)}{'  (new key)' if created else ''}"
+                )
+                print(f"  data dir  {data_dir}")
+                print(f"  network   {network} ({config.source})")
+                for addr in transport.listen_addrs:
+                    print(f"  listen    {addr}")
+                print(f"  bootstrap {', '.join(bootstrap) or '(none)'}")
+                print(
+                    f"  state     {replica.state.op_count} ops, digest {replica.state.state_hash()[:16]}"
+                )
+                print("running; press Ctrl-C to stop", flush=True)
+                async for signum in signals:
+                    print(f"\n{signal.Signals(signum).name} received; stopping", flush=True)
+                    break
+                with trio.move_on_after(2):
+                    await service.leave()
+                nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(replica.close)
     print("stopped cleanly", flush=True)
@@ -161,6 +190,21 @@ def _parser() -> argparse.ArgumentParser:
         "--network",
         help="network id (default: the config file's, else 'local'); ops of other networks are refused",
     )
+    run.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help="listen here (repeatable; default: the config's, e.g. /ip4/127.0.0.1/tcp/0)",
+    )
+    run.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="MULTIADDR",
+        help="join the fog through this peer (repeatable; /ip4/H/tcp/P without /p2p/ works); "
+        "overrides the config's list",
+    )
+    run.add_argument("--log-level", choices=LEVELS, default="warning", help="default: %(default)s")
+    run.add_argument("--log-json", action="store_true", help="logs as one JSON object per line")
     run.add_argument(
         "--password-file",
         type=Path,

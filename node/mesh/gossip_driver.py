@@ -45,12 +45,15 @@ log = logging.getLogger("formation.gossip")
 
 # Packets waiting for one peer; past this the peer is too slow and we drop (gossip repairs).
 PEER_QUEUE_PACKETS_MAX = 256
+DIAL_TIMEOUT_S = 5.0
 
 
 class PacketTransport(Protocol):
     inbox: trio.MemoryReceiveChannel[tuple[str, bytes]]
 
     async def send(self, to: str, data: bytes) -> None: ...
+
+    async def connect(self, multiaddr: str) -> str: ...
 
 
 def wall_ms() -> int:
@@ -116,6 +119,12 @@ class GossipService:
         async with self._lock:
             await self._apply(self.core.add_seed(trio.current_time(), node, addr))
 
+    async def leave(self) -> None:
+        """Say goodbye to the fog (membership LEFT), and give the packets a moment to go."""
+        async with self._lock:
+            await self._apply(self.core.leave(trio.current_time()))
+        await trio.sleep(0.2)
+
     async def write(self, key: NodeKey, kind: str, payload: dict[str, Any]) -> Op:
         """Sign an op as ``key``, store it durably, apply it, and gossip it."""
         op = await trio.to_thread.run_sync(self.replica.write, key, kind, payload, wall_ms())
@@ -155,7 +164,19 @@ class GossipService:
         async for data in receive:
             try:
                 await self.transport.send(to, data)
-            except Exception as exc:  # an unreachable peer: membership will notice
+                continue
+            except Exception as exc:
+                first_error = exc
+            # A member we learned of by gossip and never talked to: dial the address it
+            # announced (its membership claim), then try once more.
+            addr = self.core.membership.addr_of(to)
+            try:
+                if not addr:
+                    raise first_error
+                with trio.fail_after(DIAL_TIMEOUT_S):
+                    await self.transport.connect(addr)
+                await self.transport.send(to, data)
+            except Exception as exc:  # unreachable: membership will notice and stop sending
                 self.dropped_packets += 1
                 log.debug("send to %s failed: %s", to, exc)
 

@@ -44,6 +44,12 @@ class MemoryTransport:
             raise ConnectionError(f"{to} unreachable")
         await self.hub.inboxes[to].send((self.address, data))
 
+    async def connect(self, multiaddr: str) -> str:
+        # Node ids double as addresses in this hub.
+        if multiaddr not in self.hub.inboxes:
+            raise ConnectionError(f"{multiaddr} unreachable")
+        return multiaddr
+
 
 async def wait_until(predicate: Callable[[], bool]) -> None:
     # Polls state that lives in other tasks and threads (replicas); there is no event to await.

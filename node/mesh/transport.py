@@ -1,0 +1,422 @@
+"""The libp2p transport: authenticated, framed byte packets between nodes.
+
+Theory of operation
+-------------------
+This is the only module that imports py-libp2p (importing it costs ~1 s and ~55 MB, so nothing
+else should pay for it). A ``Transport`` is one libp2p host whose identity is the node's
+secp256k1 key, so a node's PeerID and its Ethereum address come from one key: the PeerID
+inlines the compressed public key, and ``address_of_peer_id`` derives the address from it.
+
+**Security.** The host offers Noise only. py-libp2p's default host also offers TLS, SECIO and
+*plaintext*, and accepts a plaintext-only dialer; passing ``sec_opt`` with Noise alone closes
+that. Streams are muxed with Yamux over TCP.
+
+**Identity of a sender.** Inbound frames are delivered as ``(address, data)`` where the
+address is derived from the Noise-authenticated remote PeerID, never from the payload. A
+remote whose PeerID is not a secp256k1 key has no address and its streams are refused.
+
+**Streams.** One gossip protocol; each packet is ``wire.frame(data)``. ``send`` keeps one
+long-lived outbound stream per peer, opened lazily and reopened once on a write error; writes
+to one stream are serialised by a per-peer lock so frames never interleave. Each inbound
+stream is read by a ``FrameReader``: a frame over the limit or a malformed prefix resets that
+stream (logged, never raised into the host). A full inbox drops the frame and counts it in
+``dropped_frames`` instead of stalling the stream: gossip is loss-tolerant (anti-entropy
+repairs it), whereas back-pressure through a shared inbox would let one slow consumer stall
+every peer's sender.
+
+**Dialing without a PeerID.** libp2p's swarm only dials a known PeerID. For a multiaddr
+without ``/p2p/...`` we dial the raw TCP transport, negotiate Noise as initiator with no
+expected peer (Noise XX learns and authenticates the responder's key), upgrade to Yamux and
+hand the connection to the swarm, which then treats it like any outbound connection.
+
+**Bounds.** ``peers_max`` known peers (those we dialed or that opened a stream to us),
+``inbound_streams_max`` concurrent inbound streams, an inbox of ``inbox_frames_max`` frames,
+frames of at most ``frame_bytes_max`` bytes, and timeouts on dials and stream opens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import coincurve
+import libp2p.network.swarm as _libp2p_swarm
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.secp256k1 import Secp256k1PublicKey
+from libp2p.crypto.secp256k1 import create_new_key_pair as secp256k1_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from node.gossip.wire import DEFAULT_LIMITS, BadPacket, FrameReader, frame
+from node.identity.keys import NodeKey, address_from_public_key, normalize_address
+
+__all__ = [
+    "DEFAULT_PROTOCOL",
+    "PeerUnreachable",
+    "Transport",
+    "TransportError",
+    "UnknownPeer",
+    "address_of_peer_id",
+    "open_transport",
+    "peer_id_of",
+    "quiet_libp2p_logs",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROTOCOL: Final = "/formation/gossip/1.0.0"
+
+# py-libp2p 0.8.1 waits up to _HAPPY_EYEBALLS_DELAY (250 ms) after starting each address dial
+# before trying the next, and the wait is not cut short when the dial *succeeds*, so every
+# connect() took >= 250 ms (252 ms measured, for a 17-30 ms Noise+Yamux handshake). The wait
+# runs concurrently with the dial, so 10 ms costs nothing for one address and still gives the
+# first address a head start over a second one. Loopback, benchmarks/bench_transport_dial.py:
+# connect() median 251.9 ms with 0.250 -> 11.0 ms with 0.010 (dial without /p2p: 6.4 ms).
+_HAPPY_EYEBALLS_DELAY_S: Final = 0.010
+_libp2p_swarm._HAPPY_EYEBALLS_DELAY = _HAPPY_EYEBALLS_DELAY_S
+
+_LIBP2P_LOGGERS: Final = ("libp2p", "multiaddr", "async_service", "aioquic", "zeroconf")
+_READ_CHUNK_BYTES: Final = 65536
+# Peerstore TTL for addresses we dialed: long enough that send() can redial after a drop.
+_ADDR_TTL_S: Final = 3600
+_CLOSE_TIMEOUT_S: Final = 2.0
+
+
+class TransportError(Exception):
+    """A transport operation failed; the message names the peer and the cause."""
+
+
+class UnknownPeer(TransportError):
+    """``send`` to an address we never connected to and never heard from."""
+
+
+class PeerUnreachable(TransportError):
+    """The peer is known but no stream to it could be opened or written."""
+
+
+def quiet_libp2p_logs(level: int = logging.ERROR) -> None:
+    """Raise py-libp2p's (and its dependencies') loggers to ``level``.
+
+    At the default level py-libp2p logs routine events (identify streams cut by shutdown,
+    failed security negotiation) as warnings or info; the node logs what matters itself.
+    """
+    for name in _LIBP2P_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def _libp2p_public_key(key: NodeKey) -> Secp256k1PublicKey:
+    return Secp256k1PublicKey(coincurve.PublicKey(key.public_key.format(compressed=True)))
+
+
+def peer_id_of(key: NodeKey) -> str:
+    """The libp2p PeerID (base58, ``16Uiu2HA...``) of a node key."""
+    return str(ID.from_pubkey(_libp2p_public_key(key)).to_base58())
+
+
+def _address_of_id(peer_id: ID) -> str:
+    try:
+        public_key = peer_id.extract_public_key()
+    except Exception as error:  # py-libp2p raises assorted errors for malformed ids
+        raise ValueError(f"peer id {peer_id} does not inline a public key ({error})") from None
+    if not isinstance(public_key, Secp256k1PublicKey):
+        kind = type(public_key).__name__ if public_key is not None else "a hashed key"
+        raise ValueError(
+            f"peer id {peer_id} carries {kind}, not a secp256k1 key: it has no Ethereum"
+            " address (formation nodes use their secp256k1 node key as libp2p identity)"
+        )
+    return address_from_public_key(public_key.impl)
+
+
+def address_of_peer_id(peer_id: str) -> str:
+    """The Ethereum address (lower-case ``0x...``) of the secp256k1 key a PeerID inlines."""
+    try:
+        parsed = ID.from_base58(peer_id)
+    except Exception:
+        raise ValueError(f"{peer_id!r} is not a base58 libp2p peer id") from None
+    return _address_of_id(parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportLimits:
+    peers_max: int = 256
+    inbound_streams_max: int = 512
+    inbox_frames_max: int = 1024
+    frame_bytes_max: int = DEFAULT_LIMITS.packet_bytes_max
+    dial_timeout_s: float = 10.0
+    stream_open_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("peers_max", "inbound_streams_max", "inbox_frames_max", "frame_bytes_max"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"TransportLimits.{name} must be a positive int, got {value!r}")
+        for name in ("dial_timeout_s", "stream_open_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"TransportLimits.{name} must be a positive number, got {value!r}")
+
+
+class Transport:
+    """A running libp2p host; build it with ``open_transport``."""
+
+    def __init__(self, key: NodeKey, host: Any, protocol: str, limits: TransportLimits) -> None:
+        self.address = key.address
+        self.peer_id = peer_id_of(key)
+        self.limits = limits
+        self.dropped_frames = 0
+        self._host = host
+        self._protocol = TProtocol(protocol)
+        self._peer_ids: dict[str, ID] = {}
+        self._out_streams: dict[str, Any] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._inbound_streams = 0
+        send, receive = trio.open_memory_channel[tuple[str, bytes]](limits.inbox_frames_max)
+        self._inbox_send = send
+        self.inbox: trio.MemoryReceiveChannel[tuple[str, bytes]] = receive
+
+    # --- addresses and peers -----------------------------------------------------------
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        """The multiaddrs actually bound (port 0 resolved), each ending in ``/p2p/<id>``."""
+        return [str(addr) for addr in self._host.get_addrs()]
+
+    @property
+    def peers(self) -> list[str]:
+        """Addresses of the known peers (dialed, or that opened a stream to us)."""
+        return list(self._peer_ids)
+
+    def _remember(self, address: str, peer_id: ID) -> None:
+        if address == self.address:
+            raise TransportError(f"refusing to talk to our own identity {address}")
+        if address not in self._peer_ids and len(self._peer_ids) >= self.limits.peers_max:
+            raise TransportError(
+                f"peer {address} refused: already {self.limits.peers_max} peers"
+                " (raise TransportLimits.peers_max or forget a peer)"
+            )
+        self._peer_ids[address] = peer_id
+
+    # --- dialing ---------------------------------------------------------------------------
+
+    async def connect(self, addr: str) -> str:
+        """Dial ``addr`` (with or without ``/p2p/<id>``) and return the peer's address."""
+        try:
+            maddr = multiaddr.Multiaddr(addr)
+        except Exception as error:
+            raise ValueError(f"{addr!r} is not a multiaddr ({error})") from None
+        try:
+            has_id = bool(maddr.value_for_protocol("p2p"))
+        except Exception:
+            has_id = False
+        try:
+            with trio.fail_after(self.limits.dial_timeout_s):
+                if has_id:
+                    info = info_from_p2p_addr(maddr)
+                    address = _address_of_id(info.peer_id)
+                    self._remember(address, info.peer_id)
+                    await self._host.connect(info)
+                    return address
+                return await self._connect_without_id(maddr)
+        except trio.TooSlowError:
+            raise PeerUnreachable(
+                f"dial to {addr} timed out after {self.limits.dial_timeout_s} s"
+            ) from None
+        except (TransportError, ValueError):
+            raise
+        except Exception as error:
+            raise PeerUnreachable(f"dial to {addr} failed: {error}") from error
+
+    async def _connect_without_id(self, maddr: multiaddr.Multiaddr) -> str:
+        swarm = self._host.get_network()
+        transport = swarm.transport_manager.transport_for_dialing(maddr)
+        if transport is None:
+            raise ValueError(
+                f"no transport can dial {maddr} (this node dials /ip4|ip6/.../tcp/...)"
+            )
+        raw_conn = await transport.dial(maddr)
+        try:
+            # Noise XX with no expected peer: the handshake authenticates whatever key the
+            # responder proves, and that key is the identity we report.
+            secured = await swarm.upgrader.security_multistream.secure_outbound(raw_conn, None)
+            peer_id = secured.get_remote_peer()
+            address = _address_of_id(peer_id)
+            self._remember(address, peer_id)
+            muxed = await swarm.upgrader.upgrade_connection(secured, peer_id)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await raw_conn.close()
+            raise
+        self._host.get_peerstore().add_addrs(peer_id, [maddr], _ADDR_TTL_S)
+        swarm_conn = await swarm.add_conn(muxed, direction="outbound")
+        await swarm_conn.event_started.wait()
+        return address
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def send(self, address: str, data: bytes) -> None:
+        """Write ``frame(data)`` on our long-lived stream to ``address``."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"send takes bytes, got {type(data).__name__}")
+        if len(data) > self.limits.frame_bytes_max:
+            raise ValueError(
+                f"packet is {len(data)} bytes; the frame limit is {self.limits.frame_bytes_max}"
+            )
+        address = normalize_address(address)
+        peer_id = self._peer_ids.get(address)
+        if peer_id is None:
+            raise UnknownPeer(f"no peer {address}: connect() to it first")
+        payload = frame(bytes(data))
+        lock = self._locks.setdefault(address, trio.Lock())
+        async with lock:
+            last_error: BaseException | None = None
+            for _attempt in range(2):  # the cached stream, then one fresh stream
+                stream = self._out_streams.get(address)
+                try:
+                    if stream is None:
+                        with trio.fail_after(self.limits.stream_open_timeout_s):
+                            stream = await self._host.new_stream(peer_id, [self._protocol])
+                        self._out_streams[address] = stream
+                    await stream.write(payload)
+                    return
+                except trio.TooSlowError as error:
+                    last_error = error
+                except Exception as error:
+                    last_error = error
+                stale = self._out_streams.pop(address, None)
+                if stale is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await _reset_quietly(stale)
+        raise PeerUnreachable(
+            f"cannot send to {address} ({peer_id}): {last_error!r}"
+        ) from last_error
+
+    # --- receiving -------------------------------------------------------------------------
+
+    async def _handle_inbound(self, stream: Any) -> None:
+        # Runs in libp2p's nursery: nothing may escape, or it takes the host down.
+        try:
+            await self._read_stream(stream)
+        except Exception as error:
+            logger.info("inbound stream ended: %r", error)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await _reset_quietly(stream)
+
+    async def _read_stream(self, stream: Any) -> None:
+        remote: ID = stream.muxed_conn.peer_id
+        try:
+            address = _address_of_id(remote)
+            self._remember(address, remote)
+        except (ValueError, TransportError) as error:
+            logger.warning("refusing inbound stream from %s: %s", remote, error)
+            await _reset_quietly(stream)
+            return
+        if self._inbound_streams >= self.limits.inbound_streams_max:
+            logger.warning(
+                "refusing inbound stream from %s: %d streams open (inbound_streams_max)",
+                address,
+                self._inbound_streams,
+            )
+            await _reset_quietly(stream)
+            return
+        self._inbound_streams += 1
+        try:
+            reader = FrameReader(self.limits.frame_bytes_max)
+            while True:
+                try:
+                    chunk = await stream.read(_READ_CHUNK_BYTES)
+                except EOFError:  # libp2p's StreamEOF
+                    chunk = b""
+                if not chunk:
+                    await stream.close()
+                    return
+                try:
+                    frames = reader.feed(chunk)
+                except BadPacket as error:
+                    logger.warning("closing stream from %s: %s", address, error)
+                    await _reset_quietly(stream)
+                    return
+                for data in frames:
+                    try:
+                        self._inbox_send.send_nowait((address, data))
+                    except trio.WouldBlock:
+                        self.dropped_frames += 1
+                        logger.debug("inbox full: dropped a %d-byte frame", len(data))
+                    except trio.ClosedResourceError:
+                        await _reset_quietly(stream)
+                        return
+        finally:
+            self._inbound_streams -= 1
+
+
+async def _reset_quietly(stream: Any) -> None:
+    try:
+        await stream.reset()
+    except Exception as error:
+        logger.debug("stream reset failed: %r", error)
+
+
+def _noise_only_host(key: NodeKey, limits: TransportLimits) -> Any:
+    key_pair = secp256k1_key_pair(key.secret)
+    # The Noise static key is per process: it is authenticated by a signature from the
+    # identity key inside the handshake, so it need not be persisted.
+    noise = NoiseTransport(key_pair, noise_privkey=x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        connection_config=ConnectionConfig(
+            max_connections=limits.peers_max * 2,
+            dial_timeout=limits.dial_timeout_s,
+        ),
+    )
+
+
+@asynccontextmanager
+async def open_transport(
+    key: NodeKey,
+    listen_addrs: list[str],
+    *,
+    protocol: str = DEFAULT_PROTOCOL,
+    limits: TransportLimits | None = None,
+    quiet_logs: bool = True,
+) -> AsyncIterator[Transport]:
+    """Run a Noise-only, Yamux, TCP libp2p host with ``key`` as identity; yield its Transport."""
+    if not isinstance(key, NodeKey):
+        raise TypeError(f"open_transport takes a NodeKey, got {type(key).__name__}")
+    if not listen_addrs:
+        raise ValueError("listen_addrs is empty: give at least one, e.g. /ip4/127.0.0.1/tcp/0")
+    try:
+        maddrs = [multiaddr.Multiaddr(addr) for addr in listen_addrs]
+    except Exception as error:
+        raise ValueError(f"listen_addrs holds a bad multiaddr ({error})") from None
+    if not protocol.startswith("/"):
+        raise ValueError(f"protocol {protocol!r} must start with '/', e.g. {DEFAULT_PROTOCOL}")
+    if quiet_logs:
+        quiet_libp2p_logs()
+    limits = limits or TransportLimits()
+    host = _noise_only_host(key, limits)
+    transport = Transport(key, host, protocol, limits)
+    host.set_stream_handler(TProtocol(protocol), transport._handle_inbound)
+    try:
+        async with host.run(listen_addrs=maddrs):
+            try:
+                yield transport
+            finally:
+                # Leaving host.run() only cancels the swarm's tasks and leaves connection
+                # sockets to the garbage collector (ResourceWarning); close them first.
+                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+                    await host.get_network().close()
+    finally:
+        transport._inbox_send.close()

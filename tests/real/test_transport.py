@@ -1,0 +1,143 @@
+"""The libp2p transport on loopback: framing, identity, Noise-only, bad frames, dialing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.crypto.secp256k1 import create_new_key_pair as secp256k1_key_pair
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+from node.gossip.wire import frame
+from node.identity.keys import NodeKey
+from node.mesh.transport import (
+    DEFAULT_PROTOCOL,
+    Transport,
+    TransportLimits,
+    UnknownPeer,
+    address_of_peer_id,
+    open_transport,
+    peer_id_of,
+)
+
+pytestmark = pytest.mark.real
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+STEP_TIMEOUT_S = 5
+
+
+async def read_until_closed(stream: Any) -> None:
+    """Reads until the remote ends the stream; py-libp2p reports a reset as EOF or reset."""
+    while await stream.read(100):
+        pass
+    raise StreamEOF
+
+
+def key(n: int) -> NodeKey:
+    return NodeKey(n.to_bytes(32, "big"))
+
+
+@asynccontextmanager
+async def transports(
+    *ns: int, limits: TransportLimits | None = None
+) -> AsyncIterator[list[Transport]]:
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(open_transport(key(n), LOOPBACK, limits=limits))
+            for n in ns
+        ]
+
+
+async def receive(t: Transport) -> tuple[str, bytes]:
+    with trio.fail_after(STEP_TIMEOUT_S):
+        return await t.inbox.receive()
+
+
+def test_peer_id_and_address_come_from_one_key() -> None:
+    k = key(7)
+    peer_id = peer_id_of(k)
+    assert peer_id.startswith("16Uiu2HA")  # identity multihash of a secp256k1 key
+    assert address_of_peer_id(peer_id) == k.address
+
+
+def test_address_of_peer_id_refuses_garbage() -> None:
+    with pytest.raises(ValueError, match="not a base58 libp2p peer id"):
+        address_of_peer_id("0OIl-not-base58")
+
+
+async def test_packets_flow_both_ways_with_authenticated_sender() -> None:
+    async with transports(1, 2) as (a, b):
+        assert all(addr.startswith("/ip4/127.0.0.1/tcp/") for addr in a.listen_addrs)
+        assert a.listen_addrs[0].endswith(f"/p2p/{peer_id_of(key(1))}")
+        assert await b.connect(a.listen_addrs[0]) == key(1).address
+        for i in range(3):
+            await b.send(key(1).address, b"to a %d" % i)
+        assert [await receive(a) for _ in range(3)] == [
+            (key(2).address, b"to a %d" % i) for i in range(3)
+        ]
+        # a learned b from the authenticated inbound stream and can answer without dialing.
+        await a.send(key(2).address, b"to b")
+        assert await receive(b) == (key(1).address, b"to b")
+
+
+async def test_connect_without_peer_id_learns_it_from_the_handshake() -> None:
+    async with transports(1, 3) as (a, c):
+        bare = a.listen_addrs[0].split("/p2p/")[0]
+        assert await c.connect(bare) == key(1).address
+        await c.send(key(1).address, b"hello")
+        assert await receive(a) == (key(3).address, b"hello")
+        await a.send(key(3).address, b"hi")
+        assert await receive(c) == (key(1).address, b"hi")
+
+
+async def test_send_to_unknown_peer_is_a_clear_error() -> None:
+    async with transports(1) as (a,):
+        with pytest.raises(UnknownPeer, match="connect"):
+            await a.send(key(9).address, b"x")
+
+
+async def test_plaintext_only_dialer_is_refused() -> None:
+    async with transports(1) as (a,):
+        kp = secp256k1_key_pair(key(4).secret)
+        plain = new_host(key_pair=kp, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)})
+        async with plain.run(listen_addrs=[multiaddr.Multiaddr(LOOPBACK[0])]):
+            info = info_from_p2p_addr(multiaddr.Multiaddr(a.listen_addrs[0]))
+            with (
+                trio.fail_after(STEP_TIMEOUT_S),
+                pytest.raises(Exception, match="unable to connect"),
+            ):
+                await plain.connect(info)
+        assert a.peers == []
+
+
+async def test_oversized_frame_resets_that_stream_only() -> None:
+    limits = TransportLimits(frame_bytes_max=1000)
+    async with transports(1, 2, 3, limits=limits) as (a, b, c):
+        await b.connect(a.listen_addrs[0])
+        await c.connect(a.listen_addrs[0])
+        # c speaks the protocol but declares a frame over a's limit.
+        bad = await c._host.new_stream(a._host.get_id(), [DEFAULT_PROTOCOL])
+        await bad.write(frame(b"x" * 1001))
+        with trio.fail_after(STEP_TIMEOUT_S), pytest.raises(StreamError):
+            await read_until_closed(bad)
+        # a is unharmed: other peers, and c itself on a fresh stream, still get through.
+        await b.send(key(1).address, b"still fine")
+        assert await receive(a) == (key(2).address, b"still fine")
+        await c.send(key(1).address, b"new stream")
+        assert await receive(a) == (key(3).address, b"new stream")
+        assert a.dropped_frames == 0
+
+
+async def test_send_refuses_a_packet_over_the_frame_limit() -> None:
+    limits = TransportLimits(frame_bytes_max=100)
+    async with transports(1, 2, limits=limits) as (a, b):
+        await b.connect(a.listen_addrs[0])
+        with pytest.raises(ValueError, match="frame limit"):
+            await b.send(key(1).address, b"x" * 101)

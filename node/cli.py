@@ -29,6 +29,7 @@ from node.config import (
     load_or_create_node_key,
     write_config,
 )
+from node.control import ControlError, query, serve_control
 from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
 from node.identity.keys import NodeKey, checksum_address
@@ -59,6 +60,23 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = query(args.data_dir, "status")
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    members = reply.pop("members", {})
+    for key, value in reply.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"{key:<14} {shown}")
+    if isinstance(members, dict):
+        print(
+            f"{'tree':<14} core {len(members.get('core', []))}, parent {members.get('parent')}, "
+            f"children {len(members.get('children', []))}"
+        )
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     path = write_config(data_dir, args.network)
@@ -83,7 +101,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     # libp2p costs ~1 s to import: only the command that needs it pays.
-    from node.mesh.transport import open_transport
+    from node.mesh.transport import open_transport, peer_id_of
 
     configure_logging(args.log_level, json_lines=args.log_json)
     data_dir: Path = args.data_dir
@@ -106,6 +124,31 @@ async def _run(args: argparse.Namespace) -> int:
                 await nursery.start(service.run)
                 for addr in bootstrap:
                     nursery.start_soon(join_through, service, transport, addr, rng)
+
+                def status() -> dict[str, object]:
+                    return {
+                        "address": key.address,
+                        "peer_id": peer_id_of(key),
+                        "network": network,
+                        "data_dir": str(data_dir),
+                        "listen_addrs": transport.listen_addrs,
+                        "peers": len(transport.peers),
+                        "members_alive": len(core.membership.alive()),
+                        "members": core.describe(),
+                        "ops": replica.state.op_count,
+                        "op_set_digest": replica.digest.root().hex(),
+                        "state_digest": replica.state.state_hash(),
+                        "store_bytes": replica.store.size_bytes(),
+                        "nodes_known": len(replica.state.nodes()),
+                    }
+
+                await nursery.start(serve_control, data_dir, {"status": status})
+                # The node's own record: who it is and where to reach it, replicated to all.
+                await service.write(
+                    key,
+                    "node.announce",
+                    {"listen_addrs": transport.listen_addrs[:16], "version": __version__},
+                )
                 print(f"formation-node {__version__}")
                 print(
                     f"  address   {checksum_address(key.address)}{'  (new key)' if created else ''}"
@@ -238,6 +281,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.set_defaults(func=cmd_init)
 
+    status_parser = commands.add_parser(
+        "status",
+        parents=[data_dir],
+        help="ask the node running on a data dir how it is doing",
+        description="Peers, members, op count and state digest of the node running on --data-dir.",
+    )
+    status_parser.add_argument("--json", action="store_true", help="one JSON object")
+    status_parser.set_defaults(func=cmd_status)
+
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
     show = config_commands.add_parser(
@@ -257,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
     except (
         UsageError,
+        ControlError,
         ConfigError,
         KeystoreError,
         StoreError,

@@ -36,6 +36,7 @@ from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
 from node.logs import LEVELS, configure_logging
 from node.mesh.gossip_driver import GossipService, join_through
+from node.metrics import NodeMetrics
 from node.replica import Replica
 from node.store import StoreError
 
@@ -140,8 +141,28 @@ async def _run(args: argparse.Namespace) -> int:
                         "state_digest": replica.state.state_hash(),
                         "store_bytes": replica.store.size_bytes(),
                         "nodes_known": len(replica.state.nodes()),
+                        "metrics": metrics_url,
                     }
 
+                metrics = NodeMetrics()
+                metrics_host, _, metrics_port = args.metrics.rpartition(":")
+                metrics_url = metrics.serve(metrics_host or "127.0.0.1", int(metrics_port or 0))
+
+                def snapshot() -> dict[str, object]:
+                    return {
+                        "ops": replica.state.op_count,
+                        "members_alive": len(core.membership.alive()),
+                        "peers": len(transport.peers),
+                        "store_bytes": replica.store.size_bytes(),
+                        "local_health": core.membership.local_health,
+                        "packets_sent": core.stats.packets_sent,
+                        "ops_received": core.stats.ops_received,
+                        "duplicates_received": core.stats.duplicates_received,
+                        "dropped_packets": service.dropped_packets,
+                        "bad_packets": service.bad_packets,
+                    }
+
+                nursery.start_soon(metrics.run, snapshot)
                 await nursery.start(serve_control, data_dir, {"status": status})
                 # The node's own record: who it is and where to reach it, replicated to all.
                 await service.write(
@@ -158,6 +179,7 @@ async def _run(args: argparse.Namespace) -> int:
                 for addr in transport.listen_addrs:
                     print(f"  listen    {addr}")
                 print(f"  bootstrap {', '.join(bootstrap) or '(none)'}")
+                print(f"  metrics   {metrics_url}")
                 print(
                     f"  state     {replica.state.op_count} ops, digest {replica.state.state_hash()[:16]}"
                 )
@@ -245,6 +267,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help="join the fog through this peer (repeatable; /ip4/H/tcp/P without /p2p/ works); "
         "overrides the config's list",
+    )
+    run.add_argument(
+        "--metrics",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics here (default: %(default)s, a free port; see 'status')",
     )
     run.add_argument("--log-level", choices=LEVELS, default="warning", help="default: %(default)s")
     run.add_argument("--log-json", action="store_true", help="logs as one JSON object per line")

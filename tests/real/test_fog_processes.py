@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,13 @@ def test_a_fog_of_five_processes_shares_state_and_survives_kill_and_disk_loss(
         for i in range(5):
             fog.start(i)
         fog.wait(lambda: fog.converged(5))
+        status = fog.status(0)
+        assert status is not None
+        assert status["listen_addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
+        with urllib.request.urlopen(status["metrics"], timeout=10) as response:
+            exported = response.read().decode()
+        assert "formation_peers " in exported
+        assert any(line.startswith("formation_ops ") for line in exported.splitlines())
 
         # kill -9, then restart on the same data dir: state comes back from disk, and the
         # node catches up (its new announce reaches everyone; everyone's state matches).

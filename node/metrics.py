@@ -1,0 +1,75 @@
+"""Prometheus metrics of a running node, on a local HTTP port (``--metrics HOST:PORT``).
+
+The exporter is prometheus_client's own threaded HTTP server with a private registry; the
+values are copied from the node's cores once a second by ``run_metrics`` (the cores are
+single-threaded, so the exporter thread never reads them directly). Default bind is
+127.0.0.1 with port 0 (a free one, reported by ``formation-node status``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+__all__ = ["NodeMetrics"]
+
+_INTERVAL_S = 1.0
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ops = Gauge("formation_ops", "Ops held in the local replica", registry=r)
+        self.members_alive = Gauge("formation_members_alive", "Members believed alive", registry=r)
+        self.peers = Gauge("formation_peers", "Peers with a libp2p connection", registry=r)
+        self.store_bytes = Gauge("formation_store_bytes", "SQLite store size", registry=r)
+        self.local_health = Gauge(
+            "formation_local_health", "Lifeguard local health (0 = healthy)", registry=r
+        )
+        self.packets_sent = Counter("formation_packets_sent", "Gossip packets sent", registry=r)
+        self.ops_received = Counter(
+            "formation_ops_received", "Op copies received by gossip", registry=r
+        )
+        self.duplicates = Counter(
+            "formation_duplicate_ops_received", "Op copies already held", registry=r
+        )
+        self.dropped_packets = Counter(
+            "formation_packets_dropped", "Packets dropped (queue full, unreachable)", registry=r
+        )
+        self.bad_packets = Counter(
+            "formation_bad_packets", "Packets refused (malformed, spoofed)", registry=r
+        )
+        self._last: dict[str, float] = {}
+        self.url = ""
+
+    def serve(self, host: str, port: int) -> str:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self.url = f"http://{host}:{server.server_port}/metrics"
+        return self.url
+
+    def _count(self, counter: Counter, name: str, total: float) -> None:
+        delta = total - self._last.get(name, 0.0)
+        if delta > 0:
+            counter.inc(delta)
+        self._last[name] = total
+
+    def update(self, snapshot: dict[str, Any]) -> None:
+        self.ops.set(snapshot["ops"])
+        self.members_alive.set(snapshot["members_alive"])
+        self.peers.set(snapshot["peers"])
+        self.store_bytes.set(snapshot["store_bytes"])
+        self.local_health.set(snapshot["local_health"])
+        self._count(self.packets_sent, "packets_sent", snapshot["packets_sent"])
+        self._count(self.ops_received, "ops_received", snapshot["ops_received"])
+        self._count(self.duplicates, "duplicates", snapshot["duplicates_received"])
+        self._count(self.dropped_packets, "dropped_packets", snapshot["dropped_packets"])
+        self._count(self.bad_packets, "bad_packets", snapshot["bad_packets"])
+
+    async def run(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        while True:
+            self.update(snapshot())
+            await trio.sleep(_INTERVAL_S)

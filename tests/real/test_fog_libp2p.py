@@ -7,6 +7,7 @@ GossipService and a libp2p Transport. Joining goes through bootstrap multiaddrs 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 from collections.abc import Callable
@@ -15,12 +16,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from node.gossip import wire
 from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
+from node.gossip.messages import Gossip, Packet
 from node.mesh.gossip_driver import GossipService, join_through
-from node.mesh.transport import open_transport
+from node.mesh.transport import TransportLimits, open_transport
 from node.replica import Replica
-from tests.helpers import NET, seeded_keys
+from tests.helpers import NET, op, seeded_keys
 
 pytestmark = [
     pytest.mark.real,
@@ -91,8 +94,74 @@ async def _five_node_fog(tmp_path: Path) -> None:
 
 
 async def _run_transport(
-    key: object, *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+    key: object,
+    limits: TransportLimits | None = None,
+    *,
+    task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with open_transport(key, ["/ip4/127.0.0.1/tcp/0"]) as transport:  # type: ignore[arg-type]
+    async with open_transport(key, ["/ip4/127.0.0.1/tcp/0"], limits=limits) as transport:  # type: ignore[arg-type]
         task_status.started(transport)
         await trio.sleep_forever()
+
+
+async def test_a_hostile_peer_is_ignored_and_the_others_go_on(tmp_path: Path) -> None:
+    await _hostile_peer(tmp_path)
+    gc.collect()
+
+
+async def _hostile_peer(tmp_path: Path) -> None:
+    replicas: list[Replica] = []
+    services: list[GossipService] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            transports = []
+            for i, key in enumerate(KEYS[:3]):
+                replica = Replica.open(tmp_path / f"n{i}", NET)
+                replicas.append(replica)
+                transport = await nursery.start(_run_transport, key)
+                transports.append(transport)
+                core = GossipCore(
+                    key.address,
+                    transport.listen_addrs[0],
+                    GossipConfig.local(),
+                    random.Random(i),
+                    replica,
+                )
+                services.append(await nursery.start(GossipService(core, replica, transport).run))
+                if i:
+                    nursery.start_soon(
+                        join_through,
+                        services[i],
+                        transport,
+                        transports[0].listen_addrs[0],
+                        random.Random(i),
+                    )
+            with trio.fail_after(30):
+                await wait_until(lambda: all(len(s.core.membership.alive()) == 2 for s in services))
+            # The attacker: a real libp2p peer that allows itself huge frames.
+            hostile = await nursery.start(
+                _run_transport, KEYS[4], TransportLimits(frame_bytes_max=64 * 2**20)
+            )
+            victim = services[0]
+            victim_address = KEYS[0].address
+            await hostile.connect(transports[0].listen_addrs[0])
+            await hostile.send(victim_address, b"\xf1\x00 not a packet")
+            good = op(KEYS[4], "account.create", {"name": "mallory"})
+            forged_body = good.body.replace(b'"mallory"', b'"alice!!"')
+            await hostile.send(
+                victim_address,
+                wire.encode(Packet(KEYS[4].address, (Gossip(((forged_body, good.sig),)),))),
+            )
+            with contextlib.suppress(Exception):  # the victim resets the stream mid-frame
+                await hostile.send(victim_address, b"\x00" * (5 * 2**20))
+            with trio.fail_after(30):
+                await wait_until(lambda: victim.bad_packets >= 1)
+                # The others go on: an honest op still reaches everyone.
+                made = await services[2].write(KEYS[2], "account.create", {"name": "carol"})
+                await wait_until(lambda: all(r.has(made.id) for r in replicas))
+            assert all(r.state.account(KEYS[4].address) is None for r in replicas)
+            assert len({r.state.state_hash() for r in replicas}) == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        for replica in replicas:
+            replica.close()

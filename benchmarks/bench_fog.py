@@ -4,11 +4,12 @@ Run: ``.venv/bin/python benchmarks/bench_fog.py [--sizes 10 20]``. For each size
 many ``formation-node run`` processes (``node.devnet.LocalFog``: node 0 is everyone's
 bootstrap peer), measures the time from the last start until every node holds every node's
 ``node.announce`` op with identical state digests, then samples each process's RSS and CPU
-time over 10 s of idle running. Prints a table; writes ``benchmarks/results/fog.json``.
+time over 10 s of running with one heartbeat op per node per second. Prints a table; writes ``benchmarks/results/fog.json``.
 Loopback only.
 
-Not measured yet: propagation percentiles of a stream of ops (needs the gateway to inject ops
-from outside; the simulator measures the protocol's propagation, docs/benchmarks.md).
+Propagation: every node signs a ``node.capacity`` heartbeat op each second
+(``--heartbeat-s 1``); each node records when ops reached it (``arrivals`` on the control
+socket), and propagation is arrival time minus the op's HLC wall time (one machine, one clock).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from node.control import query
 from node.devnet import LocalFog
 
 RESULTS = Path(__file__).parent / "results" / "fog.json"
@@ -37,7 +39,7 @@ def _proc_sample(pid: int) -> tuple[float, int]:
 
 def bench(size: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-fog-") as tmp:
-        fog = LocalFog(Path(tmp))
+        fog = LocalFog(Path(tmp), extra_args=("--heartbeat-s", "1"))
         try:
             started = time.monotonic()
             for i in range(size):
@@ -49,6 +51,12 @@ def bench(size: int) -> dict[str, Any]:
             idle_s = 10.0
             time.sleep(idle_s)
             after = [_proc_sample(pid) for pid in pids]
+            delays_ms = sorted(
+                arrived - written
+                for i in fog.procs
+                for _, written, arrived in query(fog.data_dir(i), "arrivals")["arrivals"]
+                if written >= int((time.time() - idle_s) * 1000)  # ops of the measured window
+            )
         finally:
             fog.stop_all()
     cpu = [(a[0] - b[0]) / idle_s for a, b in zip(after, before, strict=True)]
@@ -57,7 +65,12 @@ def bench(size: int) -> dict[str, Any]:
         "nodes": size,
         "start_all_s": round(all_started - started, 2),
         "converge_after_last_start_s": round(converge_s, 2),
-        "idle_cpu_per_node_percent": round(100 * sum(cpu) / len(cpu), 2),
+        "ops_per_s": size,
+        "deliveries_measured": len(delays_ms),
+        "propagation_ms_p50": delays_ms[len(delays_ms) // 2] if delays_ms else None,
+        "propagation_ms_p99": delays_ms[int(len(delays_ms) * 0.99)] if delays_ms else None,
+        "propagation_ms_max": delays_ms[-1] if delays_ms else None,
+        "cpu_per_node_percent": round(100 * sum(cpu) / len(cpu), 2),
         "rss_per_node_mib": round(sum(rss) / len(rss) / 2**20, 1),
     }
 
@@ -71,14 +84,29 @@ def main() -> None:
         print(f"starting {size} node processes ...", flush=True)
         rows.append(bench(size))
         print(f"  {rows[-1]}", flush=True)
-    print(
-        f"{'nodes':>6} {'start all s':>12} {'converge s':>11} {'idle CPU %/node':>16} {'RSS MiB/node':>13}"
+    header = (
+        "nodes",
+        "start all s",
+        "converge s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "CPU %/node",
+        "RSS MiB/node",
     )
+    keys = (
+        "nodes",
+        "start_all_s",
+        "converge_after_last_start_s",
+        "propagation_ms_p50",
+        "propagation_ms_p99",
+        "propagation_ms_max",
+        "cpu_per_node_percent",
+        "rss_per_node_mib",
+    )
+    print("  ".join(f"{h:>12}" for h in header))
     for r in rows:
-        print(
-            f"{r['nodes']:>6} {r['start_all_s']:>12} {r['converge_after_last_start_s']:>11} "
-            f"{r['idle_cpu_per_node_percent']:>16} {r['rss_per_node_mib']:>13}"
-        )
+        print("  ".join(f"{r[k]!s:>12}" for k in keys))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"benchmark": "fog", "runs": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -22,6 +22,7 @@ import trio
 
 from bootstrap.profiles import PROFILES
 from node import __version__
+from node.capacity import measure_capacity
 from node.config import (
     ConfigError,
     default_data_dir,
@@ -197,13 +198,21 @@ async def _run(args: argparse.Namespace) -> int:
                     }
 
                 nursery.start_soon(metrics.run, snapshot)
-                await nursery.start(serve_control, data_dir, {"status": status})
+
+                def arrivals() -> dict[str, object]:
+                    return {"arrivals": list(service.arrivals)}
+
+                await nursery.start(
+                    serve_control, data_dir, {"status": status, "arrivals": arrivals}
+                )
                 # The node's own record: who it is and where to reach it, replicated to all.
                 await service.write(
                     key,
                     "node.announce",
                     {"listen_addrs": transport.listen_addrs[:16], "version": __version__},
                 )
+                if args.heartbeat_s > 0:
+                    nursery.start_soon(_heartbeat, service, key, data_dir, args.heartbeat_s)
                 print(f"formation-node {__version__}")
                 print(
                     f"  address   {checksum_address(key.address)}{'  (new key)' if created else ''}"
@@ -228,6 +237,14 @@ async def _run(args: argparse.Namespace) -> int:
         await trio.to_thread.run_sync(replica.close)
     print("stopped cleanly", flush=True)
     return 0
+
+
+async def _heartbeat(service: GossipService, key: NodeKey, data_dir: Path, period_s: float) -> None:
+    """Report this machine's capacity as a signed node.capacity op every ``period_s``."""
+    while True:
+        await trio.sleep(period_s)
+        capacity = await trio.to_thread.run_sync(measure_capacity, data_dir)
+        await service.write(key, "node.capacity", {"capacity": capacity})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -307,6 +324,13 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1:0",
         metavar="HOST:PORT",
         help="serve Prometheus metrics here (default: %(default)s, a free port; see 'status')",
+    )
+    run.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="sign a node.capacity op this often (0: never; default: %(default)s)",
     )
     run.add_argument("--log-level", choices=LEVELS, default="warning", help="default: %(default)s")
     run.add_argument("--log-json", action="store_true", help="logs as one JSON object per line")

@@ -28,9 +28,12 @@ _CLI = [sys.executable, "-m", "node.cli"]
 
 
 class LocalFog:
-    def __init__(self, root: Path, *, log_level: str = "warning") -> None:
+    def __init__(
+        self, root: Path, *, log_level: str = "warning", extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.root = root
         self.log_level = log_level
+        self.extra_args = extra_args
         self.procs: dict[int, subprocess.Popen[str]] = {}
         self.retired: list[subprocess.Popen[str]] = []
         self.bootstrap = ""
@@ -48,7 +51,7 @@ class LocalFog:
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
         ]
-        args += ["--log-level", self.log_level]
+        args += ["--log-level", self.log_level, *self.extra_args]
         if self.bootstrap:
             args += ["--bootstrap", self.bootstrap]
         # Keys generated on first start must not land in the operator's real data dir.

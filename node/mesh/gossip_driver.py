@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -45,6 +46,7 @@ log = logging.getLogger("formation.gossip")
 
 # Packets waiting for one peer; past this the peer is too slow and we drop (gossip repairs).
 PEER_QUEUE_PACKETS_MAX = 256
+ARRIVALS_KEPT = 10_000
 DIAL_TIMEOUT_S = 5.0
 
 
@@ -80,6 +82,9 @@ class GossipService:
         self._queues: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # the core is not re-entrant: one caller at a time
+        # (op id hex, author's wall ms, arrival wall ms) of recent ops: propagation as seen
+        # here, for `status` and benchmarks. Bounded.
+        self.arrivals: deque[tuple[str, int, int]] = deque(maxlen=ARRIVALS_KEPT)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -142,6 +147,10 @@ class GossipService:
                 result = await trio.to_thread.run_sync(self.replica.submit, effect.ops, wall_ms())
                 for index, why in result.rejected:
                     log.warning("op %d from %s refused: %s", index, effect.sender, why)
+                arrived_ms = wall_ms()
+                self.arrivals.extend(
+                    (op.id.hex(), op.wall_ms, arrived_ms) for op in result.accepted
+                )
                 pending += self.core.on_ops_accepted(
                     trio.current_time(), result.accepted, effect.sender
                 )

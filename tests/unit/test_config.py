@@ -63,3 +63,14 @@ def test_a_config_may_override_its_profile(tmp_path: Path) -> None:
     config = load_config(tmp_path)
     assert config.network == "devnet"
     assert config.bootstrap == ("/ip4/127.0.0.1/tcp/4001",)
+
+
+def test_measured_capacity_is_a_valid_node_capacity_payload(tmp_path: Path) -> None:
+    from node.capacity import measure_capacity
+    from node.ledger.schema import check_payload
+    from node.ledger.state import KINDS
+
+    capacity = measure_capacity(tmp_path)
+    checked = check_payload("node.capacity", KINDS["node.capacity"].spec, {"capacity": capacity})
+    assert checked["capacity"]["cpu_total_cores"] >= 1
+    assert 0 < capacity["memory_available_bytes"] <= capacity["memory_total_bytes"]

@@ -9,7 +9,9 @@ file or a store that is not ours.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import random
 import secrets
 import signal
@@ -151,7 +153,12 @@ async def _run(args: argparse.Namespace) -> int:
         # Handlers go in before "running" is printed: a supervisor that signals as soon as it
         # reads that line must get a clean stop, not the default kill.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_transport(key, listen) as transport, trio.open_nursery() as nursery:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    transport = await stack.enter_async_context(open_transport(key, listen))
+                except ValueError as exc:  # a --listen the operator can fix
+                    raise UsageError(f"cannot listen on {listen}: {exc}") from None
+                nursery = await stack.enter_async_context(trio.open_nursery())
                 rng = random.Random(secrets.randbits(64))
                 core = GossipCore(
                     key.address, transport.listen_addrs[0], GossipConfig.lan(), rng, replica
@@ -248,7 +255,28 @@ async def _heartbeat(service: GossipService, key: NodeKey, data_dir: Path, perio
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return trio.run(_run, args)
+    try:
+        return trio.run(_run, args)
+    except (UsageError, ControlError, ConfigError, KeystoreError, StoreError, OSError):
+        raise  # operator-fixable, raised before any service started: main() prints one line
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        logging.getLogger("formation.node").error(
+            "a node service crashed; the node stopped", exc_info=group
+        )
+        print(
+            "error: a node service crashed (see the log above); the node stopped", file=sys.stderr
+        )
+        return 1
+    except Exception:
+        # One service failed (transport, gossip, store, ...): the nursery has already
+        # cancelled the others. Never linger half-alive: say what broke and exit non-zero.
+        logging.getLogger("formation.node").exception("a node service crashed; the node stopped")
+        print(
+            "error: a node service crashed (see the log above); the node stopped", file=sys.stderr
+        )
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -117,7 +117,14 @@ class GossipService:
             self.bad_packets += 1
             log.warning("dropped a packet from %s claiming to be from %s", sender, packet.sender)
             return []
-        return self.core.on_packet(now, packet)
+        try:
+            return self.core.on_packet(now, packet)
+        except Exception:
+            # The core validates peer input, so this is a bug; but a packet must never be able
+            # to take the node down. Log it loudly with the packet's sender and drop it.
+            self.bad_packets += 1
+            log.exception("gossip core failed on a packet from %s; packet dropped", sender)
+            return []
 
     async def add_seed(self, node: str, addr: str) -> None:
         """A peer found by dialing (bootstrap): join the fog through it."""

@@ -74,6 +74,7 @@ from node.gossip.messages import (
 )
 from node.identity.keys import SIGNATURE_BYTES
 from node.ledger.digest import MESSAGE_BYTES_MAX as DIGEST_MESSAGE_BYTES_MAX
+from node.ledger.digest import encode_uvarint
 from node.ledger.op import OP_BODY_BYTES_MAX
 
 __all__ = [
@@ -142,7 +143,6 @@ TAGS: Final[dict[type, int]] = {
     Sync: _TAG_SYNC,
 }
 _STATES: Final = tuple(MemberState)
-_SMALL_VARINTS: Final = tuple(bytes((i,)) for i in range(0x80))
 _TAG_BYTES: Final = {tag: bytes((tag,)) for tag in TAGS.values()}
 _BOOL_BYTES: Final = (b"\x00", b"\x01")
 
@@ -249,23 +249,12 @@ def _decompress(frame_data: bytes, payload_bytes_max: int) -> bytes:
 # --- encoding -------------------------------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _u64(value: object, what: str) -> bytes:
     if type(value) is not int:
         raise BadPacket(f"{what} must be an int, got {type(value).__name__}")
     if not 0 <= value <= _U64_MAX:
         raise BadPacket(f"{what} must be in [0, 2**64), got {value}")
-    return _varint(value)
+    return encode_uvarint(value)
 
 
 def _text(value: object, what: str, bytes_max: int, *, empty_ok: bool) -> bytes:
@@ -279,7 +268,7 @@ def _text(value: object, what: str, bytes_max: int, *, empty_ok: bool) -> bytes:
         raise BadPacket(f"{what} is {len(raw)} bytes of UTF-8; the limit is {bytes_max}")
     if not raw and not empty_ok:
         raise BadPacket(f"{what} is empty")
-    return _varint(len(raw)) + raw
+    return encode_uvarint(len(raw)) + raw
 
 
 def _over(what: str, count: int, count_max: int, total_max: int | None) -> BadPacket:
@@ -304,7 +293,7 @@ def _count(items: object, what: str, count_max: int, total_max: int | None = Non
 
 
 def _put_members(put: Callable[[bytes], None], members: object, what: str, count_max: int) -> None:
-    put(_varint(_count(members, what, count_max)))
+    put(encode_uvarint(_count(members, what, count_max)))
     assert isinstance(members, Sequence)
     seen: set[str] = set()
     for member in members:
@@ -315,7 +304,7 @@ def _put_members(put: Callable[[bytes], None], members: object, what: str, count
         state: object = member.state
         if type(state) is bool or not isinstance(state, int) or not 0 <= state < len(_STATES):
             raise BadPacket(f"{what} state {state!r} is not a MemberState")
-        put(_SMALL_VARINTS[state])
+        put(encode_uvarint(state))
         put(_u64(member.incarnation, f"{what} incarnation"))
         put(_text(member.origin, f"{what} origin", NODE_ID_BYTES_MAX, empty_ok=True))
         if member.node in seen:
@@ -343,7 +332,7 @@ def _put_ids(
                 raise BadPacket(f"{what} holds an op id of {got}; ids are {OP_ID_BYTES} bytes")
     if unique != count:
         raise BadPacket(f"{what} lists an id twice")
-    put(_varint(count))
+    put(encode_uvarint(count))
     put(joined)
     return count
 
@@ -351,7 +340,7 @@ def _put_ids(
 def _put_ops(put: Callable[[bytes], None], ops: object, count_max: int, total_max: int) -> int:
     count = _count(ops, "Gossip.ops", count_max, total_max)
     assert isinstance(ops, Sequence)
-    put(_varint(count))
+    put(encode_uvarint(count))
     bodies: set[bytes] = set()
     for op in ops:
         try:
@@ -367,7 +356,7 @@ def _put_ops(put: Callable[[bytes], None], ops: object, count_max: int, total_ma
         if len(sig) != SIGNATURE_BYTES:
             raise BadPacket(f"Gossip op sig is {len(sig)} bytes; it must be {SIGNATURE_BYTES}")
         bodies.add(body)
-        put(_varint(len(body)))
+        put(encode_uvarint(len(body)))
         put(body)
         put(sig)
     if len(bodies) != count:
@@ -383,7 +372,7 @@ def _payload(packet: Packet, limits: WireLimits) -> bytes:
     put(_text(packet.sender, "Packet.sender", NODE_ID_BYTES_MAX, empty_ok=False))
     _put_members(put, packet.updates, "Packet.updates", limits.updates_per_packet_max)
     messages = packet.messages
-    put(_varint(_count(messages, "Packet.messages", limits.messages_per_packet_max)))
+    put(encode_uvarint(_count(messages, "Packet.messages", limits.messages_per_packet_max)))
     ops_left = limits.ops_per_packet_max
     ids_left = limits.ids_per_packet_max
     for message in messages:
@@ -420,7 +409,7 @@ def _payload(packet: Packet, limits: WireLimits) -> bytes:
                 raise BadPacket(
                     f"Sync.body is {len(body)} bytes; it must be 1 to {limits.sync_body_bytes_max}"
                 )
-            put(_varint(len(body)))
+            put(encode_uvarint(len(body)))
             put(body)
         elif kind is Join:
             assert isinstance(message, Join)
@@ -671,7 +660,7 @@ def frame(data: bytes) -> bytes:
     """``data`` with a varint length prefix, for a byte stream (see ``FrameReader``)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"frame takes bytes, got {type(data).__name__}")
-    return _varint(len(data)) + bytes(data)
+    return encode_uvarint(len(data)) + bytes(data)
 
 
 class FrameReader:
@@ -689,7 +678,7 @@ class FrameReader:
         if type(frame_bytes_max) is not int or frame_bytes_max < 0:
             raise ValueError(f"frame_bytes_max must be a non-negative int, got {frame_bytes_max!r}")
         self._frame_bytes_max = frame_bytes_max
-        self._prefix_bytes_max = len(_varint(frame_bytes_max))
+        self._prefix_bytes_max = len(encode_uvarint(frame_bytes_max))
         self._buffer = bytearray()
         self._length: int | None = None
         self._failed: str | None = None

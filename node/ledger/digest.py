@@ -107,6 +107,7 @@ __all__ = [
     "Reconciliation",
     "Step",
     "decode",
+    "encode_uvarint",
     "key_path",
     "opening",
     "reconcile",
@@ -462,7 +463,14 @@ def _conflict(op_id: bytes, known: int, wall_ms: int) -> str:
 # --- wire messages --------------------------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
+_SMALL_VARINTS: Final = tuple(bytes((i,)) for i in range(0x80))
+
+
+def encode_uvarint(value: int) -> bytes:
+    """Unsigned LEB128, minimal length (the only form decoders accept). Also used by
+    ``node.gossip.wire``: one encoder for both formats."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -530,10 +538,10 @@ class Digest:
             bytes((_TAG_DIGEST,)),
             _encode_path(self.path),
             self.salt,
-            _varint(len(self.entries)),
+            encode_uvarint(len(self.entries)),
         ]
         for entry in self.entries:
-            parts += (_encode_path(entry.rel), _varint(entry.count), entry.fingerprint)
+            parts += (_encode_path(entry.rel), encode_uvarint(entry.count), entry.fingerprint)
         return b"".join(parts)
 
     def encoded_size(self) -> int:
@@ -552,11 +560,13 @@ class IdList:
         _check_ids(self.ids, "id list")
 
     def encode(self) -> bytes:
-        head = bytes((_TAG_IDLIST,)) + _encode_path(self.path) + _varint(len(self.ids))
+        head = bytes((_TAG_IDLIST,)) + _encode_path(self.path) + encode_uvarint(len(self.ids))
         return head + b"".join(self.ids)
 
     def encoded_size(self) -> int:
-        return 1 + 1 + len(self.path) + len(_varint(len(self.ids))) + ID_BYTES * len(self.ids)
+        return (
+            1 + 1 + len(self.path) + len(encode_uvarint(len(self.ids))) + ID_BYTES * len(self.ids)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,10 +581,10 @@ class Missing:
             raise BadMessage("a missing list names at least one id")
 
     def encode(self) -> bytes:
-        return bytes((_TAG_MISSING,)) + _varint(len(self.ids)) + b"".join(self.ids)
+        return bytes((_TAG_MISSING,)) + encode_uvarint(len(self.ids)) + b"".join(self.ids)
 
     def encoded_size(self) -> int:
-        return 1 + len(_varint(len(self.ids))) + ID_BYTES * len(self.ids)
+        return 1 + len(encode_uvarint(len(self.ids))) + ID_BYTES * len(self.ids)
 
 
 Message = Digest | IdList | Missing

@@ -1,9 +1,12 @@
-"""Shared test helpers: seeded keys and op builders (no I/O, no clocks)."""
+"""Shared test helpers: seeded keys, op builders, and polling for Trio tests."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
+
+import trio
 
 from node.identity.keys import NodeKey
 from node.ledger.op import Op, sign_op
@@ -21,3 +24,13 @@ def op(
     key: NodeKey, kind: str, payload: dict[str, Any], wall_ms: int = T0_MS, logical: int = 0
 ) -> Op:
     return sign_op(key, NET, (wall_ms, logical), kind, payload)
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Poll until ``predicate`` holds (callers bound it with ``trio.fail_after``).
+
+    For state owned by other tasks and threads (replicas, membership): there is no event to
+    await.
+    """
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(0.02)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,11 @@ from node.gossip import wire
 from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
 from node.gossip.messages import Gossip, Packet
+from node.identity.keys import NodeKey
 from node.mesh.gossip_driver import GossipService, join_through
 from node.mesh.transport import TransportLimits, open_transport
 from node.replica import Replica
-from tests.helpers import NET, op, seeded_keys
+from tests.helpers import NET, op, seeded_keys, wait_until
 
 pytestmark = [
     pytest.mark.real,
@@ -38,12 +38,6 @@ pytestmark = [
 KEYS = seeded_keys(5, seed=41)
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    # Polls replicas and membership owned by other tasks; there is no event to await.
-    while not predicate():  # noqa: ASYNC110
-        await trio.sleep(0.05)
-
-
 async def test_five_nodes_form_a_fog_from_one_bootstrap_peer_and_share_ops(tmp_path: Path) -> None:
     await _five_node_fog(tmp_path)
     # Everything of the fog is unreachable now: reclaim py-libp2p's stray sockets here, under
@@ -51,32 +45,34 @@ async def test_five_nodes_form_a_fog_from_one_bootstrap_peer_and_share_ops(tmp_p
     gc.collect()
 
 
-async def _five_node_fog(tmp_path: Path) -> None:
+async def _start_fog(
+    nursery: trio.Nursery, tmp_path: Path, keys: list[NodeKey], replicas: list[Replica]
+) -> tuple[list[GossipService], str]:
+    """Start one node per key; all but the first join through the first's bare address
+    (no /p2p/<peer id>, as operators write it). Returns the services and that address."""
     services: list[GossipService] = []
+    first_addr = ""
+    for i, key in enumerate(keys):
+        replica = Replica.open(tmp_path / f"n{i}", NET)
+        replicas.append(replica)
+        transport = await nursery.start(_run_transport, key)
+        core = GossipCore(
+            key.address, transport.listen_addrs[0], GossipConfig.local(), random.Random(i), replica
+        )
+        service = GossipService(core, replica, transport)
+        services.append(await nursery.start(service.run))
+        if i == 0:
+            first_addr = transport.listen_addrs[0].split("/p2p/")[0]
+        else:
+            nursery.start_soon(join_through, service, transport, first_addr, random.Random(i))
+    return services, first_addr
+
+
+async def _five_node_fog(tmp_path: Path) -> None:
     replicas: list[Replica] = []
     try:
         async with trio.open_nursery() as nursery:
-            first_addr = ""
-            for i, key in enumerate(KEYS):
-                replica = Replica.open(tmp_path / f"n{i}", NET)
-                replicas.append(replica)
-                transport = await nursery.start(_run_transport, key)
-                core = GossipCore(
-                    key.address,
-                    transport.listen_addrs[0],
-                    GossipConfig.local(),
-                    random.Random(i),
-                    replica,
-                )
-                service = GossipService(core, replica, transport)
-                services.append(await nursery.start(service.run))
-                if i == 0:
-                    # A bootstrap entry as operators write it: no /p2p/<peer id>.
-                    first_addr = transport.listen_addrs[0].split("/p2p/")[0]
-                else:
-                    nursery.start_soon(
-                        join_through, service, transport, first_addr, random.Random(i)
-                    )
+            services, _ = await _start_fog(nursery, tmp_path, KEYS, replicas)
             with trio.fail_after(30):
                 await wait_until(lambda: all(len(s.core.membership.alive()) == 4 for s in services))
                 made = await services[3].write(KEYS[3], "account.create", {"name": "dave"})
@@ -111,31 +107,9 @@ async def test_a_hostile_peer_is_ignored_and_the_others_go_on(tmp_path: Path) ->
 
 async def _hostile_peer(tmp_path: Path) -> None:
     replicas: list[Replica] = []
-    services: list[GossipService] = []
     try:
         async with trio.open_nursery() as nursery:
-            transports = []
-            for i, key in enumerate(KEYS[:3]):
-                replica = Replica.open(tmp_path / f"n{i}", NET)
-                replicas.append(replica)
-                transport = await nursery.start(_run_transport, key)
-                transports.append(transport)
-                core = GossipCore(
-                    key.address,
-                    transport.listen_addrs[0],
-                    GossipConfig.local(),
-                    random.Random(i),
-                    replica,
-                )
-                services.append(await nursery.start(GossipService(core, replica, transport).run))
-                if i:
-                    nursery.start_soon(
-                        join_through,
-                        services[i],
-                        transport,
-                        transports[0].listen_addrs[0],
-                        random.Random(i),
-                    )
+            services, first_addr = await _start_fog(nursery, tmp_path, KEYS[:3], replicas)
             with trio.fail_after(30):
                 await wait_until(lambda: all(len(s.core.membership.alive()) == 2 for s in services))
             # The attacker: a real libp2p peer that allows itself huge frames.
@@ -144,7 +118,7 @@ async def _hostile_peer(tmp_path: Path) -> None:
             )
             victim = services[0]
             victim_address = KEYS[0].address
-            await hostile.connect(transports[0].listen_addrs[0])
+            await hostile.connect(first_addr)
             await hostile.send(victim_address, b"\xf1\x00 not a packet")
             good = op(KEYS[4], "account.create", {"name": "mallory"})
             forged_body = good.body.replace(b'"mallory"', b'"alice!!"')

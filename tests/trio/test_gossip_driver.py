@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -15,7 +14,7 @@ from node.gossip.core import GossipCore
 from node.gossip.messages import Packet, Ping
 from node.mesh.gossip_driver import GossipService, join_through
 from node.replica import Replica
-from tests.helpers import NET, seeded_keys
+from tests.helpers import NET, seeded_keys, wait_until
 
 KEYS = seeded_keys(4, seed=31)
 
@@ -49,12 +48,6 @@ class MemoryTransport:
         if multiaddr not in self.hub.inboxes:
             raise ConnectionError(f"{multiaddr} unreachable")
         return multiaddr
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    # Polls state that lives in other tasks and threads (replicas); there is no event to await.
-    while not predicate():  # noqa: ASYNC110
-        await trio.sleep(0.02)
 
 
 async def start_nodes(

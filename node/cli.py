@@ -50,6 +50,23 @@ class UsageError(Exception):
     """A problem the operator can fix; printed as ``error: ...``, exit status 2."""
 
 
+# Problems an operator can fix: ``main`` prints them as one ``error:`` line, exit status 2.
+_OPERATOR_ERRORS: tuple[type[Exception], ...] = (
+    UsageError,
+    ControlError,
+    TimeoutError,
+    ConfigError,
+    KeystoreError,
+    StoreError,
+    FileExistsError,
+    FileNotFoundError,
+)
+
+# `run` lets these through untouched (they come before any service starts); an OSError that
+# is not an operator error reaches main() and shows its traceback.
+_OPERATOR_ERRORS_OR_OS: tuple[type[Exception], ...] = (*_OPERATOR_ERRORS, OSError)
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists():
@@ -257,8 +274,8 @@ async def _heartbeat(service: GossipService, key: NodeKey, data_dir: Path, perio
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         return trio.run(_run, args)
-    except (UsageError, ControlError, ConfigError, KeystoreError, StoreError, OSError):
-        raise  # operator-fixable, raised before any service started: main() prints one line
+    except _OPERATOR_ERRORS_OR_OS:
+        raise  # raised before any service started: main() prints the fixable ones as one line
     except BaseExceptionGroup as group:
         if group.subgroup(KeyboardInterrupt) is not None:
             raise KeyboardInterrupt from None
@@ -440,16 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         status: int = args.func(args)
-    except (
-        UsageError,
-        ControlError,
-        TimeoutError,
-        ConfigError,
-        KeystoreError,
-        StoreError,
-        FileExistsError,
-        FileNotFoundError,
-    ) as exc:
+    except _OPERATOR_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

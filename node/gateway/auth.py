@@ -31,18 +31,25 @@ the gateway turns it into ``401`` with that JSON and applies nothing.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from node.identity.keys import InvalidSignature, recover_address, recover_personal
+from node.ledger.request_op import (
+    ParsedLine,
+    RequestRejected,
+    canonical_message,
+    parse_line,
+)
 
 __all__ = [
     "WINDOW_S_DEFAULT",
     "AuthError",
     "NonceCache",
+    "SignedRequest",
+    "authenticate",
     "canonical_message",
     "verify",
 ]
@@ -50,10 +57,6 @@ __all__ = [
 # Five minutes: wide enough for a laptop whose clock is a little off, narrow enough that the
 # nonce cache only has to remember five minutes of requests.
 WINDOW_S_DEFAULT: Final = 300
-_PREFIX: Final = "formation:v1:"
-_NONCE: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
-_METHOD: Final = re.compile(r"[A-Z]{3,7}")
-_MESSAGE_CHARS_MAX: Final = 4096
 
 
 class AuthError(ValueError):
@@ -62,51 +65,11 @@ class AuthError(ValueError):
         self.code = code
 
 
-def canonical_message(method: str, path: str, body: bytes, timestamp_s: int, nonce: str) -> str:
-    """The line a client signs for a request (the same function the ``form`` client uses)."""
-    return (
-        f"{_PREFIX}{method.upper()}:{path}:{hashlib.sha256(body).hexdigest()}:{timestamp_s}:{nonce}"
-    )
-
-
-@dataclass(frozen=True)
-class _Parsed:
-    method: str
-    path: str
-    body_sha256: str
-    timestamp_s: int
-    nonce: str
-
-
-def _parse(line: str) -> _Parsed:
-    if len(line) > _MESSAGE_CHARS_MAX or not line.isascii() or "\n" in line:
-        raise AuthError(
-            "malformed_message",
-            "the signed message must be one ASCII line of at most 4096 characters",
-        )
-    if not line.startswith(_PREFIX):
-        raise AuthError("malformed_message", f"the signed message must start with {_PREFIX!r}")
-    head, _, nonce = line.rpartition(":")
-    head, _, timestamp = head.rpartition(":")
-    head, _, body_sha256 = head.rpartition(":")
-    method, sep, path = head[len(_PREFIX) :].partition(":")
-    if not sep or not _METHOD.fullmatch(method):
-        raise AuthError(
-            "malformed_message",
-            "the signed message has no upper-case HTTP method after 'formation:v1:'",
-        )
-    if not path.startswith("/"):
-        raise AuthError("malformed_message", "the signed message's path must start with '/'")
-    if not re.fullmatch(r"[0-9a-f]{64}", body_sha256):
-        raise AuthError(
-            "malformed_message",
-            "the body hash must be 64 lower-case hex digits (sha256 of the body)",
-        )
-    if not timestamp.isdigit() or len(timestamp) > 12:
-        raise AuthError("malformed_message", "the timestamp must be unix seconds (digits only)")
-    if not _NONCE.fullmatch(nonce):
-        raise AuthError("malformed_message", "the nonce must be 8-64 characters of A-Z a-z 0-9 _ -")
-    return _Parsed(method, path, body_sha256, int(timestamp), nonce)
+def _parse(line: str) -> ParsedLine:
+    try:
+        return parse_line(line)
+    except RequestRejected as exc:
+        raise AuthError(exc.code, str(exc)) from None
 
 
 class NonceCache:
@@ -154,8 +117,8 @@ def _hex(text: str, what: str) -> bytes:
         raise AuthError("malformed_signature", f"{what} is not hex") from None
 
 
-def _recover(headers: Mapping[str, str]) -> tuple[str, str]:
-    """(signed line, signer address) from whichever carrier the request uses."""
+def _recover(headers: Mapping[str, str]) -> tuple[str, str, bytes, str]:
+    """(signed line, signer, 65-byte signature, scheme) from the request's carrier."""
     authorization = _header(headers, "Authorization")
     message = _header(headers, "X-Message")
     if authorization is not None and authorization.startswith("Signature "):
@@ -177,8 +140,9 @@ def _recover(headers: Mapping[str, str]) -> tuple[str, str]:
         except UnicodeDecodeError:
             raise AuthError("malformed_message", "the signed message must be ASCII") from None
         digest = hashlib.sha256(hashlib.sha256(line_bytes).digest()).digest()
+        full = signature + bytes((27 + int(parts[1]),))
         try:
-            return line, recover_address(digest, signature + bytes((int(parts[1]),)))
+            return line, recover_address(digest, full), full, "sha256d"
         except InvalidSignature as exc:
             raise AuthError("bad_signature", str(exc)) from None
     if message is None:
@@ -201,27 +165,42 @@ def _recover(headers: Mapping[str, str]) -> tuple[str, str]:
         raise AuthError(
             "malformed_signature", f"X-Signature must be 65 bytes (r||s||v), got {len(signature)}"
         )
+    if signature[64] in (0, 1):
+        signature = signature[:64] + bytes((signature[64] + 27,))
     try:
-        return message, recover_personal(message.encode("ascii", "strict"), signature)
+        signer = recover_personal(message.encode("ascii", "strict"), signature)
+        return message, signer, signature, "personal"
     except UnicodeEncodeError:
         raise AuthError("malformed_message", "the signed message must be ASCII") from None
     except InvalidSignature as exc:
         raise AuthError("bad_signature", str(exc)) from None
 
 
-def verify(
+@dataclass(frozen=True)
+class SignedRequest:
+    """An authenticated request: who signed it, and what a request op needs to carry it."""
+
+    signer: str
+    line: str
+    signature: bytes  # 65 bytes, v as 27/28
+    scheme: str  # "personal" (EIP-191) or "sha256d" (the upstream carrier)
+    timestamp_s: int
+    nonce: str
+
+
+def authenticate(
     method: str,
     path: str,
     body: bytes,
     headers: Mapping[str, str],
     now_s: int,
     nonces: NonceCache,
-) -> str:
-    """The signer's address if the request is properly signed, else ``AuthError``.
+) -> SignedRequest:
+    """The verified signature of a request, else ``AuthError``.
 
     ``path`` is the request target as received, query string included.
     """
-    line, signer = _recover(headers)
+    line, signer, signature, scheme = _recover(headers)
     parsed = _parse(line)
     if parsed.method != method.upper():
         raise AuthError(
@@ -243,4 +222,16 @@ def verify(
             f"the signed timestamp is {now_s - parsed.timestamp_s:+d} s from the node's clock; the window is ±{nonces.window_s} s (check your clock and sign again)",
         )
     nonces.use(signer, parsed.nonce, parsed.timestamp_s, now_s)
-    return signer
+    return SignedRequest(signer, line, signature, scheme, parsed.timestamp_s, parsed.nonce)
+
+
+def verify(
+    method: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    now_s: int,
+    nonces: NonceCache,
+) -> str:
+    """The signer's address if the request is properly signed, else ``AuthError``."""
+    return authenticate(method, path, body, headers, now_s, nonces).signer

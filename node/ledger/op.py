@@ -50,6 +50,7 @@ from node.identity.keys import (
 __all__ = [
     "ENVELOPE_VERSION",
     "OP_BODY_BYTES_MAX",
+    "REQUEST_ENVELOPE_VERSION",
     "Op",
     "OpRejected",
     "Stamp",
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 ENVELOPE_VERSION: Final = 1
+# A user's signed gateway request carried as the op itself (node.ledger.request_op).
+REQUEST_ENVELOPE_VERSION: Final = 2
 # An op is a small intent (a Formfile is the largest thing one carries); images and blobs travel
 # by digest, never inside ops. 256 KiB bounds what a hostile peer can make us parse and store.
 OP_BODY_BYTES_MAX: Final = 256 * 1024
@@ -158,6 +161,8 @@ class Op:
     kind: str
     net: str
     payload: dict[str, Any]
+    # The delegate key that signed a request op acting for ``author`` (None: the author signed).
+    via: str | None = None
 
     @property
     def stamp(self) -> Stamp:
@@ -167,6 +172,8 @@ class Op:
     def trusted(cls, body: bytes, sig: bytes) -> Op:
         """Rebuild an op this node verified before (e.g. from its own store): no ECDSA."""
         fields = json.loads(body)
+        if fields.get("v") == REQUEST_ENVELOPE_VERSION:
+            return _request_op(body, sig, fields, verify_net=None)
         return cls._from_fields(eip191_hash(body), body, sig, fields)
 
     @classmethod
@@ -236,6 +243,12 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
         raise OpRejected("malformed", f"op body is not JSON: {exc}") from None
     if not isinstance(fields, dict):
         raise OpRejected("malformed", "op body must be a JSON object")
+    if fields.get("v") == REQUEST_ENVELOPE_VERSION:
+        if _dumps(fields) != body:
+            raise OpRejected(
+                "not_canonical", "op body is not canonical JSON (sorted keys, no spaces, UTF-8)"
+            )
+        return _request_op(body, sig, fields, verify_net=net)
     if fields.keys() != _BODY_KEYS:
         missing = sorted(_BODY_KEYS - fields.keys())
         extra = sorted(fields.keys() - _BODY_KEYS)
@@ -245,7 +258,7 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
     if fields["v"] != ENVELOPE_VERSION:
         raise OpRejected(
             "unsupported_version",
-            f"op envelope version {fields['v']!r}; this node speaks {ENVELOPE_VERSION}",
+            f"op envelope version {fields['v']!r}; this node speaks {ENVELOPE_VERSION} and {REQUEST_ENVELOPE_VERSION}",
         )
     if _dumps(fields) != body:
         raise OpRejected(
@@ -275,3 +288,41 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
             "bad_signature", f"signed by {signer}, but the op says its author is {author!r}"
         )
     return Op._from_fields(op_id, body, sig, fields)
+
+
+def _request_op(body: bytes, sig: bytes, fields: dict[str, Any], verify_net: str | None) -> Op:
+    """A ``v: 2`` request op (``node.ledger.request_op``); ``verify_net=None`` trusts it."""
+    from node.ledger.request_op import check_delegation, read_fields, recover_line_signer
+
+    request = read_fields(fields)
+    if verify_net is not None:
+        if fields["net"] != verify_net:
+            raise OpRejected(
+                "wrong_network",
+                f"op was signed for network {fields['net']!r}; this is {verify_net!r}",
+            )
+        signer = recover_line_signer(request.line, sig, request.scheme)
+        if request.grant is None:
+            if signer != request.author:
+                raise OpRejected(
+                    "bad_signature",
+                    f"signed by {signer}, but the op says its author is {request.author!r}",
+                )
+        else:
+            grant = decode_op(request.grant[0], request.grant[1], verify_net)
+            check_delegation(request.kind, signer, request.author, request.timestamp_s, grant)
+    via = None
+    if request.grant is not None:
+        via = Op.trusted(*request.grant).payload["delegate"] if verify_net is None else signer
+    return Op(
+        id=eip191_hash(body),
+        body=body,
+        sig=sig,
+        author=request.author,
+        wall_ms=request.timestamp_s * 1000,
+        logical=0,
+        kind=request.kind,
+        net=fields["net"],
+        payload=request.payload,
+        via=via,
+    )

@@ -47,6 +47,7 @@ from node.identity.keys import keccak256
 from node.ledger.crdt import LWWMap, ORSet, stamp_from_json, stamp_to_json
 from node.ledger.digest import OpDigest
 from node.ledger.op import Op, OpRejected, Stamp, canonical_json, decode_op
+from node.ledger.request_op import DELEGABLE_SCOPES
 from node.ledger.schema import (
     Addr,
     Bool,
@@ -67,6 +68,7 @@ __all__ = [
     "SNAPSHOT_FORMAT",
     "State",
     "build_id_of",
+    "grant_key_of",
     "instance_id_of",
 ]
 
@@ -258,7 +260,7 @@ class Record:
         return record
 
 
-_TABLES: Final = ("accounts", "nodes", "instances", "agents", "models")
+_TABLES: Final = ("accounts", "nodes", "instances", "agents", "models", "keys")
 
 
 Authorizer = Callable[[Op, dict[str, Any]], None]
@@ -401,6 +403,37 @@ def _allow(table: str, allow: bool) -> Applier:
     return apply
 
 
+def grant_key_of(account: str, delegate: str) -> str:
+    """The ``keys`` table's key of ``account``'s grant to ``delegate``."""
+    return f"{account}/{delegate}"
+
+
+def _own_grant(op: Op, payload: dict[str, Any]) -> None:
+    if payload["delegate"] == op.author:
+        raise _unauthorized(f"{op.kind}: an account cannot grant a key to itself")
+
+
+def _key_grant(state: State, op: Op, payload: dict[str, Any]) -> None:
+    record = state._record("keys", grant_key_of(op.author, payload["delegate"]), owner=op.author)
+    values = {
+        "delegate": payload["delegate"],
+        "scopes": payload["scopes"],
+        "expires_s": payload["expires_s"],
+        "spend_cap": payload.get("spend_cap"),
+        "label": payload.get("label"),
+        "grant_op": op.id.hex(),
+        "revoked": False,
+        "exists": True,
+    }
+    record.first("created", op.stamp)
+    record.set_fields(values, op.stamp)
+
+
+def _key_revoke(state: State, op: Op, payload: dict[str, Any]) -> None:
+    record = state._record("keys", grant_key_of(op.author, payload["delegate"]), owner=op.author)
+    record.set_fields({"revoked": True}, op.stamp)
+
+
 def _kinds() -> dict[str, Kind]:
     kinds: list[Kind] = [
         Kind(
@@ -436,6 +469,23 @@ def _kinds() -> dict[str, Kind]:
             _node_capacity,
         ),
         Kind("node.leave", {"node_id": Addr()}, _own_node, _node_leave),
+        Kind(
+            "key.grant",
+            {
+                "delegate": Addr(required=True),
+                "scopes": ListOf(
+                    item=Enum(values=DELEGABLE_SCOPES),
+                    items_max=len(DELEGABLE_SCOPES),
+                    required=True,
+                ),
+                "expires_s": Int(required=True, value_max=10**12),
+                "spend_cap": Int(),
+                "label": _LABEL,
+            },
+            _own_grant,
+            _key_grant,
+        ),
+        Kind("key.revoke", {"delegate": Addr(required=True)}, _anyone, _key_revoke),
         Kind(
             "instance.create",
             {
@@ -769,6 +819,34 @@ class State:
 
     def models(self) -> list[dict[str, Any]]:
         return [m for key, _ in sorted(self._live("models")) if (m := self.model(key))]
+
+    def grant(self, account: str, delegate: str) -> dict[str, Any] | None:
+        """``account``'s grant to ``delegate`` as last written (revoked or not), or None."""
+        record = self.tables["keys"].get(grant_key_of(account, delegate))
+        if record is None or not record.exists:
+            return None
+        fields = record.fields.to_dict()
+        fields.pop("exists", None)
+        return {"account": account, **fields, **self._times(record)}
+
+    def grants(self, account: str) -> list[dict[str, Any]]:
+        prefix = f"{account}/"
+        return [
+            g
+            for key, _ in sorted(self._live("keys"))
+            if key.startswith(prefix) and (g := self.grant(account, key[len(prefix) :]))
+        ]
+
+    def grants_to(self, delegate: str) -> list[dict[str, Any]]:
+        """Unrevoked grants naming ``delegate`` (expiry is the caller's to check: it needs now)."""
+        suffix = f"/{delegate}"
+        return [
+            g
+            for key, _ in sorted(self._live("keys"))
+            if key.endswith(suffix)
+            and (g := self.grant(key[: -len(suffix)], delegate))
+            and not g["revoked"]
+        ]
 
     def allow_tags(self, table: str, entity_id: str, address: str) -> list[str]:
         """Tags a ``*.disallow`` op must carry to remove ``address`` (what this replica saw)."""

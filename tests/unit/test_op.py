@@ -71,7 +71,7 @@ def test_an_op_for_another_network_is_refused() -> None:
             "malformed",
         ),
         (
-            b'{"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":2}',
+            b'{"author":"0x00","hlc":[1,0],"kind":"k","net":"testnet","payload":{},"v":3}',
             "unsupported_version",
         ),
         (

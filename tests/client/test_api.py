@@ -1,0 +1,387 @@
+"""GatewayClient: the exact request each method sends, signing, and how refusals surface."""
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from node.client.api import ApiError, ClientError, GatewayClient, GatewayUnreachable
+from tests.client.fake_gateway import NOW_S, FakeGateway, answer, refuse
+from tests.helpers import seeded_keys
+
+ALICE, BOB = seeded_keys(2, seed=62)
+AGENT = "ab" * 32
+INSTANCE = "cd" * 20
+
+Call = Callable[[GatewayClient], Any]
+
+# (call, method, target, body sent or None, signed)
+ROUTES: list[tuple[str, Call, str, str, Any, bool]] = [
+    ("ping", lambda c: c.ping(), "GET", "/v1/ping", None, False),
+    ("health", lambda c: c.health(), "GET", "/v1/health", None, False),
+    ("openapi", lambda c: c.openapi(), "GET", "/v1/openapi.json", None, False),
+    ("node_info", lambda c: c.node_info(), "GET", "/v1/node/info", None, False),
+    ("node_list", lambda c: c.node_list(), "GET", "/v1/node/list", None, False),
+    (
+        "account_create",
+        lambda c: c.account_create("alice", "hi"),
+        "POST",
+        "/v1/account/create",
+        {"name": "alice", "description": "hi"},
+        True,
+    ),
+    ("account_create_bare", lambda c: c.account_create(), "POST", "/v1/account/create", {}, True),
+    (
+        "account_update",
+        lambda c: c.account_update(description="new"),
+        "POST",
+        "/v1/account/update",
+        {"description": "new"},
+        True,
+    ),
+    ("account_delete", lambda c: c.account_delete(), "POST", "/v1/account/delete", {}, True),
+    (
+        "account_get",
+        lambda c: c.account_get(ALICE.address),
+        "GET",
+        f"/v1/account/{ALICE.address}/get",
+        None,
+        True,
+    ),
+    ("account_list", lambda c: c.account_list(), "GET", "/v1/account/list", None, True),
+    (
+        "instance_create",
+        lambda c: c.instance_create(
+            "web", "NAME web\n", description="d", resources={"vcpus": 2, "memory_mb": 1024}
+        ),
+        "POST",
+        "/v1/instance/create",
+        {
+            "name": "web",
+            "formfile": "NAME web\n",
+            "description": "d",
+            "resources": {"vcpus": 2, "memory_mb": 1024},
+        },
+        True,
+    ),
+    ("instance_list", lambda c: c.instance_list(), "GET", "/v1/instance/list", None, True),
+    (
+        "instance_get",
+        lambda c: c.instance_get(INSTANCE),
+        "GET",
+        f"/v1/instance/{INSTANCE}/get",
+        None,
+        True,
+    ),
+    (
+        "instance_get_by_build_id",
+        lambda c: c.instance_get_by_build_id(AGENT),
+        "GET",
+        f"/v1/instance/{AGENT}/get_by_build_id",
+        None,
+        True,
+    ),
+    (
+        "instance_ips",
+        lambda c: c.instance_ips(AGENT),
+        "GET",
+        f"/v1/instance/{AGENT}/get_instance_ips",
+        None,
+        True,
+    ),
+    *[
+        (
+            f"instance_{action}",
+            (lambda a: lambda c: getattr(c, f"instance_{a}")(INSTANCE))(action),
+            "POST",
+            f"/v1/instance/{INSTANCE}/{action}",
+            {},
+            True,
+        )
+        for action in ("stop", "start", "delete")
+    ],
+    ("agent_list", lambda c: c.agent_list(), "GET", "/v1/agents", None, False),
+    ("agent_get", lambda c: c.agent_get(AGENT), "GET", f"/v1/agents/{AGENT}", None, False),
+    (
+        "agent_create",
+        lambda c: c.agent_create({"name": "echo", "access": "public"}),
+        "POST",
+        "/v1/agents/create",
+        {"name": "echo", "access": "public"},
+        True,
+    ),
+    (
+        "agent_update",
+        lambda c: c.agent_update({"name": "echo", "tags": ["x"]}),
+        "POST",
+        "/v1/agents/update",
+        {"name": "echo", "tags": ["x"]},
+        True,
+    ),
+    (
+        "agent_delete",
+        lambda c: c.agent_delete("echo"),
+        "POST",
+        "/v1/agents/delete",
+        {"name": "echo"},
+        True,
+    ),
+    (
+        "agent_allow",
+        lambda c: c.agent_allow(AGENT, BOB.address),
+        "POST",
+        f"/v1/agents/{AGENT}/allow",
+        {"address": BOB.address},
+        True,
+    ),
+    (
+        "agent_disallow",
+        lambda c: c.agent_disallow(AGENT, BOB.address),
+        "POST",
+        f"/v1/agents/{AGENT}/disallow",
+        {"address": BOB.address},
+        True,
+    ),
+    ("model_list", lambda c: c.model_list(), "GET", "/v1/models", None, False),
+    ("model_get", lambda c: c.model_get("m1"), "GET", "/v1/models/m1", None, False),
+    (
+        "model_create",
+        lambda c: c.model_create({"name": "llama"}),
+        "POST",
+        "/v1/models/create",
+        {"name": "llama"},
+        True,
+    ),
+    (
+        "model_update",
+        lambda c: c.model_update({"name": "llama"}),
+        "POST",
+        "/v1/models/update",
+        {"name": "llama"},
+        True,
+    ),
+    (
+        "model_delete",
+        lambda c: c.model_delete("llama"),
+        "POST",
+        "/v1/models/delete",
+        {"name": "llama"},
+        True,
+    ),
+    (
+        "key_grant",
+        lambda c: c.key_grant(BOB.address, ["read", "agent"], NOW_S + 60, spend_cap=5, label="ci"),
+        "POST",
+        "/v1/key/grant",
+        {
+            "delegate": BOB.address,
+            "scopes": ["read", "agent"],
+            "expires_s": NOW_S + 60,
+            "spend_cap": 5,
+            "label": "ci",
+        },
+        True,
+    ),
+    (
+        "key_grant_bare",
+        lambda c: c.key_grant(BOB.address, ["read"], NOW_S + 60),
+        "POST",
+        "/v1/key/grant",
+        {"delegate": BOB.address, "scopes": ["read"], "expires_s": NOW_S + 60},
+        True,
+    ),
+    (
+        "key_revoke",
+        lambda c: c.key_revoke(BOB.address),
+        "POST",
+        "/v1/key/revoke",
+        {"delegate": BOB.address},
+        True,
+    ),
+    ("key_list", lambda c: c.key_list(), "GET", "/v1/key/list", None, True),
+]
+
+
+def client(gateway: FakeGateway, key: Any = ALICE, **kw: Any) -> GatewayClient:
+    return GatewayClient(
+        "http://127.0.0.1:3004",
+        key,
+        clock=lambda: gateway.now_s + 0.9,
+        transport=gateway.transport,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "method", "target", "body", "signed"),
+    [r[1:] for r in ROUTES],
+    ids=[r[0] for r in ROUTES],
+)
+def test_each_method_sends_exactly_its_route(
+    call: Call, method: str, target: str, body: Any, signed: bool
+) -> None:
+    gateway = FakeGateway().on(method, target, answer(200, {"ok": True}))
+    with client(gateway) as c:
+        assert call(c) == {"ok": True}
+    seen = gateway.last
+    assert (seen.method, seen.target) == (method, target)
+    if body is None:
+        assert seen.body == b""
+        assert "content-type" not in seen.headers
+    else:
+        assert seen.json == body
+        # Compact, and the very bytes the signature covers (the fake verifies them).
+        assert b" " not in seen.body.replace(b"NAME web", b"")
+        assert seen.headers["content-type"] == "application/json"
+    assert seen.signer == (ALICE.address if signed else None)
+    if signed:
+        # The clock's seconds, truncated.
+        assert f":{gateway.now_s}:" in seen.headers["x-message"]
+    assert "x-act-as" not in seen.headers
+
+
+def test_every_public_method_is_in_the_route_table() -> None:
+    public = {
+        name
+        for name in dir(GatewayClient)
+        if not name.startswith("_")
+        and name not in ("request", "open_stream", "close", "base_url")
+        and callable(getattr(GatewayClient, name))
+    }
+    covered = {r[0] for r in ROUTES} | {"open_agent_hire", "open_agent_run_task"}
+    assert public <= covered, public - covered
+
+
+def test_a_delegate_names_the_account_it_acts_for() -> None:
+    gateway = FakeGateway().on("GET", "/v1/instance/list", answer(200, {"count": 0}))
+    with client(gateway, BOB, act_as=ALICE.address.upper().replace("0X", "0x")) as c:
+        c.instance_list()
+    assert gateway.last.headers["x-act-as"] == ALICE.address
+    assert gateway.last.signer == BOB.address
+
+
+def test_ids_cannot_add_path_segments_or_a_query_and_the_escaped_target_is_signed() -> None:
+    gateway = FakeGateway().on("GET", "/v1/instance/a%2F..%2Fb%3Fx%3D1/get", answer(200, {}))
+    with client(gateway) as c:
+        c.instance_get("a/../b?x=1")
+    assert gateway.last.signer == ALICE.address
+
+
+def test_a_signed_route_without_a_key_fails_before_sending() -> None:
+    gateway = FakeGateway()
+    with client(gateway, None) as c, pytest.raises(ClientError, match="must be signed"):
+        c.account_list()
+    assert gateway.seen == []
+
+
+def test_a_refusal_is_an_api_error_with_the_gateway_s_code_message_and_field() -> None:
+    gateway = FakeGateway().on(
+        "POST",
+        "/v1/account/create",
+        refuse(400, "invalid_payload", "name must be at most 64 characters", "name"),
+    )
+    with client(gateway) as c, pytest.raises(ApiError) as raised:
+        c.account_create("x" * 100)
+    error = raised.value
+    assert (error.status, error.code, error.field) == (400, "invalid_payload", "name")
+    assert str(error) == error.message == "name must be at most 64 characters"
+
+
+def test_an_auth_refusal_comes_through_with_its_code() -> None:
+    gateway = FakeGateway(now_s=NOW_S + 3600)  # the node's clock is an hour ahead of ours
+    with (
+        GatewayClient(
+            "http://127.0.0.1:3004", ALICE, clock=lambda: NOW_S, transport=gateway.transport
+        ) as c,
+        pytest.raises(ApiError) as raised,
+    ):
+        c.key_list()
+    assert (raised.value.status, raised.value.code) == (401, "stale")
+
+
+def test_a_refusal_that_is_not_gateway_json_gets_an_http_code() -> None:
+    page = httpx.Response(502, text="<html><body>\n  Bad   Gateway </body></html>")
+    gateway = FakeGateway().on("GET", "/v1/health", page)
+    with client(gateway) as c, pytest.raises(ApiError) as raised:
+        c.health()
+    assert raised.value.code == "http_502"
+    assert raised.value.message == "<html><body> Bad Gateway </body></html>"
+
+
+def test_an_answer_that_is_not_json_is_a_client_error() -> None:
+    gateway = FakeGateway().on("GET", "/v1/health", httpx.Response(200, text="hello"))
+    with client(gateway) as c, pytest.raises(ClientError, match="not JSON"):
+        c.health()
+
+
+def test_nothing_listening_is_gateway_unreachable() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago, now closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with GatewayClient(f"http://127.0.0.1:{port}", None, timeout_s=5) as c:
+        with pytest.raises(GatewayUnreachable) as raised:
+            c.health()
+        assert raised.value.url == f"http://127.0.0.1:{port}"
+
+
+def test_a_timeout_is_a_client_error_naming_the_request() -> None:
+    def stall(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with (
+        GatewayClient("http://127.0.0.1:3004", None, transport=httpx.MockTransport(stall)) as c,
+        pytest.raises(ClientError, match="did not answer GET /v1/node/info in time"),
+    ):
+        c.node_info()
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "http://127.0.0.1:3004",
+        "http://127.0.0.1:3004/",
+        "http://127.0.0.1:3004/v1",
+        "http://127.0.0.1:3004/v1/",
+    ],
+)
+def test_the_base_url_may_end_in_a_slash_or_v1(base: str) -> None:
+    gateway = FakeGateway().on("GET", "/v1/ping", answer(200, {"ping": "pong"}))
+    with GatewayClient(base, None, transport=gateway.transport) as c:
+        assert c.base_url == "http://127.0.0.1:3004"
+        assert c.ping() == {"ping": "pong"}
+
+
+@pytest.mark.parametrize("base", ["127.0.0.1:3004", "ftp://host", "http://", "http://[::1"])
+def test_a_base_url_that_is_not_http_is_refused(base: str) -> None:
+    with pytest.raises(ValueError, match="gateway URL"):
+        GatewayClient(base, None)
+
+
+def test_hire_streams_the_answer_in_chunks_and_signs_the_body() -> None:
+    def stream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/plain"}, content=iter([b"hel", b"lo ", b"world"])
+        )
+
+    gateway = FakeGateway().on("POST", f"/v1/agents/{AGENT}/hire", stream)
+    with client(gateway) as c, c.open_agent_hire(AGENT, {"prompt": "hi"}) as answer_:
+        assert answer_.status == 200
+        assert answer_.content_type == "text/plain"
+        assert list(answer_.chunks) == [b"hel", b"lo ", b"world"]
+    assert gateway.last.body == b'{"prompt":"hi"}'
+    assert gateway.last.signer == ALICE.address
+
+
+def test_run_task_refused_raises_before_any_chunk() -> None:
+    gateway = FakeGateway().on(
+        "POST", f"/v1/agents/{AGENT}/run_task", refuse(403, "forbidden", "this agent is private")
+    )
+    with (
+        client(gateway) as c,
+        pytest.raises(ApiError, match="private") as raised,
+        c.open_agent_run_task(AGENT, {"task": 1}),
+    ):
+        pass
+    assert raised.value.code == "forbidden"

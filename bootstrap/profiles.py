@@ -8,7 +8,9 @@ from the secure handshake when it dials (Noise authenticates the key it is talki
 remembers it.
 
 The devnet hosts are the upstream's published ones (`shared/seed`, "host 1: 3.214.9.18") on
-port 53333, the port of the upstream's peer-to-peer service (form-p2p's ``QUEUE_PORT``).
+port 53333, the port of the upstream's peer-to-peer service (form-p2p's ``QUEUE_PORT``). The
+gateway listens on 127.0.0.1:3004 (the upstream form-state's port) in every profile: it is the
+operator's and local clients' door, and exposing it is an explicit choice (``--gateway``).
 Nothing in tests or local runs dials them: tests read this table, and ``make run`` uses the
 ``local`` profile, which has no bootstrap peers.
 """
@@ -31,6 +33,10 @@ class Profile:
     description: str
     listen_addrs: tuple[str, ...]
     bootstrap: tuple[str, ...]
+    # The signed-request gateway (HOST:PORT; port 0 picks a free one).
+    gateway: str = "127.0.0.1:3004"
+    # Where agent endpoints may be for the gateway to proxy calls to them (IP networks).
+    agent_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 PROFILES: Final[dict[str, Profile]] = {
@@ -50,6 +56,8 @@ PROFILES: Final[dict[str, Profile]] = {
             f"/ip4/3.214.9.18/tcp/{DEVNET_PORT}",
             f"/ip4/44.218.128.162/tcp/{DEVNET_PORT}",
         ),
+        # Agents run in instances on the mesh; loopback is the node itself, never an agent.
+        agent_networks=("10.0.0.0/8",),
     ),
 }
 

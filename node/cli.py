@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -201,6 +202,7 @@ async def _run(args: argparse.Namespace) -> int:
                         "store_bytes": replica.store.size_bytes(),
                         "nodes_known": len(replica.state.nodes()),
                         "metrics": metrics_url,
+                        "gateway": gateway_url,
                     }
 
                 metrics = NodeMetrics()
@@ -222,6 +224,16 @@ async def _run(args: argparse.Namespace) -> int:
                     }
 
                 nursery.start_soon(metrics.run, snapshot)
+                gateway_url = await _start_gateway(
+                    nursery,
+                    args.gateway or config.gateway,
+                    key,
+                    network,
+                    replica,
+                    service,
+                    transport,
+                    config.agent_networks,
+                )
 
                 def arrivals() -> dict[str, object]:
                     return {"arrivals": list(service.arrivals)}
@@ -247,6 +259,7 @@ async def _run(args: argparse.Namespace) -> int:
                     print(f"  listen    {addr}")
                 print(f"  bootstrap {', '.join(bootstrap) or '(none)'}")
                 print(f"  metrics   {metrics_url}")
+                print(f"  gateway   {gateway_url or '(off)'}")
                 print(
                     f"  state     {replica.state.op_count} ops, digest {replica.state.state_hash()[:16]}"
                 )
@@ -261,6 +274,59 @@ async def _run(args: argparse.Namespace) -> int:
         await trio.to_thread.run_sync(replica.close)
     print("stopped cleanly", flush=True)
     return 0
+
+
+async def _start_gateway(
+    nursery: trio.Nursery,
+    where: str,
+    key: NodeKey,
+    network: str,
+    replica: Replica,
+    service: GossipService,
+    transport: Any,
+    agent_networks: Sequence[str],
+) -> str | None:
+    """Serve the gateway in ``nursery``; its URL, or None when turned off."""
+    if where == "off":
+        return None
+    from node.gateway.app import GatewayApp, serve_gateway
+    from node.gateway.proxy import AgentProxy
+    from node.mesh.transport import peer_id_of
+
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--gateway must be HOST:PORT (port 0 picks a free one), got {where!r}")
+
+    class Node:
+        def __init__(self) -> None:
+            self.replica = replica
+
+        def info(self) -> dict[str, Any]:
+            with replica.lock:
+                return {
+                    "address": key.address,
+                    "peer_id": peer_id_of(key),
+                    "network": network,
+                    "version": __version__,
+                    "listen_addrs": transport.listen_addrs,
+                    "ops": replica.state.op_count,
+                    "state_digest": replica.state.state_hash(),
+                }
+
+        async def submit(self, wire: list[tuple[bytes, bytes]]) -> Any:
+            return await service.submit(wire)
+
+    app = GatewayApp(Node(), proxy=AgentProxy(agent_networks))
+    try:
+        url: str = await nursery.start(
+            serve_gateway, app, host.strip("[]") or "127.0.0.1", int(port)
+        )
+    except OSError as exc:
+        raise UsageError(
+            f"cannot serve the gateway on {where}: {exc.strerror or exc}; pass --gateway HOST:PORT "
+            "(port 0 picks a free one) or --gateway off"
+        ) from None
+    return url
 
 
 async def _heartbeat(service: GossipService, key: NodeKey, data_dir: Path, period_s: float) -> None:
@@ -363,6 +429,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help="join the fog through this peer (repeatable; /ip4/H/tcp/P without /p2p/ works); "
         "overrides the config's list",
+    )
+    run.add_argument(
+        "--gateway",
+        metavar="HOST:PORT",
+        help="serve the signed-request HTTP gateway here (default: the config's, 127.0.0.1:3004; "
+        "port 0 picks a free one; 'off' serves none)",
     )
     run.add_argument(
         "--metrics",

@@ -90,15 +90,18 @@ class NodeConfig:
     listen_addrs: tuple[str, ...]
     bootstrap: tuple[str, ...]
     source: str  # the file it came from, or "embedded defaults"
+    gateway: str = "127.0.0.1:3004"
+    agent_networks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["listen_addrs"] = list(self.listen_addrs)
         data["bootstrap"] = list(self.bootstrap)
+        data["agent_networks"] = list(self.agent_networks)
         return data
 
 
-_KEYS: Final = {"profile", "network", "listen_addrs", "bootstrap"}
+_KEYS: Final = {"profile", "network", "listen_addrs", "bootstrap", "gateway", "agent_networks"}
 
 
 def load_config(data_dir: Path) -> NodeConfig:
@@ -112,6 +115,8 @@ def load_config(data_dir: Path) -> NodeConfig:
             profile.listen_addrs,
             profile.bootstrap,
             "embedded defaults",
+            profile.gateway,
+            profile.agent_networks,
         )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -132,18 +137,23 @@ def load_config(data_dir: Path) -> NodeConfig:
     def strings(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = data.get(key, list(default))
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{path}: {key} must be a list of multiaddr strings")
+            raise ConfigError(f"{path}: {key} must be a list of strings")
         return tuple(value)
 
     network = data.get("network", profile.network)
     if not isinstance(network, str) or not network:
         raise ConfigError(f"{path}: network must be a non-empty string")
+    gateway = data.get("gateway", profile.gateway)
+    if not isinstance(gateway, str) or ":" not in gateway:
+        raise ConfigError(f"{path}: gateway must be 'HOST:PORT' (port 0 picks a free one)")
     return NodeConfig(
         profile.name,
         network,
         strings("listen_addrs", profile.listen_addrs),
         strings("bootstrap", profile.bootstrap),
         str(path),
+        gateway,
+        strings("agent_networks", profile.agent_networks),
     )
 
 
@@ -161,6 +171,8 @@ def write_config(data_dir: Path, profile_name: str) -> Path:
         f"network = {json.dumps(profile.network)}",
         f"listen_addrs = {json.dumps(list(profile.listen_addrs))}",
         f"bootstrap = {json.dumps(list(profile.bootstrap))}",
+        f"gateway = {json.dumps(profile.gateway)}",
+        f"agent_networks = {json.dumps(list(profile.agent_networks))}",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")

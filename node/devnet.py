@@ -50,6 +50,8 @@ class LocalFog:
             str(self.data_dir(i)),
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
+            "--gateway",
+            "127.0.0.1:0",
         ]
         args += ["--log-level", self.log_level, *self.extra_args]
         if self.bootstrap:

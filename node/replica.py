@@ -21,6 +21,7 @@ store's fsync in a worker thread). ``now_ms`` is always passed in.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,9 @@ class Replica:
         self.hlc = hlc
         self.network = state.network
         self._snapshot_seq = snapshot_seq
+        # Ops are applied in worker threads while the gateway reads the state on the event
+        # loop: readers take this lock so they never see a table change size under them.
+        self.lock = threading.RLock()
 
     @classmethod
     def open(cls, data_dir: Path, network: str, *, drift_ms_max: int | None = None) -> Replica:
@@ -132,9 +136,10 @@ class Replica:
         if not fresh:
             return
         self.store.append([op for op, _ in fresh])  # durable from here on
-        for op, payload in fresh:
-            self.state.apply(op, payload)
-            result.accepted.append(op)
+        with self.lock:
+            for op, payload in fresh:
+                self.state.apply(op, payload)
+                result.accepted.append(op)
         if self.store.last_seq() - self._snapshot_seq >= SNAPSHOT_EVERY_OPS:
             self.snapshot()
 

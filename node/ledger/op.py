@@ -78,9 +78,10 @@ Stamp = tuple[int, int, str, bytes]
 class OpRejected(ValueError):
     """An op failed verification or authorization. ``code`` is stable; the message explains."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.field = field  # the payload field at fault, when one is
 
     def __str__(self) -> str:
         return f"{self.code}: {self.args[0]}"

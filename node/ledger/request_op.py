@@ -105,10 +105,6 @@ SCOPE_OF_KIND: Final = {
 class RequestRejected(OpRejected):
     """A request cannot become an op. ``code`` is stable; ``field`` names the culprit if any."""
 
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(code, message)
-        self.field = field
-
 
 # -- the signed line ------------------------------------------------------------------------
 

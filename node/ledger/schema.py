@@ -35,6 +35,7 @@ __all__ = [
     "Str",
     "StrMap",
     "check_payload",
+    "json_schema",
 ]
 
 # Signed 64-bit: what the op envelope allows and what every JSON peer can hold as an integer.
@@ -190,4 +191,54 @@ def check_payload(kind: str, spec: Spec, payload: Any) -> dict[str, Any]:
     try:
         return _check_obj(spec, payload, "")
     except _Invalid as exc:
-        raise OpRejected("invalid_payload", f"{kind}: field '{exc.path}' {exc.message}") from None
+        raise OpRejected(
+            "invalid_payload", f"{kind}: field '{exc.path}' {exc.message}", field=exc.path
+        ) from None
+
+
+def json_schema(rule: Field | Spec) -> dict[str, Any]:
+    """The JSON Schema (OpenAPI 3.1 dialect) that documents ``rule``; the validators above stay
+    the authority (this is for clients, docs and property tests)."""
+    if not isinstance(rule, Field):
+        required = sorted(name for name, sub in rule.items() if sub.required)
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {name: json_schema(sub) for name, sub in sorted(rule.items())},
+            "additionalProperties": False,
+        }
+        if required:
+            schema["required"] = required
+        return schema
+    if isinstance(rule, Obj):
+        return json_schema(rule.spec)
+    if isinstance(rule, Str):
+        out: dict[str, Any] = {"type": "string", "maxLength": rule.length_max}
+        if rule.length_min:
+            out["minLength"] = rule.length_min
+        if rule.pattern is not None:
+            out["pattern"] = f"^(?:{rule.pattern})$"
+        if rule.hint:
+            out["description"] = rule.hint
+        return out
+    if isinstance(rule, Int):
+        return {"type": "integer", "minimum": rule.value_min, "maximum": rule.value_max}
+    if isinstance(rule, Bool):
+        return {"type": "boolean"}
+    if isinstance(rule, Enum):
+        return {"type": "string", "enum": list(rule.values)}
+    if isinstance(rule, Addr):
+        return {
+            "type": "string",
+            "pattern": "^0x[0-9a-fA-F]{40}$",
+            "description": "an Ethereum address",
+        }
+    if isinstance(rule, ListOf):
+        return {"type": "array", "items": json_schema(rule.item), "maxItems": rule.items_max}
+    if isinstance(rule, StrMap):
+        return {
+            "type": "object",
+            "maxProperties": rule.items_max,
+            "propertyNames": {"minLength": 1, "maxLength": rule.key_length_max},
+            "additionalProperties": {"type": "string", "maxLength": rule.value_length_max},
+        }
+    raise TypeError(f"no JSON schema for {type(rule).__name__}")

@@ -38,7 +38,7 @@ from node.gossip.core import GossipCore
 from node.gossip.messages import Deliver, Effect, Notify, Send
 from node.identity.keys import NodeKey
 from node.ledger.op import Op
-from node.replica import Replica
+from node.replica import Replica, SubmitResult
 
 __all__ = ["Dialer", "GossipService", "PacketTransport", "join_through"]
 
@@ -143,6 +143,15 @@ class GossipService:
         async with self._lock:
             await self._apply(self.core.broadcast(trio.current_time(), [op]))
         return op
+
+    async def submit(self, wire: list[tuple[bytes, bytes]]) -> SubmitResult:
+        """Verify, store durably and apply ops from a local client (the gateway), then gossip
+        the new ones. On return the accepted ops are durable."""
+        result = await trio.to_thread.run_sync(self.replica.submit, wire, wall_ms())
+        if result.accepted:
+            async with self._lock:
+                await self._apply(self.core.broadcast(trio.current_time(), result.accepted))
+        return result
 
     async def _apply(self, effects: list[Effect]) -> None:
         pending = list(effects)

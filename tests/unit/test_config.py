@@ -46,7 +46,7 @@ def test_init_writes_a_config_that_loads_back(tmp_path: Path) -> None:
         ("profile = ", "not valid TOML"),
         ("admin = true\n", "unknown key 'admin'"),
         ('profile = "mainnet"\n', "unknown network profile 'mainnet'"),
-        ("bootstrap = [1, 2]\n", "bootstrap must be a list of multiaddr strings"),
+        ("bootstrap = [1, 2]\n", "bootstrap must be a list of strings"),
         ('network = ""\n', "network must be a non-empty string"),
     ],
 )

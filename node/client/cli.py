@@ -36,6 +36,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -235,30 +236,34 @@ def _fields(obj: Any, skip: Sequence[str] = ()) -> None:
             print(f"{name:<{width}}  {text}")
 
 
-def _table(rows: Any, columns: Sequence[tuple[str, Callable[[Mapping[str, Any]], Any]]]) -> None:
+@dataclass(frozen=True)
+class _Column:
+    """A table column: its header and where its value sits in a row (``count``: a list's length)."""
+
+    header: str
+    path: tuple[str, ...]
+    count: bool = False
+
+    def cell(self, row: Mapping[str, Any]) -> str:
+        value: Any = row
+        for name in self.path:
+            value = value.get(name) if isinstance(value, Mapping) else None
+        if self.count:
+            return str(len(value) if isinstance(value, list) else 0)
+        return _text(self.path[-1], value)
+
+
+def _col(header: str, *path: str, count: bool = False) -> _Column:
+    return _Column(header, path, count)
+
+
+def _table(rows: Any, columns: Sequence[_Column]) -> None:
     items = [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
-    cells = [[header for header, _ in columns]]
-    cells += [
-        [_text(header.lower().replace(" ", "_"), get(row)) for header, get in columns]
-        for row in items
-    ]
+    cells = [[c.header for c in columns]]
+    cells += [[c.cell(row) for c in columns] for row in items]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     for line in cells:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-
-
-def _get(*path: str) -> Callable[[Mapping[str, Any]], Any]:
-    def get(row: Mapping[str, Any]) -> Any:
-        value: Any = row
-        for name in path:
-            value = value.get(name) if isinstance(value, Mapping) else None
-        return value
-
-    return get
-
-
-def _count(name: str) -> Callable[[Mapping[str, Any]], Any]:
-    return lambda row: len(row.get(name) or [])
 
 
 def _op(result: Any) -> str:
@@ -365,23 +370,23 @@ def cmd_account_list(session: _Session) -> int:
     _table(
         result.get("accounts") if isinstance(result, Mapping) else None,
         [
-            ("ADDRESS", _get("address")),
-            ("NAME", _get("name")),
-            ("INSTANCES", _count("owned_instances")),
-            ("AGENTS", _count("owned_agents")),
-            ("MODELS", _count("owned_models")),
+            _col("ADDRESS", "address"),
+            _col("NAME", "name"),
+            _col("INSTANCES", "owned_instances", count=True),
+            _col("AGENTS", "owned_agents", count=True),
+            _col("MODELS", "owned_models", count=True),
         ],
     )
     return 0
 
 
 _INSTANCE_COLUMNS: Final = [
-    ("INSTANCE ID", _get("instance_id")),
-    ("NAME", _get("name")),
-    ("STATUS", _get("status")),
-    ("DESIRED", _get("desired_state")),
-    ("NODE", _get("node_id")),
-    ("IP", _get("formnet_ip")),
+    _col("INSTANCE ID", "instance_id"),
+    _col("NAME", "name"),
+    _col("STATUS", "status"),
+    _col("DESIRED", "desired_state"),
+    _col("NODE", "node_id"),
+    _col("IP", "formnet_ip"),
 ]
 
 
@@ -546,11 +551,11 @@ def cmd_agent_list(session: _Session) -> int:
     _table(
         result.get("agents") if isinstance(result, Mapping) else None,
         [
-            ("AGENT ID", _get("agent_id")),
-            ("NAME", _get("name")),
-            ("OWNER", _get("owner_id")),
-            ("ACCESS", _get("access")),
-            ("PRICE/REQUEST", _get("pricing", "price_per_request")),
+            _col("AGENT ID", "agent_id"),
+            _col("NAME", "name"),
+            _col("OWNER", "owner_id"),
+            _col("ACCESS", "access"),
+            _col("PRICE/REQUEST", "pricing", "price_per_request"),
         ],
     )
     return 0
@@ -662,12 +667,12 @@ def cmd_key_list(session: _Session) -> int:
     _table(
         result.get("keys") if isinstance(result, Mapping) else None,
         [
-            ("DELEGATE", _get("delegate")),
-            ("SCOPES", _get("scopes")),
-            ("EXPIRES", _get("expires_s")),
-            ("SPEND CAP", _get("spend_cap")),
-            ("LABEL", _get("label")),
-            ("REVOKED", _get("revoked")),
+            _col("DELEGATE", "delegate"),
+            _col("SCOPES", "scopes"),
+            _col("EXPIRES", "expires_s"),
+            _col("SPEND CAP", "spend_cap"),
+            _col("LABEL", "label"),
+            _col("REVOKED", "revoked"),
         ],
     )
     return 0

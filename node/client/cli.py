@@ -23,16 +23,19 @@ byte for byte as it streams in, in both modes.
 
 Exit status: 0 done; 1 the gateway refused (``error: <message> (<code>)`` on stderr) or could not
 be reached or answered badly; 2 a usage problem the user can fix before any request (bad
-option, missing keystore, wrong password, unreadable file); 130 interrupted.
+option, missing keystore, wrong password, unreadable file); 130 interrupted; 141 (as if killed
+by SIGPIPE) when stdout closes early, as in ``form agent list | head -1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -907,6 +910,13 @@ def main(
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`form agent list | head -1`): not an error worth a traceback.
+        # Python flushes stdout again at exit; point it at /dev/null so that cannot fail too.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell reports for a writer killed by SIGPIPE
     finally:
         session.close()
     return status

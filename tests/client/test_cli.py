@@ -700,3 +700,15 @@ def test_help_and_version_exit_0(form: Any) -> None:
     assert form("--help").status == 0
     ran = form("--version")
     assert (ran.status, ran.out) == (0, "form 0.1.0\n")
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Closed(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    gateway.on("GET", "/v1/agents", answer(200, {"count": 1, "agents": [AGENT_OBJ]}))
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert cli.main(["agent", "list"], transport=gateway.transport) == 141

@@ -112,7 +112,8 @@ class Replica:
                 result.duplicates.append(op)
                 continue
             try:
-                self.hlc.observe(now_ms, (op.wall_ms, op.logical))
+                with self.lock:  # the gateway ticks the same clock from the event loop
+                    self.hlc.observe(now_ms, (op.wall_ms, op.logical))
             except ClockDriftError as why:
                 result.deferred.append((op, str(why)))
                 continue
@@ -126,7 +127,9 @@ class Replica:
 
         Raises ``OpRejected`` (nothing stored) if the op is not valid.
         """
-        op = sign_op(key, self.network, self.hlc.now(now_ms), kind, payload)
+        with self.lock:
+            stamp = self.hlc.now(now_ms)
+        op = sign_op(key, self.network, stamp, kind, payload)
         checked = State.check_op(op)
         result = SubmitResult()
         self._commit([(op, checked)], result)

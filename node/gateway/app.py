@@ -343,6 +343,7 @@ class GatewayApp:
             scheme=request.signed.scheme,
             hint=hint,
             grant=grant,
+            hlc=self._tick(),
         )
         # Verify as every replica will: the gateway accepts exactly what the fog accepts.
         op = decode_op(op_body, request.signed.signature, self.replica.network)
@@ -358,6 +359,10 @@ class GatewayApp:
                 f"the request is dated ahead of this node's clock ({result.deferred[0][1]}); check your clock",
             )
         return op.kind, payload, op.id, bool(result.accepted)
+
+    def _tick(self) -> tuple[int, int]:
+        with self.replica.lock:
+            return self.replica.hlc.now(int(self.clock() * 1000))
 
     def _hints(
         self, route: Route, params: dict[str, str], author: str, body_text: str

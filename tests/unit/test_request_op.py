@@ -304,3 +304,39 @@ def test_request_ops_converge_in_any_order_with_v1_ops() -> None:
         assert state.account(ALICE.address)["description"] == "second"  # type: ignore[index]
         assert state.agent(build_id_of(ALICE.address, "bot"))["allow_list"] == [BOB.address]  # type: ignore[index]
     assert len(hashes) == 1
+
+
+def test_the_gateway_clock_orders_requests_but_only_near_the_signed_time() -> None:
+    grant = request_op(
+        ALICE,
+        "/v1/key/grant",
+        {"delegate": DELEGATE.address, "scopes": ["read"], "expires_s": T_S + 60},
+    )
+    fields = json.loads(grant[0])
+    assert fields["hlc"] == [T_S * 1000, 0]
+    state = State(NET)
+    # Grant then revoke within the same signed second: the gateway's HLC orders them.
+    body = request_op_body(
+        net=NET,
+        author=ALICE.address,
+        method="POST",
+        path="/v1/key/revoke",
+        body_text=json.dumps({"delegate": DELEGATE.address}),
+        timestamp_s=T_S,
+        nonce="revoke-nonce",
+        hlc=(T_S * 1000, 1),
+    )
+    line = canonical_message(
+        "POST",
+        "/v1/key/revoke",
+        json.dumps({"delegate": DELEGATE.address}).encode(),
+        T_S,
+        "revoke-nonce",
+    )
+    revoke = (body, sign_line(ALICE, line))
+    for wire in (revoke, grant):
+        ingest(state, wire)
+    assert state.grant(ALICE.address, DELEGATE.address)["revoked"] is True  # type: ignore[index]
+    far = dict(fields, hlc=[T_S * 1000 + 600_001, 0])
+    with pytest.raises(OpRejected, match="from the signed timestamp"):
+        decode_op(json.dumps(far, sort_keys=True, separators=(",", ":")).encode(), grant[1], NET)

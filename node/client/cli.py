@@ -126,18 +126,25 @@ class _Session:
         return self.act_as() or self.key().address
 
     def client(self, *, signed: bool = True) -> GatewayClient:
+        if not self.args.timeout_s > 0:
+            raise UsageError(f"--timeout-s must be more than 0, got {self.args.timeout_s}")
+        act_as = self.act_as()
         try:
             client = GatewayClient(
                 self.args.gateway,
-                self.key() if signed else None,
+                None,
                 timeout_s=self.args.timeout_s,
                 clock=self.clock,
-                act_as=self.act_as(),
+                act_as=act_as,
                 transport=self._transport,
             )
         except ValueError as exc:
             raise UsageError(f"{exc}; pass --gateway URL or set FORM_GATEWAY") from None
         self._clients.append(client)
+        if signed:
+            # Last: unlocking asks for the password and spends a second in scrypt, wasted if
+            # an option above was wrong.
+            client.key = self.key()
         return client
 
     def close(self) -> None:

@@ -689,6 +689,12 @@ def test_argument_errors_exit_2(form: Any, argv: list[str]) -> None:
     assert "usage: form" in ran.err
 
 
+def test_the_timeout_must_be_positive(gateway: FakeGateway, form: Any) -> None:
+    ran = form("status", "--timeout-s", "0")
+    assert (ran.status, gateway.seen) == (2, [])
+    assert ran.err == "error: --timeout-s must be more than 0, got 0.0\n"
+
+
 def test_act_as_must_be_an_address(alice: Path, gateway: FakeGateway, form: Any) -> None:
     ran = form("--act-as", "alice", "key", "list")
     assert ran.status == 2

@@ -165,6 +165,9 @@ async def _run(args: argparse.Namespace) -> int:
     network = args.network or config.network
     listen = args.listen or list(config.listen_addrs)
     bootstrap = args.bootstrap if args.bootstrap is not None else list(config.bootstrap)
+    gateway_where = args.gateway or config.gateway
+    if gateway_where != "off":
+        _gateway_address(gateway_where)  # a typo is a one-line error before anything starts
     key, created = load_or_create_node_key(data_dir, args.password_file)
     replica = await trio.to_thread.run_sync(Replica.open, data_dir, network)
     try:
@@ -221,12 +224,13 @@ async def _run(args: argparse.Namespace) -> int:
                         "duplicates_received": core.stats.duplicates_received,
                         "dropped_packets": service.dropped_packets,
                         "bad_packets": service.bad_packets,
+                        "gateway_responses": dict(gateway.responses_by_status) if gateway else {},
+                        "agent_calls": gateway.proxy.calls_total if gateway else 0,
                     }
 
-                nursery.start_soon(metrics.run, snapshot)
-                gateway_url = await _start_gateway(
+                gateway_url, gateway = await _start_gateway(
                     nursery,
-                    args.gateway or config.gateway,
+                    gateway_where,
                     key,
                     network,
                     replica,
@@ -234,6 +238,7 @@ async def _run(args: argparse.Namespace) -> int:
                     transport,
                     config.agent_networks,
                 )
+                nursery.start_soon(metrics.run, snapshot)
 
                 def arrivals() -> dict[str, object]:
                     return {"arrivals": list(service.arrivals)}
@@ -276,6 +281,15 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_address(where: str) -> tuple[str, int]:
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError(
+            f"--gateway must be HOST:PORT (port 0 picks a free one) or 'off', got {where!r}"
+        )
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 async def _start_gateway(
     nursery: trio.Nursery,
     where: str,
@@ -285,17 +299,15 @@ async def _start_gateway(
     service: GossipService,
     transport: Any,
     agent_networks: Sequence[str],
-) -> str | None:
-    """Serve the gateway in ``nursery``; its URL, or None when turned off."""
+) -> tuple[str | None, Any]:
+    """Serve the gateway in ``nursery``: (its URL, the app), or (None, None) when off."""
     if where == "off":
-        return None
+        return None, None
     from node.gateway.app import GatewayApp, serve_gateway
     from node.gateway.proxy import AgentProxy
     from node.mesh.transport import peer_id_of
 
-    host, sep, port = where.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"--gateway must be HOST:PORT (port 0 picks a free one), got {where!r}")
+    host, port = _gateway_address(where)
 
     class Node:
         def __init__(self) -> None:
@@ -318,15 +330,19 @@ async def _start_gateway(
 
     app = GatewayApp(Node(), proxy=AgentProxy(agent_networks))
     try:
-        url: str = await nursery.start(
-            serve_gateway, app, host.strip("[]") or "127.0.0.1", int(port)
-        )
-    except OSError as exc:
+        url: str = await nursery.start(serve_gateway, app, host, port)
+    except (OSError, BaseExceptionGroup) as exc:
+        # Hypercorn binds inside nested nurseries: the OSError may arrive wrapped.
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if not isinstance(leaf, OSError):
+            raise
         raise UsageError(
-            f"cannot serve the gateway on {where}: {exc.strerror or exc}; pass --gateway HOST:PORT "
-            "(port 0 picks a free one) or --gateway off"
+            f"cannot serve the gateway on {where}: {leaf.strerror or leaf}; pass --gateway "
+            "HOST:PORT (port 0 picks a free one) or --gateway off"
         ) from None
-    return url
+    return url, app
 
 
 async def _heartbeat(service: GossipService, key: NodeKey, data_dir: Path, period_s: float) -> None:
@@ -345,6 +361,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BaseExceptionGroup as group:
         if group.subgroup(KeyboardInterrupt) is not None:
             raise KeyboardInterrupt from None
+        fixable, rest = group.split(_OPERATOR_ERRORS_OR_OS)
+        if fixable is not None and rest is None:
+            # A service that could not start for a reason the operator can fix (a port in
+            # use, a bad --gateway): one line from main(), not a traceback.
+            leaf: BaseException = fixable
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
         logging.getLogger("formation.node").error(
             "a node service crashed; the node stopped", exc_info=group
         )

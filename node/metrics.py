@@ -43,6 +43,15 @@ class NodeMetrics:
         self.bad_packets = Counter(
             "formation_bad_packets", "Packets refused (malformed, spoofed)", registry=r
         )
+        self.gateway_responses = Counter(
+            "formation_gateway_responses",
+            "Gateway responses by HTTP status",
+            ["status"],
+            registry=r,
+        )
+        self.agent_calls = Counter(
+            "formation_agent_calls", "Agent calls proxied by the gateway", registry=r
+        )
         self._last: dict[str, float] = {}
         self.url = ""
 
@@ -68,6 +77,11 @@ class NodeMetrics:
         self._count(self.duplicates, "duplicates", snapshot["duplicates_received"])
         self._count(self.dropped_packets, "dropped_packets", snapshot["dropped_packets"])
         self._count(self.bad_packets, "bad_packets", snapshot["bad_packets"])
+        for status, total in snapshot.get("gateway_responses", {}).items():
+            self._count(
+                self.gateway_responses.labels(status=str(status)), f"gateway_{status}", total
+            )
+        self._count(self.agent_calls, "agent_calls", snapshot.get("agent_calls", 0))
 
     async def run(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         while True:

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,22 @@ def test_init_and_config_show_report_the_devnet_profile_without_dialing(tmp_path
     assert config["network"] == "devnet"
     assert config["bootstrap"] == ["/ip4/3.214.9.18/tcp/53333", "/ip4/44.218.128.162/tcp/53333"]
     assert (data_dir / "node-key.json").exists()
+
+
+def test_a_gateway_that_cannot_listen_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for where, needle in ((f"127.0.0.1:{port}", "in use"), ("nonsense", "HOST:PORT")):
+            done = subprocess.run(
+                [*CLI, "run", "--data-dir", str(tmp_path / "node"), "--gateway", where],
+                capture_output=True,
+                text=True,
+                env=_env(tmp_path),
+                timeout=60,
+            )
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.startswith("error:")
+            assert needle in done.stderr
+            assert "Traceback" not in done.stderr

@@ -163,6 +163,7 @@ class GatewayApp:
         self.requests_total = 0
         self.responses_by_status: dict[int, int] = {}
         self._routes = [(e, e.pattern) for e in ENDPOINTS]
+        self._arrivals: dict[int, int] = {}
 
     @property
     def replica(self) -> Replica:
@@ -343,7 +344,7 @@ class GatewayApp:
             scheme=request.signed.scheme,
             hint=hint,
             grant=grant,
-            hlc=self._tick(),
+            logical=self._tick(request.signed.timestamp_s),
         )
         # Verify as every replica will: the gateway accepts exactly what the fog accepts.
         op = decode_op(op_body, request.signed.signature, self.replica.network)
@@ -360,9 +361,14 @@ class GatewayApp:
             )
         return op.kind, payload, op.id, bool(result.accepted)
 
-    def _tick(self) -> tuple[int, int]:
-        with self.replica.lock:
-            return self.replica.hlc.now(int(self.clock() * 1000))
+    def _tick(self, second: int) -> int:
+        """This gateway's arrival order among requests signed in ``second``."""
+        count = self._arrivals.get(second, 0) + 1
+        self._arrivals[second] = count
+        if len(self._arrivals) > 4 * WINDOW_S_DEFAULT:  # only seconds inside the window matter
+            for stale in sorted(self._arrivals)[: len(self._arrivals) // 2]:
+                del self._arrivals[stale]
+        return count
 
     def _hints(
         self, route: Route, params: dict[str, str], author: str, body_text: str

@@ -18,7 +18,7 @@ The body is canonical JSON (as for ``v: 1`` ops, see ``node.ledger.op``)::
     {"author": "0x…",            # the account acted for: the signer, or the grant's author
      "grant": null | {"body": "<text of a key.grant op>", "sig": "0x<65 bytes>"},
      "hint": {"name": "…", "tags": […]},   # unsigned, and only used where it is verified
-     "hlc": [wall_ms, logical],             # the gateway's clock, near t (see Clock)
+     "hlc": [t * 1000, logical],            # logical from the gateway (see Clock)
      "net": "local",
      "req": {"body": "<request body text>", "method": "POST", "nonce": "…",
              "path": "/v1/instance/…/stop", "t": 1764000000},
@@ -42,12 +42,12 @@ requests enter (the gateway refuses keys whose revocation it has seen); a revoke
 therefore still act through a gateway that has not yet heard of the revocation, for about one
 gossip round. Keys cannot grant keys.
 
-**Clock.** A request carries whole seconds only, too coarse to order "grant, then revoke"
-sent within one second. So the gateway stamps the op with its own hybrid logical clock
-(``hlc``, unsigned, like the hints): requests through one gateway are ordered as they arrived.
-A replica only accepts an ``hlc`` within ``HLC_SKEW_MS_MAX`` of the signed timestamp, so a
-gateway can reorder a user's write among those of the same few minutes, which it could do
-anyway by holding requests back, and no further.
+**Clock.** The op's HLC is ``(t * 1000, logical)``: the wall time is the *signed* second, so
+a request replayed later, even through another gateway whose nonce cache never saw it, sorts
+before every write the user signed after it and cannot undo them. Whole seconds cannot order
+"grant, then revoke" sent within one second, so the gateway adds ``logical``, unsigned, from
+its own counter: requests through one gateway keep their arrival order. A replayed request can
+thus only be reordered among the same user's writes of the same second.
 
 The meaning of ``v: 2`` is frozen: a change to ``mutation_of`` that alters the op an existing
 request derives needs a new envelope version, or replicas running different code diverge.
@@ -92,8 +92,7 @@ _NONCE: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _METHOD: Final = re.compile(r"[A-Z]{3,7}")
 _HEX_ID: Final = r"[0-9a-f]{40,64}"
 _BODY_KEYS: Final = frozenset({"author", "grant", "hint", "hlc", "net", "req", "scheme", "v"})
-# The gateway's window on signed timestamps (node.gateway.auth, ±300 s) plus slack.
-HLC_SKEW_MS_MAX: Final = 600_000
+LOGICAL_MAX: Final = 2**32 - 1
 _REQ_KEYS: Final = frozenset({"body", "method", "nonce", "path", "t"})
 _HINT_KEYS: Final = frozenset({"name", "tags"})
 
@@ -343,7 +342,7 @@ def request_op_body(
     scheme: str = "personal",
     hint: dict[str, Any] | None = None,
     grant: tuple[bytes, bytes] | None = None,
-    hlc: tuple[int, int] | None = None,
+    logical: int = 0,
 ) -> bytes:
     """The canonical body of a request op (the gateway's half; the signature is the client's)."""
     fields = {
@@ -352,7 +351,7 @@ def request_op_body(
         if grant is None
         else {"body": grant[0].decode(), "sig": "0x" + grant[1].hex()},
         "hint": hint or {},
-        "hlc": list(hlc) if hlc is not None else [timestamp_s * 1000, 0],
+        "hlc": [timestamp_s * 1000, logical],
         "net": net,
         "req": {
             "body": body_text,
@@ -418,10 +417,10 @@ def read_fields(fields: dict[str, Any]) -> RequestFields:
         raise RequestRejected(
             "malformed", "hlc must be [wall_ms, logical], two non-negative integers"
         )
-    if abs(hlc[0] - req["t"] * 1000) > HLC_SKEW_MS_MAX:
+    if hlc[0] != req["t"] * 1000 or hlc[1] > LOGICAL_MAX:
         raise RequestRejected(
             "malformed",
-            f"hlc wall time is {hlc[0] - req['t'] * 1000} ms from the signed timestamp; the limit is ±{HLC_SKEW_MS_MAX}",
+            f"hlc must be [t * 1000, logical ≤ {LOGICAL_MAX}] for the signed second t",
         )
     if fields["scheme"] not in SCHEMES:
         raise RequestRejected("malformed", f"scheme must be one of {SCHEMES}")

@@ -90,7 +90,12 @@ def test_the_upstream_double_sha256_scheme_verifies_too() -> None:
         # Any change to what the user signed breaks the signature.
         (lambda f: f["req"].update(body='{"name":"mallory"}'), "bad_signature"),
         (lambda f: f["req"].update(path="/v1/account/update"), "bad_signature"),
-        (lambda f: f["req"].update(t=T_S + 1), "bad_signature"),
+        (lambda f: f["req"].update(t=T_S + 1), "malformed"),  # hlc is no longer t * 1000
+        (lambda f: f.update(hlc=[T_S * 1000 + 1, 0]) or f["req"].update(t=T_S + 1), "malformed"),
+        (
+            lambda f: f["req"].update(t=T_S + 1) or f.update(hlc=[(T_S + 1) * 1000, 0]),
+            "bad_signature",
+        ),
         (lambda f: f.update(author=BOB.address), "bad_signature"),
         (lambda f: f.update(net="othernet"), "wrong_network"),
         (lambda f: f.update(scheme="sha256d"), "bad_signature"),
@@ -306,7 +311,7 @@ def test_request_ops_converge_in_any_order_with_v1_ops() -> None:
     assert len(hashes) == 1
 
 
-def test_the_gateway_clock_orders_requests_but_only_near_the_signed_time() -> None:
+def test_the_gateway_orders_one_second_but_the_signed_second_dates_the_op() -> None:
     grant = request_op(
         ALICE,
         "/v1/key/grant",
@@ -324,7 +329,7 @@ def test_the_gateway_clock_orders_requests_but_only_near_the_signed_time() -> No
         body_text=json.dumps({"delegate": DELEGATE.address}),
         timestamp_s=T_S,
         nonce="revoke-nonce",
-        hlc=(T_S * 1000, 1),
+        logical=1,
     )
     line = canonical_message(
         "POST",
@@ -337,6 +342,21 @@ def test_the_gateway_clock_orders_requests_but_only_near_the_signed_time() -> No
     for wire in (revoke, grant):
         ingest(state, wire)
     assert state.grant(ALICE.address, DELEGATE.address)["revoked"] is True  # type: ignore[index]
-    far = dict(fields, hlc=[T_S * 1000 + 600_001, 0])
-    with pytest.raises(OpRejected, match="from the signed timestamp"):
+    # A gateway cannot date a request later than the second the user signed.
+    far = dict(fields, hlc=[T_S * 1000 + 1, 0])
+    with pytest.raises(OpRejected, match="signed second"):
         decode_op(json.dumps(far, sort_keys=True, separators=(",", ":")).encode(), grant[1], NET)
+
+
+def test_a_request_replayed_through_another_gateway_cannot_undo_later_writes() -> None:
+    first = request_op(ALICE, "/v1/account/update", {"description": "A"}, t=T_S, nonce="nonce-a-1")
+    later = request_op(ALICE, "/v1/account/update", {"description": "B"}, t=T_S + 1)
+    # The attacker replays the first request at a gateway that never saw its nonce: that
+    # gateway gives it a high arrival counter, but the op is still dated the signed second.
+    fields = json.loads(first[0])
+    replay = dict(fields, hlc=[T_S * 1000, 4_000_000])
+    replayed = (json.dumps(replay, sort_keys=True, separators=(",", ":")).encode(), first[1])
+    state = State(NET)
+    for wire in (first, later, replayed):
+        ingest(state, wire)
+    assert state.tables["accounts"][ALICE.address].fields.to_dict()["description"] == "B"

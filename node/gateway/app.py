@@ -155,6 +155,7 @@ class GatewayApp:
         clock: Callable[[], float] = time.time,
         window_s: int = WINDOW_S_DEFAULT,
         proxy: Any = None,
+        inflight_max: int = 512,
     ) -> None:
         self.node = node
         self.clock = clock
@@ -164,6 +165,8 @@ class GatewayApp:
         self.responses_by_status: dict[int, int] = {}
         self._routes = [(e, e.pattern) for e in ENDPOINTS]
         self._arrivals: dict[int, int] = {}
+        self.inflight_max = inflight_max
+        self._inflight = trio.Semaphore(inflight_max)
 
     @property
     def replica(self) -> Replica:
@@ -186,7 +189,21 @@ class GatewayApp:
                     return
         if scope["type"] != "http":
             return
-        response = await self._serve(scope, receive)
+        try:
+            self._inflight.acquire_nowait()
+        except trio.WouldBlock:
+            response = _json_error(
+                503, "busy", f"over {self.inflight_max} requests in flight; retry shortly"
+            )
+            await self._send(response, send)
+            return
+        try:
+            response = await self._serve(scope, receive)
+            await self._send(response, send)
+        finally:
+            self._inflight.release()
+
+    async def _send(self, response: Response, send: Any) -> None:
         self.requests_total += 1
         self.responses_by_status[response.status] = (
             self.responses_by_status.get(response.status, 0) + 1
@@ -209,8 +226,13 @@ class GatewayApp:
         try:
             async for chunk in response.stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        finally:
             await send({"type": "http.response.body", "body": b""})
+        finally:
+            # A caller that went away must not leave the upstream agent connection open.
+            aclose = getattr(response.stream, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
 
     async def _serve(self, scope: dict[str, Any], receive: Any) -> Response:
         try:
@@ -1018,6 +1040,7 @@ async def serve_gateway(
     config.accesslog = None
     config.errorlog = logging.getLogger("formation.gateway.http")
     config.keep_alive_timeout = 30
+    config.read_timeout = 30  # a client that stops sending (slowloris) is cut off
     config.h11_max_incomplete_size = 16 * 1024  # request line + headers
     config.backlog = 128
     config.graceful_timeout = 2

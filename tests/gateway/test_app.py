@@ -407,3 +407,18 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
     assert operations == {(e.method, "/v1" + e.template) for e in ENDPOINTS}
     names = [op["operationId"] for item in document["paths"].values() for op in item.values()]
     assert len(names) == len(set(names))
+
+
+async def test_requests_over_the_in_flight_bound_are_refused_not_queued(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    replica = Replica.open(tmp_path / "busy", NET)
+    try:
+        url = await nursery.start(
+            serve_gateway, GatewayApp(_Node(replica), inflight_max=0), "127.0.0.1", 0
+        )
+        async with httpx.AsyncClient(timeout=10) as http:
+            reply = await http.get(url + "/v1/ping")
+        assert (reply.status_code, reply.json()["error"]) == (503, "busy")
+    finally:
+        replica.close()

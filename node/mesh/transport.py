@@ -367,6 +367,40 @@ async def _reset_quietly(stream: Any) -> None:
         logger.debug("stream reset failed: %r", error)
 
 
+async def _close_network(swarm: Any) -> None:
+    """Close the socket of every connection, then the swarm (listeners, transports).
+
+    ``swarm.close()`` alone leaks sockets when the scope around ``open_transport`` is
+    cancelled. The cancellation also reaches py-libp2p 0.8.1's per-connection tasks (they live
+    in ``host.run()``'s nursery), and each calls ``SwarmConn.close()`` unshielded: that sets
+    ``event_closed`` first, is then cancelled inside ``Yamux.close()`` before the secured
+    connection (and socket) is closed, and never unregisters the connection. ``swarm.close()``
+    then skips it as already closed, and the socket waits for the garbage collector
+    (ResourceWarning). Traced per socket in the five-node fog test; it was blamed on duplicate
+    connections, but any connection can lose this race. So each connection's secured
+    connection is closed here directly as well (closing it twice is a no-op). Connections
+    close concurrently: py-libp2p sleeps 0.2 s in every ``SwarmConn.close()``.
+    """
+    connections = [conn for conns in list(swarm.connections.values()) for conn in conns]
+    async with trio.open_nursery() as nursery:
+        for conn in connections:
+            nursery.start_soon(_close_connection, conn)
+    await swarm.close()
+
+
+async def _close_connection(conn: Any) -> None:
+    try:
+        await conn.close()
+    except Exception as error:
+        logger.debug("closing a connection failed: %r", error)
+    secured = getattr(conn.muxed_conn, "secured_conn", None)
+    if secured is not None:
+        try:
+            await secured.close()
+        except Exception as error:
+            logger.debug("closing a secured connection failed: %r", error)
+
+
 def _noise_only_host(key: NodeKey, limits: TransportLimits) -> Any:
     key_pair = secp256k1_key_pair(key.secret)
     # The Noise static key is per process: it is authenticated by a signature from the
@@ -417,6 +451,6 @@ async def open_transport(
                 # Leaving host.run() only cancels the swarm's tasks and leaves connection
                 # sockets to the garbage collector (ResourceWarning); close them first.
                 with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
-                    await host.get_network().close()
+                    await _close_network(host.get_network())
     finally:
         transport._inbox_send.close()

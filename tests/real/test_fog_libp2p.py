@@ -25,23 +25,15 @@ from node.mesh.transport import TransportLimits, open_transport
 from node.replica import Replica
 from tests.helpers import NET, op, seeded_keys, wait_until
 
-pytestmark = [
-    pytest.mark.real,
-    # py-libp2p 0.8.1 can open a second connection when two nodes dial each other at once and
-    # does not close it when the host stops; the socket is only reclaimed by the garbage
-    # collector. Harmless in a node process (it is exiting), noisy here. Not our sockets: the
-    # transport test (tests/real/test_transport.py) checks ours are closed.
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = pytest.mark.real
 
 KEYS = seeded_keys(5, seed=41)
 
 
 async def test_five_nodes_form_a_fog_from_one_bootstrap_peer_and_share_ops(tmp_path: Path) -> None:
     await _five_node_fog(tmp_path)
-    # Everything of the fog is unreachable now: reclaim py-libp2p's stray sockets here, under
-    # this test's warning filters, rather than at the end of the session.
+    # Every socket was closed when the fog's nursery was cancelled; collecting now would
+    # raise ResourceWarning (an error here) for any that was left to the garbage collector.
     gc.collect()
 
 
@@ -102,7 +94,7 @@ async def _run_transport(
 
 async def test_a_hostile_peer_is_ignored_and_the_others_go_on(tmp_path: Path) -> None:
     await _hostile_peer(tmp_path)
-    gc.collect()
+    gc.collect()  # as above: no socket may be left to the garbage collector
 
 
 async def _hostile_peer(tmp_path: Path) -> None:

@@ -10,15 +10,20 @@ Theory of operation
   (gossip repairs loss: IHAVE, anti-entropy).
 * ``Deliver(ops, sender)``: ``Replica.submit`` in a worker thread (it fsyncs), then
   ``core.on_ops_accepted`` with the ops that were valid and durable.
-* ``Notify``: logged.
+* ``Notify``: logged. When a member is declared dead or gone, its outbound queue is
+  dropped (its sender task ends) and the transport forgets it and closes our connections to
+  it, so neither holds anything for members that are not there. The core still probes dead
+  members now and then; such a packet reopens a queue and the transport dials the member's
+  announced address again.
 
 The loop waits for a packet until ``core.next_wakeup()``, then calls ``on_packet`` or
 ``on_timer`` with ``trio.current_time()``. A packet that does not decode, or whose claimed
 sender is not the authenticated peer it came from, is logged and dropped.
 
-The transport is anything with an ``inbox`` channel of ``(sender, bytes)`` and an async
-``send(to, bytes)`` (``node.mesh.transport`` over libp2p; an in-memory one in tests). Node ids
-are addresses; the transport authenticates them.
+The transport is anything with an ``inbox`` channel of ``(sender, bytes)``, an async
+``send(to, bytes)``, ``connect(multiaddr)`` and ``forget(address)`` (``node.mesh.transport``
+over libp2p; an in-memory one in tests). Node ids are addresses; the transport authenticates
+them.
 """
 
 from __future__ import annotations
@@ -56,6 +61,12 @@ class PacketTransport(Protocol):
     async def send(self, to: str, data: bytes) -> None: ...
 
     async def connect(self, multiaddr: str) -> str: ...
+
+    async def forget(self, address: str) -> bool: ...
+
+
+# Membership events after which a member is not there to talk to.
+GONE_EVENTS = frozenset({"dead", "left"})
 
 
 def wall_ms() -> int:
@@ -172,6 +183,11 @@ class GossipService:
                 )
             elif isinstance(effect, Notify):
                 log.info("member %s is %s", effect.node, effect.event)
+                if effect.event in GONE_EVENTS:
+                    queue = self._queues.pop(effect.node, None)
+                    if queue is not None:
+                        queue.close()  # its sender drops what is left and ends
+                    await self.transport.forget(effect.node)
 
     def _enqueue(self, to: str, data: bytes) -> None:
         queue = self._queues.get(to)
@@ -179,14 +195,22 @@ class GossipService:
             assert self._nursery is not None
             queue, receive = trio.open_memory_channel[bytes](PEER_QUEUE_PACKETS_MAX)
             self._queues[to] = queue
-            self._nursery.start_soon(self._sender, to, receive)
+            self._nursery.start_soon(self._sender, to, queue, receive)
         try:
             queue.send_nowait(data)
         except trio.WouldBlock:
             self.dropped_packets += 1
 
-    async def _sender(self, to: str, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def _sender(
+        self,
+        to: str,
+        queue: trio.MemorySendChannel[bytes],
+        receive: trio.MemoryReceiveChannel[bytes],
+    ) -> None:
         async for data in receive:
+            if self._queues.get(to) is not queue:  # the member is gone: drop the rest
+                self.dropped_packets += 1 + receive.statistics().current_buffer_used
+                return
             try:
                 await self.transport.send(to, data)
                 continue

@@ -29,7 +29,19 @@ without ``/p2p/...`` we dial the raw TCP transport, negotiate Noise as initiator
 expected peer (Noise XX learns and authenticates the responder's key), upgrade to Yamux and
 hand the connection to the swarm, which then treats it like any outbound connection.
 
-**Bounds.** ``peers_max`` known peers (those we dialed or that opened a stream to us),
+**Peers.** A peer is known once we dialed it or it opened a stream to us, and kept in a
+``PeerTable`` (``node/mesh/peer_table.py``) ordered by activity. It is forgotten when its
+last connection closes, when the gossip driver says membership declared it dead or gone
+(``forget``, which also closes our connections to it), or when a new peer arrives at a full
+table and it is the least recently active (evicted, connections closed). A forgotten peer's
+addresses leave the peerstore and py-libp2p's auto-connector is stopped, so nothing redials
+it behind the gossip layer's back.
+
+**Shutdown.** Every connection's socket is closed explicitly when the transport closes,
+because py-libp2p leaves some to the garbage collector when the enclosing scope is cancelled
+(see ``_close_network``).
+
+**Bounds.** ``peers_max`` known peers (and twice that many connections),
 ``inbound_streams_max`` concurrent inbound streams, an inbox of ``inbox_frames_max`` frames,
 frames of at most ``frame_bytes_max`` bytes, and timeouts on dials and stream opens.
 """
@@ -47,6 +59,7 @@ import libp2p.network.swarm as _libp2p_swarm
 import multiaddr
 import trio
 from libp2p import new_host
+from libp2p.abc import INotifee
 from libp2p.crypto.secp256k1 import Secp256k1PublicKey
 from libp2p.crypto.secp256k1 import create_new_key_pair as secp256k1_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
@@ -61,6 +74,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.gossip.wire import DEFAULT_LIMITS, BadPacket, FrameReader, frame
 from node.identity.keys import NodeKey, address_from_public_key, normalize_address
+from node.mesh.peer_table import PeerTable
 
 __all__ = [
     "DEFAULT_PROTOCOL",
@@ -178,7 +192,7 @@ class Transport:
         self.dropped_frames = 0
         self._host = host
         self._protocol = TProtocol(protocol)
-        self._peer_ids: dict[str, ID] = {}
+        self._peers = PeerTable[ID](limits.peers_max)
         self._out_streams: dict[str, Any] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._inbound_streams = 0
@@ -195,18 +209,60 @@ class Transport:
 
     @property
     def peers(self) -> list[str]:
-        """Addresses of the known peers (dialed, or that opened a stream to us)."""
-        return list(self._peer_ids)
+        """Addresses of the known peers, least recently active first."""
+        return self._peers.addresses()
 
-    def _remember(self, address: str, peer_id: ID) -> None:
+    async def _remember(self, address: str, peer_id: ID) -> None:
         if address == self.address:
             raise TransportError(f"refusing to talk to our own identity {address}")
-        if address not in self._peer_ids and len(self._peer_ids) >= self.limits.peers_max:
-            raise TransportError(
-                f"peer {address} refused: already {self.limits.peers_max} peers"
-                " (raise TransportLimits.peers_max or forget a peer)"
+        evicted = self._peers.touch(address, peer_id)
+        if evicted is not None:
+            logger.info(
+                "%d peers (peers_max): evicting %s, the least recently active",
+                self.limits.peers_max,
+                evicted[0],
             )
-        self._peer_ids[address] = peer_id
+            await self._drop(*evicted)
+
+    async def forget(self, address: str) -> bool:
+        """Forget a peer and close our connections to it; False if it was not known.
+
+        The gossip driver calls this when membership declares a member dead or gone. Sending
+        to it again raises ``UnknownPeer`` until it is dialed again or opens a stream to us.
+        """
+        address = normalize_address(address)
+        peer_id = self._peers.forget(address)
+        if peer_id is None:
+            return False
+        await self._drop(address, peer_id)
+        return True
+
+    async def _drop(self, address: str, peer_id: ID) -> None:
+        """Release a peer no longer in the table and close our connections to it."""
+        self._release(address, peer_id)
+        for conn in list(self._host.get_network().get_connections(peer_id)):
+            await _close_socket(conn)
+
+    def _release(self, address: str, peer_id: ID) -> None:
+        """Drop what we hold for a peer no longer in the table."""
+        self._out_streams.pop(address, None)
+        lock = self._locks.get(address)
+        if lock is not None and not lock.locked():  # a held one is dropped by its send()
+            del self._locks[address]
+        # Without addresses neither new_stream() nor py-libp2p's own dialers redial it.
+        self._host.get_peerstore().clear_addrs(peer_id)
+
+    def _on_disconnected(self, peer_id: ID) -> None:
+        """py-libp2p closed a connection: forget the peer once no connection to it is left."""
+        if any(not conn.is_closed for conn in self._host.get_network().get_connections(peer_id)):
+            return
+        try:
+            address = _address_of_id(peer_id)
+        except ValueError:
+            return
+        if self._peers.get(address) == peer_id:
+            self._peers.forget(address)
+            self._release(address, peer_id)
 
     # --- dialing ---------------------------------------------------------------------------
 
@@ -225,8 +281,12 @@ class Transport:
                 if has_id:
                     info = info_from_p2p_addr(maddr)
                     address = _address_of_id(info.peer_id)
-                    self._remember(address, info.peer_id)
+                    if address == self.address:
+                        raise TransportError(f"refusing to dial our own identity {address}")
                     await self._host.connect(info)
+                    # Remembered once connected, so that a close of an older connection
+                    # to it, reported meanwhile, cannot make us forget it again.
+                    await self._remember(address, info.peer_id)
                     return address
                 return await self._connect_without_id(maddr)
         except trio.TooSlowError:
@@ -252,7 +312,8 @@ class Transport:
             secured = await swarm.upgrader.security_multistream.secure_outbound(raw_conn, None)
             peer_id = secured.get_remote_peer()
             address = _address_of_id(peer_id)
-            self._remember(address, peer_id)
+            if address == self.address:
+                raise TransportError(f"refusing to dial our own identity {address}")
             muxed = await swarm.upgrader.upgrade_connection(secured, peer_id)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -261,6 +322,7 @@ class Transport:
         self._host.get_peerstore().add_addrs(peer_id, [maddr], _ADDR_TTL_S)
         swarm_conn = await swarm.add_conn(muxed, direction="outbound")
         await swarm_conn.event_started.wait()
+        await self._remember(address, peer_id)
         return address
 
     # --- sending ---------------------------------------------------------------------------
@@ -274,30 +336,35 @@ class Transport:
                 f"packet is {len(data)} bytes; the frame limit is {self.limits.frame_bytes_max}"
             )
         address = normalize_address(address)
-        peer_id = self._peer_ids.get(address)
+        peer_id = self._peers.get(address)
         if peer_id is None:
             raise UnknownPeer(f"no peer {address}: connect() to it first")
         payload = frame(bytes(data))
         lock = self._locks.setdefault(address, trio.Lock())
-        async with lock:
-            last_error: BaseException | None = None
-            for _attempt in range(2):  # the cached stream, then one fresh stream
-                stream = self._out_streams.get(address)
-                try:
-                    if stream is None:
-                        with trio.fail_after(self.limits.stream_open_timeout_s):
-                            stream = await self._host.new_stream(peer_id, [self._protocol])
-                        self._out_streams[address] = stream
-                    await stream.write(payload)
-                    return
-                except trio.TooSlowError as error:
-                    last_error = error
-                except Exception as error:
-                    last_error = error
-                stale = self._out_streams.pop(address, None)
-                if stale is not None:
-                    with trio.CancelScope(shield=True), trio.move_on_after(1):
-                        await _reset_quietly(stale)
+        try:
+            async with lock:
+                last_error: BaseException | None = None
+                for _attempt in range(2):  # the cached stream, then one fresh stream
+                    stream = self._out_streams.get(address)
+                    try:
+                        if stream is None:
+                            with trio.fail_after(self.limits.stream_open_timeout_s):
+                                stream = await self._host.new_stream(peer_id, [self._protocol])
+                            self._out_streams[address] = stream
+                        await stream.write(payload)
+                        self._peers.refresh(address)
+                        return
+                    except trio.TooSlowError as error:
+                        last_error = error
+                    except Exception as error:
+                        last_error = error
+                    stale = self._out_streams.pop(address, None)
+                    if stale is not None:
+                        with trio.CancelScope(shield=True), trio.move_on_after(1):
+                            await _reset_quietly(stale)
+        finally:
+            if address not in self._peers and not lock.locked():  # forgotten meanwhile
+                self._locks.pop(address, None)
         raise PeerUnreachable(
             f"cannot send to {address} ({peer_id}): {last_error!r}"
         ) from last_error
@@ -317,7 +384,7 @@ class Transport:
         remote: ID = stream.muxed_conn.peer_id
         try:
             address = _address_of_id(remote)
-            self._remember(address, remote)
+            await self._remember(address, remote)
         except (ValueError, TransportError) as error:
             logger.warning("refusing inbound stream from %s: %s", remote, error)
             await _reset_quietly(stream)
@@ -347,6 +414,8 @@ class Transport:
                     logger.warning("closing stream from %s: %s", address, error)
                     await _reset_quietly(stream)
                     return
+                if frames:
+                    self._peers.refresh(address)
                 for data in frames:
                     try:
                         self._inbox_send.send_nowait((address, data))
@@ -358,6 +427,45 @@ class Transport:
                         return
         finally:
             self._inbound_streams -= 1
+
+
+async def _close_socket(conn: Any) -> None:
+    """Close a connection's secured connection (its socket) now.
+
+    Faster than ``SwarmConn.close()``, which sleeps 0.2 s: py-libp2p's muxer task then reads
+    EOF and unregisters the connection itself. QUIC connections have no secured connection
+    under the muxer; they are closed whole.
+    """
+    closable = getattr(conn.muxed_conn, "secured_conn", None) or conn.muxed_conn
+    try:
+        await closable.close()
+    except Exception as error:
+        logger.debug("closing a connection failed: %r", error)
+
+
+class _DisconnectWatcher(INotifee):
+    """Tells the transport when py-libp2p has closed a connection."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        self._transport._on_disconnected(conn.muxed_conn.peer_id)
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
 
 
 async def _reset_quietly(stream: Any) -> None:
@@ -410,8 +518,14 @@ def _noise_only_host(key: NodeKey, limits: TransportLimits) -> Any:
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        # Two connections per peer: py-libp2p keeps both when two nodes dial each other at
+        # once. The watermarks only have to be consistent with that (the auto-connector they
+        # steer is stopped in open_transport); at the high one the pruner starts.
         connection_config=ConnectionConfig(
             max_connections=limits.peers_max * 2,
+            high_watermark=limits.peers_max * 2,
+            low_watermark=0,
+            min_connections=0,
             dial_timeout=limits.dial_timeout_s,
         ),
     )
@@ -443,8 +557,13 @@ async def open_transport(
     host = _noise_only_host(key, limits)
     transport = Transport(key, host, protocol, limits)
     host.set_stream_handler(TProtocol(protocol), transport._handle_inbound)
+    host.get_network().register_notifee(_DisconnectWatcher(transport))
     try:
         async with host.run(listen_addrs=maddrs):
+            # py-libp2p's auto-connector dials peers from the peerstore until it holds 100-300
+            # connections. Gossip membership decides whom a node talks to, and a peer we
+            # forgot must stay forgotten: only our own dials and the peer's own come in.
+            await host.get_network().auto_connector.stop()
             try:
                 yield transport
             finally:

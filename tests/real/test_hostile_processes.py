@@ -84,7 +84,8 @@ async def _attack(
         # limit (4 MiB by default; the prefix declares 8 MiB and 64 KiB of it follow). The node
         # resets each stream; whether our write sees the reset first is a race, so errors are
         # expected here.
-        peer_id = hostile._peer_ids[victim]
+        peer_id = hostile._peers.get(victim)
+        assert peer_id is not None
         oversized = encode_uvarint(8 * 2**20) + b"\x00" * (64 * 1024)
         for raw in (b"\x80\x00", oversized):
             with trio.fail_after(STEP_TIMEOUT_S):

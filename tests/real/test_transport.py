@@ -29,6 +29,7 @@ from node.mesh.transport import (
     open_transport,
     peer_id_of,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.real
 
@@ -182,3 +183,51 @@ async def test_cancelling_the_scope_around_transports_closes_every_socket() -> N
         nursery.cancel_scope.cancel()
     assert _tcp_sockets() - before == set()
     gc.collect()  # an unclosed socket would now raise ResourceWarning (filterwarnings=error)
+
+
+async def test_a_full_peer_table_evicts_the_least_recently_active_peer() -> None:
+    async with transports(1, 2, 3, 4, limits=TransportLimits(peers_max=2)) as (a, b, c, d):
+        with trio.fail_after(STEP_TIMEOUT_S):
+            for sender in (b, c, b, d):  # a learns b, then c; b is active again; d arrives
+                await sender.connect(a.listen_addrs[0])
+                await sender.send(a.address, b"hello")
+                assert await receive(a) == (sender.address, b"hello")
+            # c was the least recently active: forgotten, and its connection closed, which c
+            # notices (it forgets a in turn).
+            assert a.peers == [b.address, d.address]
+            await wait_until(lambda: a.address not in c.peers)
+        with pytest.raises(UnknownPeer):
+            await a.send(c.address, b"gone")
+        with trio.fail_after(STEP_TIMEOUT_S):  # c can come back; now b is the oldest
+            await c.connect(a.listen_addrs[0])
+            await c.send(a.address, b"back")
+            assert await receive(a) == (c.address, b"back")
+            assert a.peers == [d.address, c.address]
+
+
+async def test_a_peer_is_forgotten_when_its_connection_closes() -> None:
+    async with transports(1) as (a,):
+        async with transports(2) as (b,):
+            await b.connect(a.listen_addrs[0])
+            await b.send(a.address, b"hi")
+            assert await receive(a) == (b.address, b"hi")
+            assert a.peers == [b.address]
+        with trio.fail_after(STEP_TIMEOUT_S):
+            await wait_until(lambda: a.peers == [])
+        with pytest.raises(UnknownPeer):
+            await a.send(b.address, b"anyone?")
+
+
+async def test_forget_closes_the_connection_and_the_peer_is_unknown_after() -> None:
+    async with transports(1, 2) as (a, b):
+        await a.connect(b.listen_addrs[0])
+        await a.send(b.address, b"hi")
+        assert await receive(b) == (a.address, b"hi")
+        assert await a.forget(b.address.upper().replace("0X", "0x"))  # any spelling
+        assert a.peers == []
+        assert not await a.forget(b.address)
+        with pytest.raises(UnknownPeer):
+            await a.send(b.address, b"x")
+        with trio.fail_after(STEP_TIMEOUT_S):  # b sees the connection go and forgets a
+            await wait_until(lambda: b.peers == [])
+            assert a._host.get_network().get_connections(b._host.get_id()) == []

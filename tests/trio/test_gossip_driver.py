@@ -37,6 +37,7 @@ class MemoryTransport:
         self.hub = hub
         self.address = address
         self.inbox = inbox
+        self.forgotten: list[str] = []
 
     async def send(self, to: str, data: bytes) -> None:
         if to in self.hub.down or self.address in self.hub.down:
@@ -48,6 +49,10 @@ class MemoryTransport:
         if multiaddr not in self.hub.inboxes:
             raise ConnectionError(f"{multiaddr} unreachable")
         return multiaddr
+
+    async def forget(self, address: str) -> bool:
+        self.forgotten.append(address)
+        return True
 
 
 async def start_nodes(
@@ -129,6 +134,29 @@ async def test_an_unreachable_bootstrap_peer_is_retried_with_backoff(
         assert len(gaps) == 4
         for gap, base in zip(gaps, [1, 2, 4, 8], strict=True):
             assert 0.5 * base <= gap <= 1.5 * base
+        nursery.cancel_scope.cancel()
+    for service in services:
+        service.replica.close()
+
+
+async def test_members_that_leave_or_die_are_forgotten_by_the_transport(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    async with trio.open_nursery() as nursery:
+        services = await start_nodes(nursery, tmp_path, hub, 4)
+        watcher = services[0]
+        transport = watcher.transport
+        assert isinstance(transport, MemoryTransport)
+        leaver, dying = KEYS[2].address, KEYS[3].address
+        with trio.fail_after(20):
+            await wait_until(lambda: all(len(s.core.membership.alive()) == 3 for s in services))
+            assert leaver in watcher._queues  # it has been talking to both
+            assert dying in watcher._queues
+            await services[2].leave()
+            await wait_until(lambda: leaver in transport.forgotten)
+            assert leaver not in watcher._queues
+            hub.down.add(dying)  # no goodbye: membership has to find out
+            await wait_until(lambda: dying in transport.forgotten)
+        assert KEYS[1].address not in transport.forgotten
         nursery.cancel_scope.cancel()
     for service in services:
         service.replica.close()

@@ -397,8 +397,19 @@ class GatewayApp:
     ) -> dict[str, Any]:
         if not route.hints:
             return {}
-        entity_id = params["id"]
         table = route.kind.partition(".")[0] + "s"
+        try:
+            body = json.loads(body_text or "{}")
+        except ValueError:
+            body = None  # the request op's own parse names the problem
+        if not isinstance(body, dict):
+            body = {}
+        if "id" in params:
+            entity_id = params["id"]
+        elif isinstance(body.get("name"), str) and body["name"]:
+            entity_id = build_id_of(author, body["name"])  # delete by name
+        else:
+            return {}  # the payload check reports the missing name
         with self.replica.lock:
             record = self.state.tables[table].get(entity_id)
             owner = self.state.owners.get(entity_id)
@@ -408,15 +419,18 @@ class GatewayApp:
                 raise HttpError(
                     403, "forbidden", f"{table[:-1]} {entity_id} belongs to {owner}, not {author}"
                 )
-            hint: dict[str, Any] = {"name": record.fields.to_dict().get("name")}
+            hint: dict[str, Any] = {}
+            if "name" in route.hints:
+                hint["name"] = record.live_fields().get("name")
             if "tags" in route.hints:
-                try:
-                    address = normalize_address(
-                        str(json.loads(body_text or "{}").get("address", ""))
-                    )
-                except (ValueError, AttributeError):
-                    return hint  # the payload check names the field
-                hint["tags"] = self.state.allow_tags(table, entity_id, address)
+                if "id" in params:  # disallow: the adds of one address
+                    try:
+                        address = normalize_address(str(body.get("address", "")))
+                    except ValueError:
+                        return hint  # the payload check names the field
+                    hint["tags"] = self.state.allow_tags(table, entity_id, address)
+                else:  # a delete takes the whole allow-list with it
+                    hint["tags"] = self.state.allow_tags(table, entity_id, None)
         return hint
 
     def _precheck(self, kind: str, author: str, payload: dict[str, Any]) -> None:
@@ -434,6 +448,21 @@ class GatewayApp:
                         "exists",
                         f"you already have an instance named {payload['name']!r} ({instance_id})",
                     )
+            if kind in ("account.update", "account.delete") and self.state.account(author) is None:
+                raise HttpError(
+                    404, "not_found", f"no account {author}; create it with POST /account/create"
+                )
+            if kind in ("agent.update", "model.update", "agent.delete", "model.delete"):
+                noun = kind.partition(".")[0]
+                entity = build_id_of(author, payload["name"])
+                if self.state._listing(noun + "s", entity, "id") is None:
+                    raise HttpError(
+                        404,
+                        "not_found",
+                        f"you have no {noun} named {payload['name']!r}; create it with POST /{noun}s/create",
+                    )
+            if kind == "key.revoke" and self.state.grant(author, payload["delegate"]) is None:
+                raise HttpError(404, "not_found", f"you granted no key to {payload['delegate']}")
             if kind in ("agent.register", "model.register"):
                 entity = build_id_of(author, payload["name"])
                 table = "agents" if kind == "agent.register" else "models"
@@ -968,6 +997,8 @@ def openapi() -> dict[str, Any]:
                 },
                 "400": {"description": "the request is invalid", **error_ref},
                 "404": {"description": "no such route or entity", **error_ref},
+                "405": {"description": "the path exists with another method", **error_ref},
+                "503": {"description": "busy or not ready: retry", **error_ref},
             },
         }
         parameters = [

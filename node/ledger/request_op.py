@@ -215,6 +215,15 @@ def _body_as_is(
     return dict(body)
 
 
+def _delete_by_name(
+    author: str, body: dict[str, Any], path: dict[str, str], hint: dict[str, Any]
+) -> dict[str, Any]:
+    payload = dict(body)
+    if hint.get("tags"):
+        payload["tags"] = hint["tags"]
+    return payload
+
+
 def _by_path_id(extra: tuple[str, ...] = ()) -> Callable[..., dict[str, Any]]:
     def build(
         author: str, body: dict[str, Any], path: dict[str, str], hint: dict[str, Any]
@@ -257,7 +266,7 @@ def _routes() -> list[Route]:
         routes += [
             route("POST", f"/{plural}/create", f"{noun}.register", _body_as_is),
             route("POST", f"/{plural}/update", f"{noun}.update", _body_as_is),
-            route("POST", f"/{plural}/delete", f"{noun}.delete", _body_as_is),
+            route("POST", f"/{plural}/delete", f"{noun}.delete", _delete_by_name, ("tags",)),
             route(
                 "POST",
                 f"/{plural}/{{id}}/allow",
@@ -295,6 +304,17 @@ def route_of(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
     return None
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise RequestRejected(
+            "invalid_json", f"the request body has key {twice!r} twice; send each key once"
+        )
+    return result
+
+
 def _parse_body(text: str) -> dict[str, Any]:
     if text.strip() == "":
         return {}
@@ -302,11 +322,11 @@ def _parse_body(text: str) -> dict[str, Any]:
     if _nesting_too_deep(raw):
         raise RequestRejected("invalid_json", "the request body nests too deeply")
     try:
-        value = json.loads(text, parse_float=_reject_float)
-    except OpRejected as exc:
-        raise RequestRejected("invalid_json", f"{exc.args[0]} (send integers)") from None
+        value = json.loads(text, parse_float=_reject_float, object_pairs_hook=_no_duplicates)
     except RequestRejected:
         raise
+    except OpRejected as exc:
+        raise RequestRejected("invalid_json", f"{exc.args[0]} (send integers)") from None
     except (ValueError, RecursionError) as exc:
         raise RequestRejected("invalid_json", f"the request body is not JSON: {exc}") from None
     if not isinstance(value, dict):

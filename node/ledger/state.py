@@ -95,6 +95,8 @@ _NAME = Str(
 )
 _TEXT = Str(length_max=4096)
 _LABEL = Str(length_max=128)
+# Allow-list add tags (op ids) that a disallow or delete removes.
+_TAGS = ListOf(item=Str(length_min=64, length_max=64, pattern=r"[0-9a-f]+"), items_max=4096)
 _HEX_ID = Str(length_min=40, length_max=64, pattern=r"[0-9a-f]+", hint="lower-case hex id")
 _FORMFILE_BYTES_MAX: Final = 64 * 1024
 
@@ -239,6 +241,16 @@ class Record:
     def exists(self) -> bool:
         return bool(self.fields.get("exists", False))
 
+    def live_fields(self) -> dict[str, Any]:
+        """Fields written after the entity's last delete: a re-created entity starts afresh,
+        whatever order the ops arrived in (the delete's stamp is the cut)."""
+        cut = self.fields.stamp_of("deleted")
+        return {
+            key: value
+            for key, (stamp, present, value) in self.fields.entries.items()
+            if present and key not in ("deleted", "exists") and (cut is None or stamp > cut)
+        }
+
     def updated_ms(self) -> int:
         return max((e[0][0] for e in self.fields.entries.values()), default=0)
 
@@ -325,7 +337,7 @@ def _account_upsert(state: State, op: Op, payload: dict[str, Any]) -> None:
 
 
 def _account_delete(state: State, op: Op, payload: dict[str, Any]) -> None:
-    state._record("accounts", op.author).set_fields({"exists": False}, op.stamp)
+    state._record("accounts", op.author).set_fields({"exists": False, "deleted": True}, op.stamp)
 
 
 def _node_announce(state: State, op: Op, payload: dict[str, Any]) -> None:
@@ -361,7 +373,13 @@ def _entity_upsert(table: str, id_of: Callable[[str, str], str]) -> Applier:
 def _entity_delete(table: str, id_of: Callable[[str, str], str]) -> Applier:
     def apply(state: State, op: Op, payload: dict[str, Any]) -> None:
         key = id_of(op.author, payload["name"])
-        state._record(table, key, owner=op.author).set_fields({"exists": False}, op.stamp)
+        record = state._record(table, key, owner=op.author)
+        record.set_fields({"exists": False, "deleted": True}, op.stamp)
+        if payload.get("tags"):
+            # The allow-list entries the deleting gateway saw go with it (observed-remove, as
+            # for disallow): a re-created private entity does not inherit its old allow-list.
+            allow_list = record.sets.setdefault("allow", ORSet())
+            allow_list.merge(ORSet.remove_tags({bytes.fromhex(t) for t in payload["tags"]}))
 
     return apply
 
@@ -562,7 +580,12 @@ def _kinds() -> dict[str, Kind]:
             Kind(
                 f"{noun}.update", {**ident, **fields}, authorize, _entity_upsert(table, build_id_of)
             ),
-            Kind(f"{noun}.delete", ident, authorize, _entity_delete(table, build_id_of)),
+            Kind(
+                f"{noun}.delete",
+                {**ident, "tags": _TAGS},
+                authorize,
+                _entity_delete(table, build_id_of),
+            ),
             Kind(
                 f"{noun}.allow",
                 {**ident, "address": Addr(required=True)},
@@ -574,11 +597,7 @@ def _kinds() -> dict[str, Kind]:
                 {
                     **ident,
                     "address": Addr(required=True),
-                    "tags": ListOf(
-                        item=Str(length_min=64, length_max=64, pattern=r"[0-9a-f]+"),
-                        items_max=256,
-                        required=True,
-                    ),
+                    "tags": replace(_TAGS, required=True),
                 },
                 authorize,
                 _allow(table, False),
@@ -732,7 +751,7 @@ class State:
         record = self.tables["accounts"].get(address)
         if record is None or not record.exists:
             return None
-        fields = record.fields.to_dict()
+        fields = record.live_fields()
         return {
             "address": address,
             "name": fields.get("name"),
@@ -761,7 +780,7 @@ class State:
         record = self.tables["instances"].get(instance_id)
         if record is None or not record.exists:
             return None
-        fields = record.fields.to_dict()
+        fields = record.live_fields()
         owner = self.owners[instance_id]
         claims = {k[6:]: s for k, s in record.firsts.items() if k.startswith("claim:")}
         host = min(claims, key=claims.__getitem__) if claims else None
@@ -796,8 +815,7 @@ class State:
         record = self.tables[table].get(key)
         if record is None or not record.exists:
             return None
-        fields = record.fields.to_dict()
-        fields.pop("exists", None)
+        fields = record.live_fields()
         allow = record.sets.get("allow")
         return {
             id_field: key,
@@ -848,11 +866,15 @@ class State:
             and not g["revoked"]
         ]
 
-    def allow_tags(self, table: str, entity_id: str, address: str) -> list[str]:
-        """Tags a ``*.disallow`` op must carry to remove ``address`` (what this replica saw)."""
+    def allow_tags(self, table: str, entity_id: str, address: str | None) -> list[str]:
+        """Tags a ``*.disallow`` op must carry to remove ``address`` (what this replica saw),
+        or, with ``address=None``, the whole allow-list (for a ``*.delete``)."""
         record = self.tables[table].get(entity_id)
         allow = record.sets.get("allow") if record else None
-        return sorted(t.hex() for t in allow.observed_tags(address)) if allow else []
+        if allow is None:
+            return []
+        addresses = allow.value() if address is None else {address}
+        return sorted(t.hex() for a in addresses for t in allow.observed_tags(a))
 
 
 def apply_all(state: State, ops: Iterable[Op]) -> int:

@@ -422,3 +422,31 @@ async def test_requests_over_the_in_flight_bound_are_refused_not_queued(
         assert (reply.status_code, reply.json()["error"]) == (503, "busy")
     finally:
         replica.close()
+
+
+async def test_delete_then_create_does_not_resurrect_a_private_agents_allow_list(
+    gateway: Gateway,
+) -> None:
+    spec = {"name": "priv", "access": "private", "description": "old"}
+    agent_id = (await gateway.send("POST", "/v1/agents/create", spec, key=ALICE)).json()["agent_id"]
+    await gateway.send("POST", f"/v1/agents/{agent_id}/allow", {"address": BOB.address}, key=ALICE)
+    assert (await gateway.send("GET", f"/v1/agents/{agent_id}", key=BOB)).status_code == 200
+    deleted = await gateway.send("POST", "/v1/agents/delete", {"name": "priv"}, key=ALICE)
+    assert deleted.status_code == 200, deleted.text
+    # Writes to what does not exist are refused here rather than stored for later.
+    for path, body in (
+        ("/v1/agents/update", {"name": "priv", "description": "while deleted"}),
+        ("/v1/agents/delete", {"name": "priv"}),
+        ("/v1/agents/delete", {"name": "never-existed"}),
+        ("/v1/key/revoke", {"delegate": DELEGATE.address}),
+        ("/v1/account/update", {"name": "no account yet"}),
+    ):
+        reply = await gateway.send("POST", path, body, key=ALICE)
+        assert (reply.status_code, reply.json()["error"]) == (404, "not_found"), path
+    again = await gateway.send(
+        "POST", "/v1/agents/create", {"name": "priv", "access": "private"}, key=ALICE
+    )
+    assert again.status_code == 201, again.text
+    assert again.json()["agent"]["allow_list"] == []
+    assert "description" not in again.json()["agent"]
+    assert (await gateway.send("GET", f"/v1/agents/{agent_id}", key=BOB)).status_code == 404

@@ -360,3 +360,49 @@ def test_a_request_replayed_through_another_gateway_cannot_undo_later_writes() -
     for wire in (first, later, replayed):
         ingest(state, wire)
     assert state.tables["accounts"][ALICE.address].fields.to_dict()["description"] == "B"
+
+
+def test_a_recreated_entity_starts_afresh_in_any_order() -> None:
+    agent_id = build_id_of(ALICE.address, "priv")
+    create = request_op(
+        ALICE,
+        "/v1/agents/create",
+        {"name": "priv", "access": "private", "description": "old"},
+        t=T_S,
+    )
+    allow = request_op(
+        ALICE,
+        f"/v1/agents/{agent_id}/allow",
+        {"address": BOB.address},
+        hint={"name": "priv"},
+        t=T_S + 1,
+    )
+    first = State(NET)
+    for wire in (create, allow):
+        ingest(first, wire)
+    tags = first.allow_tags("agents", agent_id, None)
+    delete = request_op(
+        ALICE, "/v1/agents/delete", {"name": "priv"}, hint={"tags": tags}, t=T_S + 2
+    )
+    again = request_op(ALICE, "/v1/agents/create", {"name": "priv", "access": "private"}, t=T_S + 3)
+    wires = [create, allow, delete, again]
+    rng = random.Random(3)
+    hashes = set()
+    for _ in range(5):
+        state = State(NET)
+        order = wires[:]
+        rng.shuffle(order)
+        for wire in order:
+            ingest(state, wire)
+        agent = state.agent(agent_id)
+        assert agent is not None
+        assert agent["allow_list"] == []
+        assert "description" not in agent
+        hashes.add(state.state_hash())
+    assert len(hashes) == 1
+
+
+def test_duplicate_keys_in_a_request_body_are_refused() -> None:
+    with pytest.raises(OpRejected, match="twice") as refused:
+        mutation_of("POST", "/v1/account/create", '{"name":"a","name":"b"}', ALICE.address, {})
+    assert refused.value.code == "invalid_json"

@@ -119,8 +119,9 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
         for i in range(args.nodes):
             status = fog.status(i) or {}
             print(
-                f"  n{i}  {status.get('address')}  {status.get('listen_addrs', ['?'])[0]}  "
-                f"{status.get('metrics')}  data dir {fog.data_dir(i)}"
+                f"  n{i}  {status.get('address')}  gateway {status.get('gateway')}  "
+                f"{status.get('listen_addrs', ['?'])[0]}  metrics {status.get('metrics')}  "
+                f"data dir {fog.data_dir(i)}"
             )
         print("running; press Ctrl-C to stop them all", flush=True)
         while all(proc.poll() is None for proc in fog.procs.values()):

@@ -273,6 +273,19 @@ class GatewayApp:
                 )
             except AuthError as exc:
                 raise HttpError(401, exc.code, str(exc)) from None
+            claimed = request.header("x-signer")
+            if claimed is not None:
+                try:
+                    claimed = normalize_address(claimed.strip())
+                except ValueError as exc:
+                    raise HttpError(400, "invalid_header", f"X-Signer: {exc}") from None
+                if claimed != request.signed.signer:
+                    raise HttpError(
+                        401,
+                        "wrong_signer",
+                        f"the request says it is signed by {claimed} but the signature is "
+                        f"{request.signed.signer}'s: sign with {claimed}'s key",
+                    )
         try:
             return await endpoint.handler(self, request)
         except OpRejected as exc:
@@ -546,7 +559,13 @@ async def account_get(app: GatewayApp, request: Request) -> Response:
     address = normalize_address(request.params["address"])
     actor = _signer_scope(app, request)
     if actor != address:
-        raise HttpError(403, "forbidden", f"only {address} (or its keys) can read this account")
+        # The path names the key that must sign: another key is a failed authentication.
+        raise HttpError(
+            401,
+            "wrong_signer",
+            f"account {address} is readable with its own key (or a key it granted 'read'); "
+            f"this request is signed by {actor}",
+        )
     return Response(200, _account_or_404(app, address))
 
 

@@ -250,7 +250,19 @@ async def test_reads_show_the_signer_only_its_own(gateway: Gateway) -> None:
     assert unsigned.status_code == 401
     await gateway.send("POST", "/v1/account/create", {"name": "a"}, key=ALICE)
     other = await gateway.send("GET", f"/v1/account/{ALICE.address}/get", key=BOB)
-    assert other.status_code == 403
+    assert (other.status_code, other.json()["error"]) == (401, "wrong_signer")
+
+
+async def test_a_foreign_key_is_a_401_when_the_request_names_its_signer(gateway: Gateway) -> None:
+    instance_id = await _alice_with_instance(gateway)
+    before = gateway.ops
+    path = f"/v1/instance/{instance_id}/stop"
+    claimed = {"X-Signer": ALICE.address}
+    foreign = await gateway.send("POST", path, {}, key=BOB, headers=claimed)
+    assert (foreign.status_code, foreign.json()["error"]) == (401, "wrong_signer")
+    assert gateway.ops == before
+    own = await gateway.send("POST", path, {}, key=ALICE, headers=claimed)
+    assert own.status_code == 200, own.text
 
 
 async def test_private_agents_are_listed_only_to_owner_and_allowed(gateway: Gateway) -> None:

@@ -41,6 +41,11 @@ class LocalFog:
     def data_dir(self, i: int) -> Path:
         return self.root / f"n{i}"
 
+    def log(self, i: int) -> str:
+        """What node ``i`` wrote to stderr (its log) so far."""
+        path = self.root / f"n{i}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def start(self, i: int) -> None:
         """Start node ``i`` (again, if it ran before) and wait until it serves."""
         args = [

@@ -2,21 +2,18 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from node.devnet import LocalFog
+
 pytestmark = pytest.mark.real
 
-_SCRIPT = Path(sys.executable).parent / "formation-node"
-NODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "node.cli"]
 FORM = [sys.executable, "-m", "node.client.cli"]
-STARTUP_S_MAX = 60.0
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -34,41 +31,14 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def gateway_url(tmp_path: Path) -> Iterator[str]:
-    data_dir = tmp_path / "node"
-    env = _env(tmp_path)
-    log = (tmp_path / "node.log").open("w")  # a file, not a pipe: a pipe nobody reads can fill
-    proc = subprocess.Popen(
-        [*NODE, "run", "--data-dir", str(data_dir), "--gateway", "127.0.0.1:0",
-         "--listen", "/ip4/127.0.0.1/tcp/0"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )  # fmt: skip
+    (tmp_path / "fog").mkdir()
+    fog = LocalFog(tmp_path / "fog")
     try:
-        deadline = time.monotonic() + STARTUP_S_MAX
-        url = None
-        while url is None:
-            assert proc.poll() is None, f"the node exited: {(tmp_path / 'node.log').read_text()}"
-            assert time.monotonic() < deadline, "the node did not report a gateway in time"
-            status = subprocess.run(
-                [*NODE, "status", "--data-dir", str(data_dir), "--json"],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=30,
-            )
-            if status.returncode == 0:
-                url = json.loads(status.stdout).get("gateway")
-            if url is None:
-                time.sleep(0.2)  # the control socket appears a moment after start
-        yield url
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "node.log").read_text()
+        fog.start(0)
+        yield str((fog.status(0) or {})["gateway"])
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        fog.stop_all()
+    assert fog.procs[0].returncode == 0, fog.log(0)
 
 
 def test_form_creates_and_shows_an_account_on_a_real_node(tmp_path: Path, gateway_url: str) -> None:

@@ -30,16 +30,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import shlex
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -52,6 +47,7 @@ from schemathesis.core import NotSet
 
 from node.client.api import GatewayClient
 from node.client.signer import sign_request
+from node.devnet import LocalFog
 from node.gateway.app import openapi
 from node.identity.keys import NodeKey
 
@@ -63,10 +59,8 @@ DELEGATE: Final = NodeKey(_rng.randbytes(32))  # granted every scope by KEY's ac
 STRANGER: Final = NodeKey(_rng.randbytes(32))  # granted nothing by anyone
 
 EXAMPLES_MAX: Final = 25
-STARTUP_S_MAX: Final = 60.0
 REQUEST_TIMEOUT_S: Final = 10.0
 GRANT_S: Final = 3600
-_NODE: Final = [sys.executable, "-m", "node.cli"]
 # Headers our signature owns in the signed pass: a generated value would replace ours.
 _AUTH_HEADERS: Final = frozenset({"x-message", "x-signature", "x-recovery-id", "authorization"})
 # Never given the id of a real agent: a real one would make the node dial its endpoint.
@@ -109,23 +103,6 @@ class Node:
         return int(self.http.get(self.url + "/v1/node/info").json()["ops"])
 
 
-def _wait_for_gateway(proc: subprocess.Popen[bytes], data_dir: Path, env: dict[str, str]) -> str:
-    deadline = time.monotonic() + STARTUP_S_MAX
-    while True:
-        assert proc.poll() is None, f"the node exited with {proc.returncode}; see its log"
-        assert time.monotonic() < deadline, "the node reported no gateway in time"
-        status = subprocess.run(
-            [*_NODE, "status", "--data-dir", str(data_dir), "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
-        if status.returncode == 0 and json.loads(status.stdout).get("gateway"):
-            return str(json.loads(status.stdout)["gateway"])
-        time.sleep(0.2)  # the control socket appears a moment after start
-
-
 def _seed(url: str) -> dict[str, str]:
     """KEY's account, its grant to DELEGATE, and one instance, agent and model."""
     with GatewayClient(url, KEY, timeout_s=REQUEST_TIMEOUT_S) as client:
@@ -166,33 +143,19 @@ def _known_parameters(ids: dict[str, str]) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    root = tmp_path_factory.mktemp("schemathesis-node")
-    data_dir = root / "node"
-    # Keys generated on first start must not land in the developer's real data dir.
-    env = {**os.environ, "XDG_DATA_HOME": str(root / "xdg"), "FORMATION_NODE_DATA_DIR": ""}
-    log_path = root / "node.log"
-    with log_path.open("wb") as log:  # a file, not a pipe: a pipe nobody reads can fill
-        proc = subprocess.Popen(
-            [*_NODE, "run", "--data-dir", str(data_dir), "--gateway", "127.0.0.1:0",
-             "--listen", "/ip4/127.0.0.1/tcp/0", "--heartbeat-s", "0"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )  # fmt: skip
+    fog = LocalFog(tmp_path_factory.mktemp("schemathesis-node"), extra_args=("--heartbeat-s", "0"))
     try:
-        url = _wait_for_gateway(proc, data_dir, env)
+        fog.start(0)
+        url = str((fog.status(0) or {})["gateway"])
         # trust_env=False: no proxy from the environment; this traffic stays on loopback.
         with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False) as http:
             yield Node(url, http, _known_parameters(_seed(url)))
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, log_path.read_text()
-        # A handler bug is answered 500 and logged: the answers above would have shown it,
-        # and the log says which handler and why.
-        assert "gateway handler failed" not in log_path.read_text(), log_path.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        fog.stop_all()
+    assert fog.procs[0].returncode == 0, fog.log(0)
+    # A handler bug is answered 500 and logged: the answers above would have shown it, and the
+    # log says which handler and why.
+    assert "gateway handler failed" not in fog.log(0), fog.log(0)
 
 
 def _cases(label: str, known: dict[str, dict[str, str]]) -> st.SearchStrategy[Any]:

@@ -29,11 +29,17 @@ _CLI = [sys.executable, "-m", "node.cli"]
 
 class LocalFog:
     def __init__(
-        self, root: Path, *, log_level: str = "warning", extra_args: tuple[str, ...] = ()
+        self,
+        root: Path,
+        *,
+        log_level: str = "warning",
+        extra_args: tuple[str, ...] = (),
+        listen: str = "/ip4/127.0.0.1/tcp/0",
     ) -> None:
         self.root = root
         self.log_level = log_level
         self.extra_args = extra_args
+        self.listen = listen
         self.procs: dict[int, subprocess.Popen[str]] = {}
         self.retired: list[subprocess.Popen[str]] = []
         self.bootstrap = ""
@@ -54,7 +60,7 @@ class LocalFog:
             "--data-dir",
             str(self.data_dir(i)),
             "--listen",
-            "/ip4/127.0.0.1/tcp/0",
+            self.listen,
             "--gateway",
             "127.0.0.1:0",
         ]
@@ -72,7 +78,9 @@ class LocalFog:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.strip().startswith("listen") and not self.bootstrap:
-                self.bootstrap = line.split()[1].split("/p2p/")[0]
+                addr = line.split()[1]
+                # Host and port only, as operators write it; a QUIC dial needs the peer id.
+                self.bootstrap = addr if "/quic" in addr else addr.split("/p2p/")[0]
             if line.startswith("running"):
                 return
         raise RuntimeError(f"node {i} exited before it was running; see {self.root / f'n{i}.log'}")

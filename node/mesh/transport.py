@@ -7,9 +7,15 @@ else should pay for it). A ``Transport`` is one libp2p host whose identity is th
 secp256k1 key, so a node's PeerID and its Ethereum address come from one key: the PeerID
 inlines the compressed public key, and ``address_of_peer_id`` derives the address from it.
 
-**Security.** The host offers Noise only. py-libp2p's default host also offers TLS, SECIO and
-*plaintext*, and accepts a plaintext-only dialer; passing ``sec_opt`` with Noise alone closes
-that. Streams are muxed with Yamux over TCP.
+**Security.** Over TCP the host offers Noise only. py-libp2p's default host also offers TLS,
+SECIO and *plaintext*, and accepts a plaintext-only dialer; passing ``sec_opt`` with Noise
+alone closes that. Streams are muxed with Yamux over TCP.
+
+**QUIC.** ``/ip4/.../udp/PORT/quic-v1`` listen addresses work too (py-libp2p's QUIC on
+aioquic). QUIC has its own TLS 1.3, where the certificate carries the libp2p extension signed
+by the same secp256k1 node key, and its own streams; everything above the stream (framing,
+identity of a sender) is the same. Every node can dial both kinds; listen addresses decide
+what it serves.
 
 **Identity of a sender.** Inbound frames are delivered as ``(address, data)`` where the
 address is derived from the Noise-authenticated remote PeerID, never from the payload. A
@@ -27,7 +33,9 @@ every peer's sender.
 **Dialing without a PeerID.** libp2p's swarm only dials a known PeerID. For a multiaddr
 without ``/p2p/...`` we dial the raw TCP transport, negotiate Noise as initiator with no
 expected peer (Noise XX learns and authenticates the responder's key), upgrade to Yamux and
-hand the connection to the swarm, which then treats it like any outbound connection.
+hand the connection to the swarm, which then treats it like any outbound connection. A QUIC
+address needs its ``/p2p/<peer id>``: py-libp2p's QUIC client checks the server's certificate
+against a PeerID it must know beforehand.
 
 **Peers.** A peer is known once we dialed it or it opened a stream to us, and kept in a
 ``PeerTable`` (``node/mesh/peer_table.py``) ordered by activity. It is forgotten when its
@@ -52,7 +60,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import coincurve
 import libp2p.network.swarm as _libp2p_swarm
@@ -71,6 +79,9 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.quic.config import QUICTransportConfig
+from libp2p.transport.quic.transport import QUICTransport
+from libp2p.transport.tcp.tcp import TCP
 
 from node.gossip.wire import DEFAULT_LIMITS, BadPacket, FrameReader, frame
 from node.identity.keys import NodeKey, address_from_public_key, normalize_address
@@ -106,6 +117,8 @@ _READ_CHUNK_BYTES: Final = 65536
 # Peerstore TTL for addresses we dialed: long enough that send() can redial after a drop.
 _ADDR_TTL_S: Final = 3600
 _CLOSE_TIMEOUT_S: Final = 2.0
+# A node keeps one long-lived gossip stream per peer each way, plus py-libp2p's identify.
+_QUIC_STREAMS_PER_CONNECTION_MAX: Final = 16
 
 
 class TransportError(Exception):
@@ -303,7 +316,14 @@ class Transport:
         transport = swarm.transport_manager.transport_for_dialing(maddr)
         if transport is None:
             raise ValueError(
-                f"no transport can dial {maddr} (this node dials /ip4|ip6/.../tcp/...)"
+                f"no transport can dial {maddr} (this node dials /ip4|ip6/.../tcp/... and"
+                " /ip4|ip6/.../udp/.../quic-v1/p2p/...)"
+            )
+        if getattr(transport, "provides_native_muxing", False):
+            # py-libp2p's QUIC client checks the server's certificate against a PeerID
+            # it must know before the handshake; it cannot learn one the way Noise XX does.
+            raise ValueError(
+                f"{maddr}: a QUIC address needs the peer id, /.../quic-v1/p2p/<peer id>"
             )
         raw_conn = await transport.dial(maddr)
         try:
@@ -509,25 +529,47 @@ async def _close_connection(conn: Any) -> None:
             logger.debug("closing a secured connection failed: %r", error)
 
 
+_Config = TypeVar("_Config", bound=ConnectionConfig)
+
+
+def _connection_config(cls: type[_Config], limits: TransportLimits, **extra: Any) -> _Config:
+    # Two connections per peer: py-libp2p keeps both when two nodes dial each other at once.
+    # The watermarks only have to be consistent with that (the auto-connector they steer is
+    # stopped in open_transport); at the high one the pruner starts.
+    return cls(
+        max_connections=limits.peers_max * 2,
+        high_watermark=limits.peers_max * 2,
+        low_watermark=0,
+        min_connections=0,
+        dial_timeout=limits.dial_timeout_s,
+        **extra,
+    )
+
+
 def _noise_only_host(key: NodeKey, limits: TransportLimits) -> Any:
     key_pair = secp256k1_key_pair(key.secret)
     # The Noise static key is per process: it is authenticated by a signature from the
     # identity key inside the handshake, so it need not be persisted.
     noise = NoiseTransport(key_pair, noise_privkey=x25519_key_pair().private_key)
+    # Both transports are always there, so a node dials either kind of peer address; only
+    # the listen addresses decide what it serves. QUIC brings its own TLS 1.3 (the libp2p
+    # certificate extension, signed by the same secp256k1 key) and its own streams: Noise
+    # and Yamux are for TCP only.
+    quic = QUICTransport(
+        key_pair.private_key,
+        config=_connection_config(
+            QUICTransportConfig,
+            limits,
+            connection_timeout=limits.dial_timeout_s,
+            max_concurrent_streams=_QUIC_STREAMS_PER_CONNECTION_MAX,
+        ),
+    )
     return new_host(
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        # Two connections per peer: py-libp2p keeps both when two nodes dial each other at
-        # once. The watermarks only have to be consistent with that (the auto-connector they
-        # steer is stopped in open_transport); at the high one the pruner starts.
-        connection_config=ConnectionConfig(
-            max_connections=limits.peers_max * 2,
-            high_watermark=limits.peers_max * 2,
-            low_watermark=0,
-            min_connections=0,
-            dial_timeout=limits.dial_timeout_s,
-        ),
+        connection_config=_connection_config(ConnectionConfig, limits),
+        transports=[TCP(), quic],
     )
 
 

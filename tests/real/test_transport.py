@@ -231,3 +231,52 @@ async def test_forget_closes_the_connection_and_the_peer_is_unknown_after() -> N
         with trio.fail_after(STEP_TIMEOUT_S):  # b sees the connection go and forgets a
             await wait_until(lambda: b.peers == [])
             assert a._host.get_network().get_connections(b._host.get_id()) == []
+
+
+QUIC_LOOPBACK = ["/ip4/127.0.0.1/udp/0/quic-v1"]
+
+
+def _udp_sockets() -> set[Any]:
+    return {c.laddr for c in psutil.Process().net_connections(kind="udp")}
+
+
+async def test_packets_flow_over_quic_with_the_same_identity() -> None:
+    udp_before = _udp_sockets()
+    async with AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(open_transport(key(n), QUIC_LOOPBACK)) for n in (1, 2)
+        ]
+        assert all("/udp/" in addr and "/quic-v1/p2p/16Uiu2HA" in addr for addr in a.listen_addrs)
+        assert a.peer_id == peer_id_of(key(1))
+        with trio.fail_after(STEP_TIMEOUT_S):
+            assert await b.connect(a.listen_addrs[0]) == key(1).address
+            for i in range(3):
+                await b.send(a.address, b"quic %d" % i)
+            assert [await receive(a) for _ in range(3)] == [
+                (b.address, b"quic %d" % i) for i in range(3)
+            ]
+            await a.send(b.address, b"and back")  # learned from the authenticated stream
+            assert await receive(b) == (a.address, b"and back")
+            # A frame over the limit resets that QUIC stream only, as over TCP.
+            bad = await b._host.new_stream(a._host.get_id(), [DEFAULT_PROTOCOL])
+            await bad.write(frame(b"x" * (a.limits.frame_bytes_max + 1))[:1024])
+            with pytest.raises(StreamError):
+                await read_until_closed(bad)
+            await b.send(a.address, b"still fine")
+            assert await receive(a) == (b.address, b"still fine")
+    assert _udp_sockets() - udp_before == set()
+    gc.collect()
+
+
+async def test_a_tcp_node_dials_a_quic_node_and_bare_quic_addresses_are_refused() -> None:
+    async with (
+        open_transport(key(1), QUIC_LOOPBACK) as a,
+        open_transport(key(2), LOOPBACK) as b,
+    ):
+        with trio.fail_after(STEP_TIMEOUT_S):
+            assert await b.connect(a.listen_addrs[0]) == a.address
+            await b.send(a.address, b"over quic")
+            assert await receive(a) == (b.address, b"over quic")
+        bare = a.listen_addrs[0].split("/p2p/")[0]
+        with pytest.raises(ValueError, match="needs the peer id"):
+            await b.connect(bare)

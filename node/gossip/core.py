@@ -430,7 +430,9 @@ class GossipCore:
         backup: str | None = None
         if self.node_id not in core:
             me = self.node_id.encode()
-            ordered = sorted(core, key=lambda c: hashlib.blake2b(me + c.encode(), digest_size=8).digest())
+            ordered = sorted(
+                core, key=lambda c: hashlib.blake2b(me + c.encode(), digest_size=8).digest()
+            )
             parent = ordered[0]
             backup = ordered[1] if len(ordered) > 1 else None
         self._backup_parent = backup

@@ -104,7 +104,8 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
 
     root: Path = args.root
     root.mkdir(parents=True, exist_ok=True)
-    fog = LocalFog(root, log_level=args.log_level)
+    listen = "/ip4/127.0.0.1/udp/0/quic-v1" if args.quic else "/ip4/127.0.0.1/tcp/0"
+    fog = LocalFog(root, log_level=args.log_level, listen=listen)
     started = time.monotonic()
     try:
         for i in range(args.nodes):
@@ -534,6 +535,9 @@ def _parser() -> argparse.ArgumentParser:
         "--root", type=Path, default=Path("devnet"), help="data dirs go here (default: %(default)s)"
     )
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for convergence")
+    up.add_argument(
+        "--quic", action="store_true", help="the nodes listen on QUIC (udp, quic-v1) instead of TCP"
+    )
     up.add_argument("--log-level", choices=LEVELS, default="warning")
     up.set_defaults(func=cmd_devnet_up)
 

@@ -192,6 +192,10 @@ async def _run(args: argparse.Namespace) -> int:
                     nursery.start_soon(join_through, service, transport, addr, rng)
 
                 def status() -> dict[str, object]:
+                    with replica.lock:  # worker threads apply ops meanwhile
+                        return _status()
+
+                def _status() -> dict[str, object]:
                     return {
                         "address": key.address,
                         "peer_id": peer_id_of(key),

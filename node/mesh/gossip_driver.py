@@ -150,17 +150,18 @@ class GossipService:
 
     async def write(self, key: NodeKey, kind: str, payload: dict[str, Any]) -> Op:
         """Sign an op as ``key``, store it durably, apply it, and gossip it."""
-        op = await trio.to_thread.run_sync(self.replica.write, key, kind, payload, wall_ms())
+        # Under the lock: the core reads the replica's digest, which the write changes.
         async with self._lock:
+            op = await trio.to_thread.run_sync(self.replica.write, key, kind, payload, wall_ms())
             await self._apply(self.core.broadcast(trio.current_time(), [op]))
         return op
 
     async def submit(self, wire: list[tuple[bytes, bytes]]) -> SubmitResult:
         """Verify, store durably and apply ops from a local client (the gateway), then gossip
         the new ones. On return the accepted ops are durable."""
-        result = await trio.to_thread.run_sync(self.replica.submit, wire, wall_ms())
-        if result.accepted:
-            async with self._lock:
+        async with self._lock:
+            result = await trio.to_thread.run_sync(self.replica.submit, wire, wall_ms())
+            if result.accepted:
                 await self._apply(self.core.broadcast(trio.current_time(), result.accepted))
         return result
 

@@ -331,8 +331,8 @@ async def _start_gateway(
                     "state_digest": replica.state.state_hash(),
                 }
 
-        async def submit(self, wire: list[tuple[bytes, bytes]]) -> Any:
-            return await service.submit(wire)
+        async def submit_checked(self, ops: Any) -> Any:
+            return await service.submit_checked(ops)
 
     app = GatewayApp(Node(), proxy=AgentProxy(agent_networks))
     try:

@@ -99,20 +99,32 @@ class Replica:
     def submit(self, batch: Iterable[tuple[bytes, bytes]], now_ms: int) -> SubmitResult:
         """Verify, store durably, then apply a batch of ``(body, sig)`` from outside."""
         result = SubmitResult()
-        fresh: list[tuple[Op, dict[str, Any]]] = []
-        seen: set[bytes] = set()
+        checked: list[tuple[Op, dict[str, Any]]] = []
         for index, (body, sig) in enumerate(batch):
             try:
                 op = decode_op(body, sig, self.network)
-                payload = State.check_op(op)
+                checked.append((op, State.check_op(op)))
             except OpRejected as why:
                 result.rejected.append((index, why))
-                continue
+        return self.submit_checked(checked, now_ms, result)
+
+    def submit_checked(
+        self,
+        ops: Iterable[tuple[Op, dict[str, Any]]],
+        now_ms: int,
+        result: SubmitResult | None = None,
+    ) -> SubmitResult:
+        """Store durably, then apply ops already verified (``decode_op``) and checked
+        (``State.check_op``): the gateway does both itself to answer with the reason."""
+        result = SubmitResult() if result is None else result
+        fresh: list[tuple[Op, dict[str, Any]]] = []
+        seen: set[bytes] = set()
+        for op, payload in ops:
             if op.id in self.state.applied or op.id in seen:
                 result.duplicates.append(op)
                 continue
             try:
-                with self.lock:  # the gateway ticks the same clock from the event loop
+                with self.lock:  # write() may advance the clock from another worker thread
                     self.hlc.observe(now_ms, (op.wall_ms, op.logical))
             except ClockDriftError as why:
                 result.deferred.append((op, str(why)))

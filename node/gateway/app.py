@@ -45,7 +45,7 @@ import trio
 from node import __version__
 from node.gateway.auth import WINDOW_S_DEFAULT, AuthError, NonceCache, SignedRequest, authenticate
 from node.identity.keys import normalize_address
-from node.ledger.op import OpRejected, decode_op
+from node.ledger.op import Op, OpRejected, decode_op
 from node.ledger.request_op import (
     SCOPE_OF_KIND,
     Route,
@@ -75,7 +75,7 @@ class GatewayNode(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
-    async def submit(self, wire: list[tuple[bytes, bytes]]) -> SubmitResult: ...
+    async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult: ...
 
 
 class HttpError(Exception):
@@ -385,9 +385,7 @@ class GatewayApp:
         op = decode_op(op_body, request.signed.signature, self.replica.network)
         payload = State.check_op(op)
         self._precheck(op.kind, author, payload)
-        result = await self.node.submit([(op_body, request.signed.signature)])
-        if result.rejected:
-            raise result.rejected[0][1]
+        result = await self.node.submit_checked([(op, payload)])
         if result.deferred:
             raise HttpError(
                 401,

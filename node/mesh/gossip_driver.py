@@ -156,11 +156,11 @@ class GossipService:
             await self._apply(self.core.broadcast(trio.current_time(), [op]))
         return op
 
-    async def submit(self, wire: list[tuple[bytes, bytes]]) -> SubmitResult:
-        """Verify, store durably and apply ops from a local client (the gateway), then gossip
-        the new ones. On return the accepted ops are durable."""
+    async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
+        """Store durably and apply ops a local client (the gateway) verified and checked, then
+        gossip the new ones. On return the accepted ops are durable."""
         async with self._lock:
-            result = await trio.to_thread.run_sync(self.replica.submit, wire, wall_ms())
+            result = await trio.to_thread.run_sync(self.replica.submit_checked, ops, wall_ms())
             if result.accepted:
                 await self._apply(self.core.broadcast(trio.current_time(), result.accepted))
         return result

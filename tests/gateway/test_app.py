@@ -26,7 +26,7 @@ from eth_account.messages import encode_defunct
 from node.gateway.app import ENDPOINTS, REQUEST_BODY_BYTES_MAX, GatewayApp, openapi, serve_gateway
 from node.gateway.proxy import AgentProxy
 from node.identity.keys import NodeKey
-from node.ledger.op import REQUEST_ENVELOPE_VERSION, decode_op
+from node.ledger.op import REQUEST_ENVELOPE_VERSION, Op, decode_op
 from node.ledger.request_op import canonical_message
 from node.ledger.state import build_id_of, instance_id_of
 from node.replica import Replica, SubmitResult
@@ -43,8 +43,9 @@ class _Node:
     def info(self) -> dict[str, Any]:
         return {"address": "0x" + "00" * 20, "network": NET, "ops": self.replica.state.op_count}
 
-    async def submit(self, wire: list[tuple[bytes, bytes]]) -> SubmitResult:
-        return await trio.to_thread.run_sync(self.replica.submit, wire, int(time.time() * 1000))
+    async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
+        now_ms = int(time.time() * 1000)
+        return await trio.to_thread.run_sync(self.replica.submit_checked, ops, now_ms)
 
 
 @dataclass

@@ -706,7 +706,8 @@ def _agent_call(path_kind: str) -> Handler:
             raise HttpError(404, "not_found", f"no agent {request.params['id']} you may use")
         if app.proxy is None:
             raise HttpError(503, "unavailable", "this node does not proxy agent calls")
-        return await app.proxy.call(agent, path_kind, request, actor)  # type: ignore[no-any-return]
+        instances = app.view(lambda: app.state.instances_by_build(request.params["id"]))
+        return await app.proxy.call(agent, path_kind, request, actor, instances)  # type: ignore[no-any-return]
 
     return call
 

@@ -2,8 +2,10 @@
 
 Theory of operation
 -------------------
-An agent's record names its endpoint (``host``, ``port``, ``path``). The gateway forwards the
-caller's body there and streams the answer back as it arrives, so a long generation reaches
+An agent's record names its endpoint (``host``, ``port``, ``path``); without one, as the
+upstream did, the agent is reached at the mesh address a host node reported for a started
+instance of its build, on ``metadata.task_endpoint_port`` (8000) and ``task_endpoint_path``
+(``/default_task``). The gateway forwards the caller's body there and streams the answer back as it arrives, so a long generation reaches
 the caller token by token. The endpoint is written by the agent's creator, so it is hostile
 input: the gateway only dials IP literals inside the node's ``agent_networks`` (loopback for
 the ``local`` network; the mesh range elsewhere) and never resolves names, so a listing cannot
@@ -36,6 +38,9 @@ log = logging.getLogger("formation.gateway.proxy")
 _USAGE_PREFIX: Final = b"FINAL_USAGE_INFO:"
 _ANSWER_BYTES_MAX: Final = 64 * 1024 * 1024
 _FORWARDED_HEADERS: Final = ("content-type", "accept")
+# The upstream agent gateway's defaults for an agent reached through its instance.
+_INSTANCE_PORT_DEFAULT: Final = 8000
+_INSTANCE_PATH_DEFAULT: Final = "/default_task"
 
 
 class AgentProxy:
@@ -54,21 +59,45 @@ class AgentProxy:
         self.usage: list[dict[str, Any]] = []  # the last few calls, for status and tests
         self._usage_max = 256
 
-    def _url(self, agent: dict[str, Any], call: str) -> str:
+    def _url(self, agent: dict[str, Any], instances: list[dict[str, Any]]) -> str:
+        """Where the agent answers: its published endpoint, else (as upstream) the mesh address
+        of a started instance of its build, on the port and path in its metadata."""
         endpoint = agent.get("endpoint")
-        if not endpoint:
-            raise HttpError(
-                409,
-                "no_endpoint",
-                f"agent {agent['agent_id']} has no endpoint; its owner must set one",
-            )
+        if endpoint:
+            host, port, path = endpoint["host"], endpoint["port"], endpoint.get("path") or "/"
+        else:
+            running = [i for i in instances if i.get("status") == "Started" and i.get("formnet_ip")]
+            if not running:
+                raise HttpError(
+                    409,
+                    "no_endpoint",
+                    f"agent {agent['agent_id']} has no endpoint and no started instance of its "
+                    "build reports an address; its owner must publish one or start an instance",
+                )
+            metadata = agent.get("metadata") or {}
+            host = running[0]["formnet_ip"]
+            port_text = str(metadata.get("task_endpoint_port", _INSTANCE_PORT_DEFAULT))
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise HttpError(
+                    409,
+                    "endpoint_refused",
+                    f"agent metadata task_endpoint_port {port_text!r} is not a port",
+                )
+            port = int(port_text)
+            path = str(metadata.get("task_endpoint_path", _INSTANCE_PATH_DEFAULT))
+            if not path.startswith("/") or any(c.isspace() for c in path):
+                raise HttpError(
+                    409,
+                    "endpoint_refused",
+                    f"agent metadata task_endpoint_path {path!r} is not a path",
+                )
         try:
-            address = ipaddress.ip_address(endpoint["host"])
+            address = ipaddress.ip_address(host)
         except ValueError:
             raise HttpError(
                 409,
                 "endpoint_refused",
-                f"agent endpoint host {endpoint['host']!r} is not an IP address; this node dials IP literals only",
+                f"agent endpoint host {host!r} is not an IP address; this node dials IP literals only",
             ) from None
         if not any(address in network for network in self.networks):
             raise HttpError(
@@ -76,14 +105,19 @@ class AgentProxy:
                 "endpoint_refused",
                 f"agent endpoint {address} is outside this node's agent networks ({', '.join(map(str, self.networks))})",
             )
-        host = f"[{address}]" if address.version == 6 else str(address)
-        # Both calls go to the one path the creator published; X-Formation-Call says which.
-        return f"http://{host}:{endpoint['port']}{endpoint.get('path') or '/'}"
+        literal = f"[{address}]" if address.version == 6 else str(address)
+        # Both calls go to the one path the agent serves; X-Formation-Call says which.
+        return f"http://{literal}:{port}{path}"
 
     async def call(
-        self, agent: dict[str, Any], call: str, request: Request, caller: str
+        self,
+        agent: dict[str, Any],
+        call: str,
+        request: Request,
+        caller: str,
+        instances: list[dict[str, Any]] | None = None,
     ) -> Response:
-        url = self._url(agent, call)
+        url = self._url(agent, instances or [])
         headers = {k: v for k, v in request.headers.items() if k in _FORWARDED_HEADERS}
         headers["x-formation-caller"] = caller
         headers["x-formation-call"] = call

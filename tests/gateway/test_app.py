@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import secrets
 import shutil
 import time
@@ -26,7 +27,7 @@ from eth_account.messages import encode_defunct
 from node.gateway.app import ENDPOINTS, REQUEST_BODY_BYTES_MAX, GatewayApp, openapi, serve_gateway
 from node.gateway.proxy import AgentProxy
 from node.identity.keys import NodeKey
-from node.ledger.op import REQUEST_ENVELOPE_VERSION, Op, decode_op
+from node.ledger.op import REQUEST_ENVELOPE_VERSION, Op, decode_op, sign_op
 from node.ledger.request_op import canonical_message
 from node.ledger.state import build_id_of, instance_id_of
 from node.replica import Replica, SubmitResult
@@ -463,3 +464,39 @@ async def test_delete_then_create_does_not_resurrect_a_private_agents_allow_list
     assert again.json()["agent"]["allow_list"] == []
     assert "description" not in again.json()["agent"]
     assert (await gateway.send("GET", f"/v1/agents/{agent_id}", key=BOB)).status_code == 404
+
+
+async def test_an_agent_without_an_endpoint_is_reached_at_its_started_instance(
+    gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    agent_url = await nursery.start(serve_gateway, _agent, "127.0.0.1", 0)  # type: ignore[arg-type]
+    port = agent_url.rsplit(":", 1)[1]
+    spec = {"name": "svc", "metadata": {"task_endpoint_port": port, "task_endpoint_path": "/t"}}
+    agent_id = (await gateway.send("POST", "/v1/agents/create", spec, key=ALICE)).json()["agent_id"]
+    not_yet = await gateway.send("POST", f"/v1/agents/{agent_id}/hire", {}, key=BOB)
+    assert (not_yet.status_code, not_yet.json()["error"]) == (409, "no_endpoint")
+    made = await gateway.send(
+        "POST", "/v1/instance/create", {"name": "svc", "formfile": "x"}, key=ALICE
+    )
+    instance_id = made.json()["instance_id"]
+    assert made.json()["build_id"] == agent_id
+    # A host node claims the instance and reports it started at a (here: loopback) address.
+    host = NodeKey(random.Random(5).randbytes(32))
+    now_ms = int(time.time() * 1000)
+    wire = [
+        (op.body, op.sig)
+        for op in (
+            sign_op(host, NET, (now_ms, 0), "instance.claim", {"instance_id": instance_id}),
+            sign_op(
+                host,
+                NET,
+                (now_ms, 1),
+                "instance.status",
+                {"instance_id": instance_id, "status": "Started", "formnet_ip": "127.0.0.1"},
+            ),
+        )
+    ]
+    assert len(gateway.replica.submit(wire, now_ms).accepted) == 2
+    reply = await gateway.send("POST", f"/v1/agents/{agent_id}/run_task", {"q": 1}, key=BOB)
+    assert reply.status_code == 200, reply.text
+    assert reply.text.startswith('echo: {"q":1}\nrun_task\n')

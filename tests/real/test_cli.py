@@ -131,6 +131,10 @@ def test_init_and_config_show_report_the_devnet_profile_without_dialing(tmp_path
     config = json.loads(shown.stdout)
     assert config["network"] == "devnet"
     assert config["bootstrap"] == ["/ip4/3.214.9.18/tcp/53333", "/ip4/44.218.128.162/tcp/53333"]
+    # The gateway stays on loopback unless the operator says otherwise; devnet agents are
+    # reached on the mesh range only.
+    assert config["gateway"] == "127.0.0.1:3004"
+    assert config["agent_networks"] == ["10.0.0.0/8"]
     assert (data_dir / "node-key.json").exists()
 
 

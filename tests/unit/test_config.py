@@ -31,10 +31,18 @@ def test_init_writes_a_config_that_loads_back(tmp_path: Path) -> None:
         config = load_config(data_dir)
         profile = get_profile(name)
         assert config.source == str(path)
-        assert (config.network, config.bootstrap, config.listen_addrs) == (
+        assert (
+            config.network,
+            config.bootstrap,
+            config.listen_addrs,
+            config.gateway,
+            config.agent_networks,
+        ) == (
             profile.network,
             profile.bootstrap,
             profile.listen_addrs,
+            profile.gateway,
+            profile.agent_networks,
         )
         with pytest.raises(FileExistsError, match="already exists"):
             write_config(data_dir, name)
@@ -48,6 +56,8 @@ def test_init_writes_a_config_that_loads_back(tmp_path: Path) -> None:
         ('profile = "mainnet"\n', "unknown network profile 'mainnet'"),
         ("bootstrap = [1, 2]\n", "bootstrap must be a list of strings"),
         ('network = ""\n', "network must be a non-empty string"),
+        ('gateway = "3004"\n', "gateway must be 'HOST:PORT'"),
+        ("agent_networks = [10]\n", "agent_networks must be a list of strings"),
     ],
 )
 def test_a_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, needle: str) -> None:

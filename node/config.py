@@ -13,6 +13,7 @@ unattended. An operator who wants a passphrase runs ``formation-node keygen`` an
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -143,6 +144,14 @@ def load_config(data_dir: Path) -> NodeConfig:
     network = data.get("network", profile.network)
     if not isinstance(network, str) or not network:
         raise ConfigError(f"{path}: network must be a non-empty string")
+    agent_networks = strings("agent_networks", profile.agent_networks)
+    for network_text in agent_networks:
+        try:
+            ipaddress.ip_network(network_text)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path}: agent_networks: {exc} (write networks such as '10.0.0.0/8')"
+            ) from None
     gateway = data.get("gateway", profile.gateway)
     if not isinstance(gateway, str) or ":" not in gateway:
         raise ConfigError(f"{path}: gateway must be 'HOST:PORT' (port 0 picks a free one)")
@@ -153,7 +162,7 @@ def load_config(data_dir: Path) -> NodeConfig:
         strings("bootstrap", profile.bootstrap),
         str(path),
         gateway,
-        strings("agent_networks", profile.agent_networks),
+        agent_networks,
     )
 
 

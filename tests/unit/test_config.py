@@ -58,6 +58,7 @@ def test_init_writes_a_config_that_loads_back(tmp_path: Path) -> None:
         ('network = ""\n', "network must be a non-empty string"),
         ('gateway = "3004"\n', "gateway must be 'HOST:PORT'"),
         ("agent_networks = [10]\n", "agent_networks must be a list of strings"),
+        ('agent_networks = ["10.0.0.1/8"]\n', "has host bits set"),
     ],
 )
 def test_a_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, needle: str) -> None:

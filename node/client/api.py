@@ -8,7 +8,9 @@ whose answers arrive in chunks). It serialises the JSON body once, compactly, bu
 (``url.raw_path``, percent-encoded, query included) and the signed body is the request's
 content, so what the gateway hashes is by construction what we signed (``node.client.signer``).
 Public routes go unsigned; signed routes need a key and fail here, before any traffic, without
-one. ``act_as`` adds ``X-Act-As`` so a delegate key can say which account it acts for.
+one. A signed request also carries ``X-Signer`` (the key's address), so the gateway refuses a
+signature by any other key as ``401 wrong_signer``; ``act_as`` adds ``X-Act-As`` so a delegate
+key can say which account it acts for (``X-Signer`` stays the delegate's own address).
 
 Every route is sent under ``/v1`` (the gateway also serves them unprefixed; the upstream
 clients use ``/v1``). A base URL given with a trailing ``/v1`` is accepted as well.
@@ -200,6 +202,10 @@ class GatewayClient:
             request.headers.update(
                 sign_request(self.key, method, target, body, int(self._clock()), self._nonce())
             )
+            # Names the key that must have signed, so a signature by any other key is refused
+            # as 401 wrong_signer rather than read as some stranger's request. Under act_as it
+            # is still the signing key: X-Act-As says whose account, X-Signer whose signature.
+            request.headers["X-Signer"] = self.key.address
             if self.act_as is not None:
                 request.headers["X-Act-As"] = self.act_as
         return request
@@ -439,6 +445,12 @@ class GatewayClient:
 
     def model_delete(self, name: str) -> Any:
         return self.request("POST", "/models/delete", {"name": name})
+
+    def model_allow(self, model_id: str, address: str) -> Any:
+        return self.request("POST", f"/models/{_segment(model_id)}/allow", {"address": address})
+
+    def model_disallow(self, model_id: str, address: str) -> Any:
+        return self.request("POST", f"/models/{_segment(model_id)}/disallow", {"address": address})
 
     # ------------------------------------------------------------------------ delegate keys
 

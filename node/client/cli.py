@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 ``form`` is a plain synchronous program: parse the arguments, maybe unlock the user's key,
 make one or two requests through ``node.client.api.GatewayClient``, print the answer. The key
-is read (and its password asked for) only by commands that sign, so ``form agent list`` or
-``form status`` work without one.
+is read (and its password asked for) only by commands that sign, so ``form agent list``,
+``form model list``, ``form node list`` or ``form status`` work without one.
 
 Where things come from, first match wins:
 
@@ -246,13 +246,53 @@ def _fields(obj: Any, skip: Sequence[str] = ()) -> None:
             print(f"{name:<{width}}  {text}")
 
 
+def _span(seconds: int) -> str:
+    """A duration in its largest whole unit: 12s, 5m, 3h, 2d."""
+    for unit, unit_s in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= unit_s:
+            return f"{seconds // unit_s}{unit}"
+    return f"{seconds}s"
+
+
+def _age(now_s: float, value: Any) -> str:
+    """How long ago a unix-milliseconds time was: ``12s ago``; ``3s ahead`` past our clock."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _text("", value)
+    delta_s = now_s - value / 1000
+    # A node whose clock runs ahead of ours stamps heartbeats "in the future": say so rather
+    # than hide the skew behind "0s ago".
+    return f"{_span(int(delta_s))} ago" if delta_s >= 0 else f"{_span(int(-delta_s))} ahead"
+
+
+def _bytes_text(value: Any) -> str:
+    """A byte count in binary units: 512 B, 1.5 KiB, 8.0 GiB."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _text("", value)
+    if value < 1024:
+        return f"{value} B"
+    size = value / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _millicores_text(value: Any) -> str:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _text("", value)
+    return f"{value}m"
+
+
 @dataclass(frozen=True)
 class _Column:
-    """A table column: its header and where its value sits in a row (``count``: a list's length)."""
+    """A table column: its header and where its value sits in a row (``count``: a list's
+    length; ``render``: how to show the value, else ``_text``)."""
 
     header: str
     path: tuple[str, ...]
     count: bool = False
+    render: Callable[[Any], str] | None = None
 
     def cell(self, row: Mapping[str, Any]) -> str:
         value: Any = row
@@ -260,11 +300,15 @@ class _Column:
             value = value.get(name) if isinstance(value, Mapping) else None
         if self.count:
             return str(len(value) if isinstance(value, list) else 0)
+        if self.render is not None:
+            return self.render(value)
         return _text(self.path[-1], value)
 
 
-def _col(header: str, *path: str, count: bool = False) -> _Column:
-    return _Column(header, path, count)
+def _col(
+    header: str, *path: str, count: bool = False, render: Callable[[Any], str] | None = None
+) -> _Column:
+    return _Column(header, path, count, render)
 
 
 def _table(rows: Any, columns: Sequence[_Column]) -> None:
@@ -530,77 +574,168 @@ def _agent_spec(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
-def cmd_agent_publish(session: _Session) -> int:
-    spec = _agent_spec(session.args)
-    client = session.client()
-    verb = "published"
-    try:
-        result = client.agent_create(spec)
-    except ApiError as exc:
-        if exc.code != "exists":
-            raise
-        # Publishing again is how an owner changes a listing: the name identifies it.
-        result = client.agent_update(spec)
-        verb = "updated"
-    if session.args.json:
-        _json_out(result)
+def _model_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": args.name,
+        # Explicit on every publish, as for agents: without --private the model is public.
+        "access": "private" if args.private else "public",
+    }
+    if args.description is not None:
+        spec["description"] = args.description
+    if args.model_type is not None:
+        spec["model_type"] = args.model_type
+    for option, name, value in (
+        ("--parameters", "parameters", args.parameters),
+        ("--context-length", "context_length", args.context_length),
+    ):
+        if value is not None:
+            if value < 0:
+                raise UsageError(f"{option} cannot be negative")
+            spec[name] = value
+    if args.price_per_1m_tokens is not None:
+        if args.price_per_1m_tokens < 0:
+            raise UsageError("--price-per-1m-tokens cannot be negative")
+        spec["pricing"] = {"price_per_1m_tokens": args.price_per_1m_tokens}
+    return spec
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What differs between the agent and the model commands: the noun, the table, and which
+    of the client's methods to call. The commands themselves are the same."""
+
+    noun: str
+    columns: tuple[_Column, ...]
+    spec: Callable[[argparse.Namespace], dict[str, Any]]
+    list_: Callable[[GatewayClient], Any]
+    get: Callable[[GatewayClient, str], Any]
+    create: Callable[[GatewayClient, Mapping[str, Any]], Any]
+    update: Callable[[GatewayClient, Mapping[str, Any]], Any]
+    delete: Callable[[GatewayClient, str], Any]
+    allow: Callable[[GatewayClient, str, str], Any]
+    disallow: Callable[[GatewayClient, str, str], Any]
+
+    @property
+    def plural(self) -> str:
+        return f"{self.noun}s"
+
+
+_AGENTS: Final = _Listing(
+    noun="agent",
+    columns=(
+        _col("AGENT ID", "agent_id"),
+        _col("NAME", "name"),
+        _col("OWNER", "owner_id"),
+        _col("ACCESS", "access"),
+        _col("PRICE/REQUEST", "pricing", "price_per_request"),
+    ),
+    spec=_agent_spec,
+    list_=GatewayClient.agent_list,
+    get=GatewayClient.agent_get,
+    create=GatewayClient.agent_create,
+    update=GatewayClient.agent_update,
+    delete=GatewayClient.agent_delete,
+    allow=GatewayClient.agent_allow,
+    disallow=GatewayClient.agent_disallow,
+)
+_MODELS: Final = _Listing(
+    noun="model",
+    columns=(
+        _col("MODEL ID", "model_id"),
+        _col("NAME", "name"),
+        _col("OWNER", "owner_id"),
+        _col("TYPE", "model_type"),
+        _col("PARAMETERS", "parameters"),
+        _col("CONTEXT", "context_length"),
+        _col("ACCESS", "access"),
+        _col("PRICE/1M TOKENS", "pricing", "price_per_1m_tokens"),
+    ),
+    spec=_model_spec,
+    list_=GatewayClient.model_list,
+    get=GatewayClient.model_get,
+    create=GatewayClient.model_create,
+    update=GatewayClient.model_update,
+    delete=GatewayClient.model_delete,
+    allow=GatewayClient.model_allow,
+    disallow=GatewayClient.model_disallow,
+)
+
+
+def _publish(listing: _Listing) -> Callable[[_Session], int]:
+    def command(session: _Session) -> int:
+        spec = listing.spec(session.args)
+        client = session.client()
+        verb = "published"
+        try:
+            result = listing.create(client, spec)
+        except ApiError as exc:
+            if exc.code != "exists":
+                raise
+            # Publishing again is how an owner changes a listing: the name identifies it.
+            result = listing.update(client, spec)
+            verb = "updated"
+        if session.args.json:
+            _json_out(result)
+            return 0
+        id_field = f"{listing.noun}_id"
+        entity = result.get(listing.noun) if isinstance(result, Mapping) else None
+        entity_id = (result.get(id_field) if isinstance(result, Mapping) else None) or (
+            entity.get(id_field) if isinstance(entity, Mapping) else None
+        )
+        print(f"{verb} {listing.noun} {spec['name']!r} as {entity_id or '?'}{_op(result)}")
         return 0
-    agent = result.get("agent") if isinstance(result, Mapping) else None
-    agent_id = (result.get("agent_id") if isinstance(result, Mapping) else None) or (
-        agent.get("agent_id") if isinstance(agent, Mapping) else None
-    )
-    print(f"{verb} agent {spec['name']!r} as {agent_id or '?'}{_op(result)}")
-    return 0
+
+    return command
 
 
-def cmd_agent_list(session: _Session) -> int:
-    result = session.client(signed=False).agent_list()
-    if session.args.json:
-        _json_out(result)
+def _list(listing: _Listing) -> Callable[[_Session], int]:
+    def command(session: _Session) -> int:
+        result = listing.list_(session.client(signed=False))
+        if session.args.json:
+            _json_out(result)
+        else:
+            rows = result.get(listing.plural) if isinstance(result, Mapping) else None
+            _table(rows, listing.columns)
         return 0
-    _table(
-        result.get("agents") if isinstance(result, Mapping) else None,
-        [
-            _col("AGENT ID", "agent_id"),
-            _col("NAME", "name"),
-            _col("OWNER", "owner_id"),
-            _col("ACCESS", "access"),
-            _col("PRICE/REQUEST", "pricing", "price_per_request"),
-        ],
-    )
-    return 0
+
+    return command
 
 
-def cmd_agent_show(session: _Session) -> int:
-    result = session.client(signed=False).agent_get(session.args.agent_id)
-    if session.args.json:
-        _json_out(result)
-    else:
-        _fields(result)
-    return 0
+def _show(listing: _Listing) -> Callable[[_Session], int]:
+    def command(session: _Session) -> int:
+        result = listing.get(session.client(signed=False), session.args.entity_id)
+        if session.args.json:
+            _json_out(result)
+        else:
+            _fields(result)
+        return 0
+
+    return command
 
 
-def cmd_agent_delete(session: _Session) -> int:
-    result = session.client().agent_delete(session.args.name)
-    if session.args.json:
-        _json_out(result)
-    else:
-        print(f"deleted agent {session.args.name!r}{_op(result)}")
-    return 0
+def _delete(listing: _Listing) -> Callable[[_Session], int]:
+    def command(session: _Session) -> int:
+        result = listing.delete(session.client(), session.args.name)
+        if session.args.json:
+            _json_out(result)
+        else:
+            print(f"deleted {listing.noun} {session.args.name!r}{_op(result)}")
+        return 0
+
+    return command
 
 
-def _agent_access(allow: bool) -> Callable[[_Session], int]:
+def _access(listing: _Listing, allow: bool) -> Callable[[_Session], int]:
     def command(session: _Session) -> int:
         args = session.args
         address = _address(args.address, "--address")
-        client = session.client()
-        call = client.agent_allow if allow else client.agent_disallow
-        result = call(args.agent_id, address)
+        call = listing.allow if allow else listing.disallow
+        result = call(session.client(), args.entity_id, address)
         if args.json:
             _json_out(result)
         else:
             verb = "allowed" if allow else "disallowed"
-            print(f"{verb} {address} on agent {args.agent_id}{_op(result)}")
+            print(f"{verb} {address} on {listing.noun} {args.entity_id}{_op(result)}")
         return 0
 
     return command
@@ -705,6 +840,35 @@ def cmd_status(session: _Session) -> int:
     return 0
 
 
+def cmd_node_info(session: _Session) -> int:
+    result = session.client(signed=False).node_info()
+    if session.args.json:
+        _json_out(result)
+    else:
+        _fields(result)
+    return 0
+
+
+def cmd_node_list(session: _Session) -> int:
+    result = session.client(signed=False).node_list()
+    if session.args.json:
+        _json_out(result)
+        return 0
+    now_s = session.clock()
+    _table(
+        result.get("nodes") if isinstance(result, Mapping) else None,
+        [
+            _col("NODE ID", "node_id"),
+            _col("VERSION", "version"),
+            _col("LAST HEARTBEAT", "last_heartbeat", render=lambda ms: _age(now_s, ms)),
+            _col("FREE CPU", "capacity", "cpu_available_millicores", render=_millicores_text),
+            _col("FREE MEMORY", "capacity", "memory_available_bytes", render=_bytes_text),
+            _col("FREE STORAGE", "capacity", "storage_available_bytes", render=_bytes_text),
+        ],
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------------- parser
 
 
@@ -764,7 +928,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="form",
         description=(
             "Use the Formation marketplace through a node's gateway: your account, instances, "
-            "agents and delegate keys. Requests that change or read private state are signed "
+            "agents, models, the fog's nodes and delegate keys. Requests that change or read private state are signed "
             "with your key (an Ethereum keystore); see 'form init'."
         ),
         epilog="Run 'form COMMAND --help' for the options of one command.",
@@ -787,6 +951,23 @@ def _parser() -> argparse.ArgumentParser:
     def branch(name: str, help_text: str) -> Any:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         return sub.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+    def listing_commands(group: Any, listing: _Listing, use: str) -> None:
+        noun = listing.noun
+        leaf(group, "list", _list(listing), f"the {listing.plural} on the marketplace")
+        show = leaf(group, "show", _show(listing), f"one {noun}")
+        show.add_argument("entity_id", metavar="ID")
+        delete = leaf(group, "delete", _delete(listing), f"remove your {noun}")
+        delete.add_argument("--name", required=True, metavar="N")
+        for name, allow in (("allow", True), ("disallow", False)):
+            sub = leaf(
+                group,
+                name,
+                _access(listing, allow),
+                f"{name} an address to {use} your private {noun}",
+            )
+            sub.add_argument("entity_id", metavar="ID")
+            sub.add_argument("--address", required=True, metavar="ADDRESS")
 
     leaf(commands, "init", cmd_init, "create your key at --keystore and print its address")
     leaf(commands, "status", cmd_status, "the gateway's health and its node's identity")
@@ -829,7 +1010,7 @@ def _parser() -> argparse.ArgumentParser:
     publish = leaf(
         agent,
         "publish",
-        cmd_agent_publish,
+        _publish(_AGENTS),
         "list an agent on the marketplace (again with the same --name: update it)",
     )
     publish.add_argument("--name", required=True, metavar="N")
@@ -842,17 +1023,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--private", action="store_true", help="only allowed addresses may hire it"
     )
-    leaf(agent, "list", cmd_agent_list, "the agents on the marketplace")
-    agent_show = leaf(agent, "show", cmd_agent_show, "one agent")
-    agent_show.add_argument("agent_id", metavar="ID")
-    agent_delete = leaf(agent, "delete", cmd_agent_delete, "remove your agent")
-    agent_delete.add_argument("--name", required=True, metavar="N")
-    for name, allow in (("allow", True), ("disallow", False)):
-        sub = leaf(
-            agent, name, _agent_access(allow), f"{name} an address to hire your private agent"
-        )
-        sub.add_argument("agent_id", metavar="ID")
-        sub.add_argument("--address", required=True, metavar="ADDRESS")
+    listing_commands(agent, _AGENTS, "hire")
     hire = leaf(agent, "hire", cmd_agent_hire, "hire an agent; its answer streams to stdout")
     hire.add_argument("agent_id", metavar="ID")
     hire.add_argument(
@@ -861,6 +1032,28 @@ def _parser() -> argparse.ArgumentParser:
     run = leaf(agent, "run", cmd_agent_run, "run one task on an agent; the answer streams back")
     run.add_argument("agent_id", metavar="ID")
     run.add_argument("--task", required=True, metavar="JSON", help="the task (JSON, or -)")
+
+    model = branch("model", "models: publish yours, find others'")
+    publish = leaf(
+        model,
+        "publish",
+        _publish(_MODELS),
+        "list a model on the marketplace (again with the same --name: update it)",
+    )
+    publish.add_argument("--name", required=True, metavar="N")
+    publish.add_argument("--description", metavar="D")
+    publish.add_argument("--model-type", metavar="T", help="e.g. llm, embedding")
+    publish.add_argument("--parameters", type=int, metavar="N", help="parameter count")
+    publish.add_argument("--context-length", type=int, metavar="N", help="in tokens")
+    publish.add_argument(
+        "--price-per-1m-tokens", type=int, metavar="N", help="credits per million tokens"
+    )
+    publish.add_argument("--private", action="store_true", help="only allowed addresses may use it")
+    listing_commands(model, _MODELS, "use")
+
+    node = branch("node", "the nodes of the fog")
+    leaf(node, "list", cmd_node_list, "every node known, with its free capacity and heartbeat")
+    leaf(node, "info", cmd_node_info, "the node whose gateway answers")
 
     key = branch("key", "delegate keys: let another key act for your account")
     grant = leaf(key, "grant", cmd_key_grant, "let a delegate key act for you")

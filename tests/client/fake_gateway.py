@@ -1,8 +1,9 @@
 """A gateway stand-in for client tests: canned answers over ``httpx.MockTransport``.
 
 Every request is recorded. A signed one is verified exactly as the real gateway does
-(``node.gateway.auth.verify`` against the target and body *as received*, with a nonce cache),
-so a test that passes here proves the client signs the bytes it sends.
+(``node.gateway.auth.verify`` against the target and body *as received*, with a nonce cache,
+then the ``X-Signer`` check), so a test that passes here proves the client signs the bytes it
+sends with the key it names.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 
 from node.gateway.auth import AuthError, NonceCache, verify
+from node.identity.keys import normalize_address
 
 NOW_S = 1_790_000_000
 
@@ -67,6 +69,14 @@ class FakeGateway:
                 )
             except AuthError as exc:
                 return refuse(401, exc.code, str(exc))
+            claimed = request.headers.get("x-signer")
+            if claimed is not None:
+                try:
+                    claimed = normalize_address(claimed.strip())
+                except ValueError as exc:
+                    return refuse(400, "invalid_header", f"X-Signer: {exc}")
+                if claimed != signer:
+                    return refuse(401, "wrong_signer", f"signed by {signer}, not {claimed}")
         self.seen.append(Seen(request.method, target, body, request.headers, signer))
         reply = self.routes.get((request.method, target))
         if reply is None:

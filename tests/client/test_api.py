@@ -171,6 +171,22 @@ ROUTES: list[tuple[str, Call, str, str, Any, bool]] = [
         True,
     ),
     (
+        "model_allow",
+        lambda c: c.model_allow("m1", BOB.address),
+        "POST",
+        "/v1/models/m1/allow",
+        {"address": BOB.address},
+        True,
+    ),
+    (
+        "model_disallow",
+        lambda c: c.model_disallow("m/1", BOB.address),
+        "POST",
+        "/v1/models/m%2F1/disallow",
+        {"address": BOB.address},
+        True,
+    ),
+    (
         "key_grant",
         lambda c: c.key_grant(BOB.address, ["read", "agent"], NOW_S + 60, spend_cap=5, label="ci"),
         "POST",
@@ -239,7 +255,11 @@ def test_each_method_sends_exactly_its_route(
     if signed:
         # The clock's seconds, truncated.
         assert f":{gateway.now_s}:" in seen.headers["x-message"]
-    assert "x-act-as" not in seen.headers
+        assert seen.headers["x-signer"] == ALICE.address
+    # Exactly the signing headers on a signed route, none on a public one.
+    assert {name for name in seen.headers if name.startswith("x-")} == (
+        {"x-message", "x-signature", "x-signer"} if signed else set()
+    )
 
 
 def test_every_public_method_is_in_the_route_table() -> None:
@@ -259,7 +279,38 @@ def test_a_delegate_names_the_account_it_acts_for() -> None:
     with client(gateway, BOB, act_as=ALICE.address.upper().replace("0X", "0x")) as c:
         c.instance_list()
     assert gateway.last.headers["x-act-as"] == ALICE.address
+    # X-Signer names the key that signed, not the account it acts for.
+    assert gateway.last.headers["x-signer"] == BOB.address
     assert gateway.last.signer == BOB.address
+    assert {name for name in gateway.last.headers if name.startswith("x-")} == {
+        "x-message",
+        "x-signature",
+        "x-signer",
+        "x-act-as",
+    }
+
+
+def test_a_signature_by_another_key_than_x_signer_names_is_refused() -> None:
+    # What the header is for: a proxy that swaps the signature (here, one that rewrites
+    # X-Signer) gets 401 wrong_signer, not a read as some stranger.
+    gateway = FakeGateway().on("GET", "/v1/instance/list", answer(200, {"count": 0}))
+
+    def tamper(request: httpx.Request) -> httpx.Response:
+        request.headers["X-Signer"] = BOB.address
+        return gateway.handle(request)
+
+    with (
+        GatewayClient(
+            "http://127.0.0.1:3004",
+            ALICE,
+            clock=lambda: NOW_S,
+            transport=httpx.MockTransport(tamper),
+        ) as c,
+        pytest.raises(ApiError) as raised,
+    ):
+        c.instance_list()
+    assert (raised.value.status, raised.value.code) == (401, "wrong_signer")
+    assert gateway.seen == []
 
 
 def test_ids_cannot_add_path_segments_or_a_query_and_the_escaped_target_is_signed() -> None:

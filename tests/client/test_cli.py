@@ -38,6 +38,29 @@ ACCOUNT = {
     "created_at": NOW_S * 1000,
     "updated_at": NOW_S * 1000,
 }
+MODEL = "9a" * 32
+MODEL_OBJ = {
+    "model_id": MODEL,
+    "owner_id": ALICE.address,
+    "name": "llama",
+    "description": "a small llm",
+    "model_type": "llm",
+    "parameters": 7_000_000_000,
+    "context_length": 8192,
+    "pricing": {"price_per_1m_tokens": 20},
+    "access": "public",
+    "allow_list": [],
+    "created_at": NOW_S * 1000,
+    "updated_at": NOW_S * 1000,
+}
+CAPACITY = {
+    "cpu_total_cores": 8,
+    "cpu_available_millicores": 6000,
+    "memory_total_bytes": 2**34,
+    "memory_available_bytes": 2**33,
+    "storage_total_bytes": 2**40,
+    "storage_available_bytes": 3 * 2**38,
+}
 INSTANCE_OBJ = {
     "instance_id": INSTANCE,
     "build_id": BUILD,
@@ -329,6 +352,37 @@ def test_a_delegate_acts_for_the_account_named_by_act_as(
     assert ran.status == 0, ran.err
     assert gateway.last.signer == BOB.address
     assert gateway.last.headers["x-act-as"] == ALICE.address
+    # The signing key is named, not the account it acts for.
+    assert gateway.last.headers["x-signer"] == BOB.address
+
+
+def test_every_signed_command_names_its_signer(
+    alice: Path, gateway: FakeGateway, form: Any
+) -> None:
+    gateway.on("GET", "/v1/key/list", answer(200, {"count": 0, "keys": []}))
+    gateway.on("GET", "/v1/agents", answer(200, {"count": 0, "agents": []}))
+    assert form("key", "list").status == 0
+    assert gateway.last.headers["x-signer"] == ALICE.address
+    assert gateway.last.signer == ALICE.address
+    assert form("agent", "list").status == 0
+    assert "x-signer" not in gateway.last.headers  # unsigned: nothing to name
+
+
+def test_a_wrong_signer_refusal_is_one_line_and_status_1(
+    alice: Path, gateway: FakeGateway, form: Any
+) -> None:
+    gateway.on(
+        "GET",
+        "/v1/key/list",
+        refuse(
+            401, "wrong_signer", "the request says it is signed by 0x1 but the signature is 0x2's"
+        ),
+    )
+    ran = form("key", "list")
+    assert (ran.status, ran.out) == (1, "")
+    assert ran.err == (
+        "error: the request says it is signed by 0x1 but the signature is 0x2's (wrong_signer)\n"
+    )
 
 
 def test_account_update_needs_something_to_change(
@@ -583,6 +637,282 @@ def test_agent_run_refused_and_bad_json(alice: Path, gateway: FakeGateway, form:
     ran = form("agent", "run", AGENT, "--task", "{nope")
     assert ran.status == 2
     assert ran.err.startswith("error: --task is not JSON (")
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def test_model_publish_sends_the_listing(alice: Path, gateway: FakeGateway, form: Any) -> None:
+    gateway.on("POST", "/v1/models/create", answer(201, {"op_id": OP, "model_id": MODEL, "model": MODEL_OBJ}))  # fmt: skip
+    ran = form(
+        "model", "publish", "--name", "llama", "--description", "a small llm",
+        "--model-type", "llm", "--parameters", "7000000000", "--context-length", "8192",
+        "--price-per-1m-tokens", "20",
+    )  # fmt: skip
+    assert ran.status == 0, ran.err
+    assert (gateway.last.method, gateway.last.target) == ("POST", "/v1/models/create")
+    assert gateway.last.body == (
+        b'{"name":"llama","access":"public","description":"a small llm","model_type":"llm",'
+        b'"parameters":7000000000,"context_length":8192,"pricing":{"price_per_1m_tokens":20}}'
+    )
+    assert gateway.last.signer == ALICE.address
+    assert gateway.last.headers["x-signer"] == ALICE.address
+    assert ran.out == f"published model 'llama' as {MODEL} (op {OP})\n"
+
+
+def test_model_publish_again_updates_the_listing(
+    alice: Path, gateway: FakeGateway, form: Any
+) -> None:
+    reply = {"op_id": OP, "model_id": MODEL, "model": {**MODEL_OBJ, "access": "private"}}
+    gateway.on("POST", "/v1/models/create", refuse(409, "exists", "model llama exists"))
+    gateway.on("POST", "/v1/models/update", answer(200, reply))
+    ran = form("model", "publish", "--name", "llama", "--private")
+    assert (ran.status, ran.out) == (0, f"updated model 'llama' as {MODEL} (op {OP})\n")
+    assert [s.target for s in gateway.seen] == ["/v1/models/create", "/v1/models/update"]
+    assert gateway.last.json == {"name": "llama", "access": "private"}
+    assert all(s.signer == ALICE.address for s in gateway.seen)
+
+    ran = form("model", "publish", "--name", "llama", "--private", "--json")
+    assert json.loads(ran.out) == reply
+
+
+def test_model_publish_other_refusals_are_not_retried_as_updates(
+    alice: Path, gateway: FakeGateway, form: Any
+) -> None:
+    gateway.on(
+        "POST",
+        "/v1/models/create",
+        refuse(400, "invalid_payload", "context_length must be in 0..4294967296", "context_length"),
+    )
+    ran = form("model", "publish", "--name", "llama", "--context-length", str(2**40))
+    assert (ran.status, ran.out) == (1, "")
+    assert ran.err == "error: context_length must be in 0..4294967296 (invalid_payload)\n"
+    assert [s.target for s in gateway.seen] == ["/v1/models/create"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parameters", "-1"], "--parameters cannot be negative"),
+        (["--context-length", "-5"], "--context-length cannot be negative"),
+        (["--price-per-1m-tokens", "-2"], "--price-per-1m-tokens cannot be negative"),
+        (["--parameters", "7B"], "invalid int value"),
+    ],
+)
+def test_model_publish_usage_errors_send_nothing(
+    alice: Path, gateway: FakeGateway, form: Any, argv: list[str], message: str
+) -> None:
+    ran = form("model", "publish", "--name", "llama", *argv)
+    assert ran.status == 2
+    assert message in ran.err
+    assert gateway.seen == []
+
+
+def test_model_publish_needs_a_name(alice: Path, gateway: FakeGateway, form: Any) -> None:
+    ran = form("model", "publish", "--model-type", "llm")
+    assert ran.status == 2
+    assert "--name" in ran.err
+    assert gateway.seen == []
+
+
+def test_model_list_and_show_need_no_key(gateway: FakeGateway, form: Any) -> None:
+    gateway.on("GET", "/v1/models", answer(200, {"count": 1, "models": [MODEL_OBJ]}))
+    gateway.on("GET", f"/v1/models/{MODEL}", answer(200, MODEL_OBJ))
+    ran = form("model", "list")
+    assert ran.status == 0, ran.err
+    assert ran.out == table(
+        "MODEL ID                                                          NAME   OWNER                                       TYPE  PARAMETERS  CONTEXT  ACCESS  PRICE/1M TOKENS",
+        f"{MODEL}  llama  {ALICE.address}  llm   7000000000  8192     public  20",
+    )
+    assert (gateway.last.method, gateway.last.target, gateway.last.body) == (
+        "GET",
+        "/v1/models",
+        b"",
+    )
+    assert gateway.last.signer is None
+    assert "x-signer" not in gateway.last.headers
+    ran = form("model", "show", MODEL)
+    assert ran.out == table(
+        f"model_id        {MODEL}",
+        f"owner_id        {ALICE.address}",
+        "name            llama",
+        "description     a small llm",
+        "model_type      llm",
+        "parameters      7000000000",
+        "context_length  8192",
+        'pricing         {"price_per_1m_tokens":20}',
+        "access          public",
+        "allow_list      -",
+        f"created_at      {WHEN}",
+        f"updated_at      {WHEN}",
+    )
+    assert (gateway.last.target, gateway.last.signer) == (f"/v1/models/{MODEL}", None)
+    assert json.loads(form("model", "list", "--json").out) == {"count": 1, "models": [MODEL_OBJ]}
+    assert json.loads(form("--json", "model", "show", MODEL).out) == MODEL_OBJ
+
+
+def test_model_list_empty_and_show_unknown(gateway: FakeGateway, form: Any) -> None:
+    gateway.on("GET", "/v1/models", answer(200, {"count": 0, "models": []}))
+    assert form("model", "list").out == (
+        "MODEL ID  NAME  OWNER  TYPE  PARAMETERS  CONTEXT  ACCESS  PRICE/1M TOKENS\n"
+    )
+    gateway.on("GET", "/v1/models/nope", refuse(404, "not_found", "no model nope visible to you"))
+    ran = form("model", "show", "nope")
+    assert (ran.status, ran.out) == (1, "")
+    assert ran.err == "error: no model nope visible to you (not_found)\n"
+
+
+def test_model_delete_allow_disallow(alice: Path, gateway: FakeGateway, form: Any) -> None:
+    gateway.on("POST", "/v1/models/delete", answer(200, {"op_id": OP}))
+    gateway.on("POST", f"/v1/models/{MODEL}/allow", answer(200, {"op_id": OP}))
+    gateway.on("POST", f"/v1/models/{MODEL}/disallow", answer(200, {"op_id": OP}))
+    ran = form("model", "delete", "--name", "llama")
+    assert (ran.status, ran.out) == (0, f"deleted model 'llama' (op {OP})\n")
+    assert (gateway.last.target, gateway.last.body) == ("/v1/models/delete", b'{"name":"llama"}')
+    assert gateway.last.signer == ALICE.address
+    ran = form("model", "allow", MODEL, "--address", BOB.address.upper().replace("0X", "0x"))
+    assert ran.out == f"allowed {BOB.address} on model {MODEL} (op {OP})\n"
+    assert gateway.last.target == f"/v1/models/{MODEL}/allow"
+    assert gateway.last.body == b'{"address":"' + BOB.address.encode() + b'"}'
+    ran = form("model", "disallow", MODEL, "--address", BOB.address)
+    assert ran.out == f"disallowed {BOB.address} on model {MODEL} (op {OP})\n"
+    assert (gateway.last.target, gateway.last.json) == (
+        f"/v1/models/{MODEL}/disallow",
+        {"address": BOB.address},
+    )
+    assert json.loads(form("model", "disallow", MODEL, "--address", BOB.address, "--json").out) == {
+        "op_id": OP
+    }
+    assert json.loads(form("model", "delete", "--name", "llama", "--json").out) == {"op_id": OP}
+
+
+def test_model_allow_needs_an_address(alice: Path, gateway: FakeGateway, form: Any) -> None:
+    ran = form("model", "allow", MODEL, "--address", "bob")
+    assert ran.status == 2
+    assert ran.err.startswith("error: --address: an address is 20 bytes")
+    assert gateway.seen == []
+
+
+# ----------------------------------------------------------------------------- nodes
+
+
+def test_node_list_shows_age_and_free_capacity(gateway: FakeGateway, form: Any) -> None:
+    carol = "0x" + "77" * 20
+    nodes = {
+        "count": 3,
+        "nodes": [
+            {
+                "node_id": ALICE.address,
+                "version": "0.1.0",
+                "capacity": CAPACITY,
+                "last_heartbeat": NOW_S * 1000 - 12_000,  # the clock reads NOW_S + 0.5
+            },
+            {
+                "node_id": BOB.address,
+                "version": "0.2.0",
+                "capacity": {
+                    **CAPACITY,
+                    "cpu_available_millicores": 250,
+                    "memory_available_bytes": 1536 * 2**20,
+                    "storage_available_bytes": 2 * 2**40,
+                },
+                "last_heartbeat": (NOW_S - 3 * 3600 - 5) * 1000,
+            },
+            # Announced, no heartbeat yet.
+            {"node_id": carol, "version": None},
+        ],
+    }
+    gateway.on("GET", "/v1/node/list", answer(200, nodes))
+    ran = form("node", "list")
+    assert ran.status == 0, ran.err
+    assert ran.out == table(
+        "NODE ID                                     VERSION  LAST HEARTBEAT  FREE CPU  FREE MEMORY  FREE STORAGE",
+        f"{ALICE.address}  0.1.0    12s ago         6000m     8.0 GiB      768.0 GiB",
+        f"{BOB.address}  0.2.0    3h ago          250m      1.5 GiB      2.0 TiB",
+        f"{carol}  -        -               -         -            -",
+    )
+    assert (gateway.last.method, gateway.last.target, gateway.last.body) == (
+        "GET",
+        "/v1/node/list",
+        b"",
+    )
+    assert gateway.last.signer is None
+    assert json.loads(form("node", "list", "--json").out) == nodes
+
+
+def test_node_list_empty_prints_the_header_only(gateway: FakeGateway, form: Any) -> None:
+    gateway.on("GET", "/v1/node/list", answer(200, {"count": 0, "nodes": []}))
+    assert form("node", "list").out == (
+        "NODE ID  VERSION  LAST HEARTBEAT  FREE CPU  FREE MEMORY  FREE STORAGE\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("heartbeat_ms", "shown"),
+    [
+        (NOW_S * 1000, "0s ago"),
+        (NOW_S * 1000 - 59_000, "59s ago"),
+        (NOW_S * 1000 - 60_000, "1m ago"),
+        ((NOW_S - 3599) * 1000, "59m ago"),
+        ((NOW_S - 2 * 86400 - 7200) * 1000, "2d ago"),
+        (NOW_S * 1000 + 30_000, "29s ahead"),  # its clock runs ahead of ours
+    ],
+)
+def test_heartbeat_ages(heartbeat_ms: int, shown: str) -> None:
+    assert cli._age(NOW_S + 0.5, heartbeat_ms) == shown
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (5 * 2**20, "5.0 MiB"),
+        (3 * 2**50, "3072.0 TiB"),
+        (None, "-"),
+    ],
+)
+def test_byte_counts(size: Any, shown: str) -> None:
+    assert cli._bytes_text(size) == shown
+
+
+def test_node_info_human_and_json(gateway: FakeGateway, form: Any) -> None:
+    info = {
+        "address": BOB.address,
+        "peer_id": "16Uiu2HAm",
+        "network": "local",
+        "version": "0.1.0",
+        "listen_addrs": ["/ip4/127.0.0.1/tcp/4001"],
+        "ops": 12,
+        "state_digest": "ff00",
+    }
+    gateway.on("GET", "/v1/node/info", answer(200, info))
+    ran = form("node", "info")
+    assert ran.status == 0, ran.err
+    assert ran.out == table(
+        f"address       {BOB.address}",
+        "peer_id       16Uiu2HAm",
+        "network       local",
+        "version       0.1.0",
+        "listen_addrs  /ip4/127.0.0.1/tcp/4001",
+        "ops           12",
+        "state_digest  ff00",
+    )
+    assert (gateway.last.method, gateway.last.target, gateway.last.signer) == (
+        "GET",
+        "/v1/node/info",
+        None,
+    )
+    assert json.loads(form("node", "info", "--json").out) == info
+
+
+def test_node_commands_report_an_unreachable_gateway(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # free a moment ago, closed now
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert cli.main(["node", "list", "--gateway", url]) == 1
+    assert capsys.readouterr().err.startswith(f"error: no gateway answers at {url}; ")
 
 
 # ------------------------------------------------------------------- status, globals

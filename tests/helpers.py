@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from node.identity.keys import NodeKey
@@ -34,3 +38,28 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
     """
     while not predicate():  # noqa: ASYNC110
         await trio.sleep(0.02)
+
+
+JS_DIR = Path(__file__).resolve().parent / "interop" / "js"
+JS_INSTALL = "npm ci --prefix tests/interop/js"
+
+
+def js_runtime(package: str) -> str:
+    """The ``node`` binary, with ``package`` installed in tests/interop/js.
+
+    Without them a test skips locally and fails under CI (``CI`` set), where the JavaScript
+    oracles are part of the contract.
+    """
+    node = shutil.which("node")
+    missing = None
+    if node is None:
+        missing = "`node` is not on PATH (install Node.js >= 20 first)"
+    elif not (JS_DIR / "node_modules" / package / "package.json").is_file():
+        missing = f"{package} is not installed in {JS_DIR / 'node_modules'}"
+    if missing is not None:
+        message = f"{missing}; install it with: {JS_INSTALL}"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the JavaScript interop tests: {message}")
+        pytest.skip(message)
+    assert node is not None
+    return node

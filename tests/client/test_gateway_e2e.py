@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,11 +41,16 @@ def gateway_url(tmp_path: Path) -> Iterator[str]:
     assert fog.procs[0].returncode == 0, fog.log(0)
 
 
-def test_form_creates_and_shows_an_account_on_a_real_node(tmp_path: Path, gateway_url: str) -> None:
+Form = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def form(tmp_path: Path, gateway_url: str) -> Form:
+    """Run ``form`` against the node, with a keystore and password of its own under tmp."""
     (tmp_path / "pw").write_text("correct horse\n")
     env = {**_env(tmp_path), "FORM_GATEWAY": gateway_url}
 
-    def form(*argv: str) -> subprocess.CompletedProcess[str]:
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*FORM, "--password-file", str(tmp_path / "pw"), *argv],
             capture_output=True,
@@ -54,6 +59,10 @@ def test_form_creates_and_shows_an_account_on_a_real_node(tmp_path: Path, gatewa
             timeout=60,
         )
 
+    return run
+
+
+def test_form_creates_and_shows_an_account_on_a_real_node(tmp_path: Path, form: Form) -> None:
     init = form("init")
     assert init.returncode == 0, init.stderr
     address = init.stdout.strip().lower()
@@ -78,21 +87,7 @@ def test_form_creates_and_shows_an_account_on_a_real_node(tmp_path: Path, gatewa
     assert json.loads(status.stdout)["health"]["status"] == "healthy"
 
 
-def test_form_publishes_a_model_and_lists_nodes_on_a_real_node(
-    tmp_path: Path, gateway_url: str
-) -> None:
-    (tmp_path / "pw").write_text("correct horse\n")
-    env = {**_env(tmp_path), "FORM_GATEWAY": gateway_url}
-
-    def form(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*FORM, "--password-file", str(tmp_path / "pw"), *argv],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-
+def test_form_publishes_a_model_and_lists_nodes_on_a_real_node(tmp_path: Path, form: Form) -> None:
     init = form("init")
     assert init.returncode == 0, init.stderr
     account = init.stdout.strip()

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import secrets
-import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,10 +29,10 @@ from node.ledger.op import REQUEST_ENVELOPE_VERSION, Op, decode_op, sign_op
 from node.ledger.request_op import canonical_message
 from node.ledger.state import build_id_of, instance_id_of
 from node.replica import Replica, SubmitResult
-from tests.helpers import NET, seeded_keys
+from tests.helpers import JS_DIR, NET, js_runtime, seeded_keys
 
 ALICE, BOB, DELEGATE = seeded_keys(3, seed=23)
-JS_SIGNER = Path(__file__).resolve().parents[1] / "interop" / "js" / "sign.mjs"
+JS_SIGNER = JS_DIR / "sign.mjs"
 
 
 class _Node:
@@ -121,11 +119,7 @@ async def test_an_eth_account_signed_write_is_a_request_op_any_replica_verifies(
 
 @pytest.mark.real
 async def test_an_ethers_signed_request_is_accepted(gateway: Gateway) -> None:
-    node = shutil.which("node")
-    if node is None or not (JS_SIGNER.parent / "node_modules" / "ethers").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("ethers is required in CI: npm ci --prefix tests/interop/js")
-        pytest.skip("ethers not installed (npm ci --prefix tests/interop/js)")
+    node = js_runtime("ethers")
     body = _compact({"name": "from-ethers"})
     line = canonical_message("POST", "/v1/account/create", body, int(time.time()), "ethers-nonce-1")
     command = {"op": "sign", "privateKey": "0x" + BOB.secret.hex(), "message": line}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,10 +17,9 @@ import trio
 from node.gateway.app import GatewayApp, serve_gateway
 from node.replica import Replica
 from tests.gateway.test_app import _Node
-from tests.helpers import NET
+from tests.helpers import JS_DIR, NET, js_runtime
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
-JS_DIR = Path(__file__).resolve().parents[1] / "interop" / "js"
 
 
 def _block(language: str) -> str:
@@ -57,11 +55,7 @@ async def test_the_python_example_works(gateway_url: str, tmp_path: Path) -> Non
 
 @pytest.mark.real
 async def test_the_javascript_example_works(gateway_url: str) -> None:
-    node = shutil.which("node")
-    if node is None or not (JS_DIR / "node_modules" / "ethers").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("ethers is required in CI: npm ci --prefix tests/interop/js")
-        pytest.skip("ethers not installed (npm ci --prefix tests/interop/js)")
+    node = js_runtime("ethers")
     # Inside tests/interop/js so that `import "ethers"` resolves to the pinned package.
     script = JS_DIR / f"doc-example-{os.getpid()}.mjs"
     script.write_text(_pointed_at(_block("js"), gateway_url))

@@ -8,24 +8,20 @@ what we compare with is exactly what a web client produces. Install it with
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 import unicodedata
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from node.identity.keys import NodeKey, checksum_address, recover_personal
 from node.identity.keystore import decrypt_key, encrypt_key
+from tests.helpers import JS_DIR, js_runtime
 
 pytestmark = pytest.mark.real
 
-JS_DIR = Path(__file__).resolve().parent / "js"
 SCRIPT = JS_DIR / "sign.mjs"
-INSTALL = "npm ci --prefix tests/interop/js"
 PASSWORD = "correct horse battery staple"
 LIGHT = 1024
 
@@ -42,19 +38,7 @@ MESSAGES: list[str | bytes] = [
 
 @pytest.fixture(scope="module")
 def node_bin() -> str:
-    node = shutil.which("node")
-    missing = None
-    if node is None:
-        missing = "`node` is not on PATH (install Node.js >= 20 first)"
-    elif not (JS_DIR / "node_modules" / "ethers" / "package.json").is_file():
-        missing = f"ethers is not installed in {JS_DIR / 'node_modules'}"
-    if missing is not None:
-        message = f"{missing}; install it with: {INSTALL}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the ethers interop tests: {message}")
-        pytest.skip(message)
-    assert node is not None
-    return node
+    return js_runtime("ethers")
 
 
 def ethers(node_bin: str, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:

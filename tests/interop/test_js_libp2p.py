@@ -11,9 +11,6 @@ written in JavaScript would be recognised by the same key. Install the JS side w
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,31 +19,17 @@ import trio
 from node.gossip import wire
 from node.gossip.messages import Packet, Ping
 from node.mesh.transport import DEFAULT_PROTOCOL, open_transport, peer_id_of
-from tests.helpers import seeded_keys
+from tests.helpers import JS_DIR, js_runtime, seeded_keys
 
 pytestmark = pytest.mark.real
 
-JS_DIR = Path(__file__).resolve().parent / "js"
 SCRIPT = JS_DIR / "gossip_peer.mjs"
-INSTALL = "npm ci --prefix tests/interop/js"
 PY_KEY, JS_KEY = seeded_keys(2, seed=61)
 EXCHANGE_TIMEOUT_S = 20
 
 
 def node_bin() -> str:
-    node = shutil.which("node")
-    missing = None
-    if node is None:
-        missing = "`node` is not on PATH (install Node.js >= 20 first)"
-    elif not (JS_DIR / "node_modules" / "libp2p" / "package.json").is_file():
-        missing = f"js-libp2p is not installed in {JS_DIR / 'node_modules'}"
-    if missing is not None:
-        message = f"{missing}; install it with: {INSTALL}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the js-libp2p interop test: {message}")
-        pytest.skip(message)
-    assert node is not None
-    return node
+    return js_runtime("libp2p")
 
 
 async def test_a_js_libp2p_peer_exchanges_gossip_frames_with_a_python_node() -> None:

@@ -386,11 +386,12 @@ class GatewayClient:
 
     # ------------------------------------------------------------------ agents and models
 
-    def agent_list(self) -> Any:
-        return self.request("GET", "/agents", signed=False)
+    def agent_list(self, *, signed: bool = False) -> Any:
+        """Public agents; ``signed`` also shows the private ones this key may use."""
+        return self.request("GET", "/agents", signed=signed)
 
-    def agent_get(self, agent_id: str) -> Any:
-        return self.request("GET", f"/agents/{_segment(agent_id)}", signed=False)
+    def agent_get(self, agent_id: str, *, signed: bool = False) -> Any:
+        return self.request("GET", f"/agents/{_segment(agent_id)}", signed=signed)
 
     def agent_create(self, spec: Mapping[str, Any]) -> Any:
         return self.request("POST", "/agents/create", dict(spec))
@@ -431,11 +432,12 @@ class GatewayClient:
             "POST", f"/agents/{_segment(agent_id)}/run_task", task, read_timeout_s=read_timeout_s
         )
 
-    def model_list(self) -> Any:
-        return self.request("GET", "/models", signed=False)
+    def model_list(self, *, signed: bool = False) -> Any:
+        """Public models; ``signed`` also shows the private ones this key may use."""
+        return self.request("GET", "/models", signed=signed)
 
-    def model_get(self, model_id: str) -> Any:
-        return self.request("GET", f"/models/{_segment(model_id)}", signed=False)
+    def model_get(self, model_id: str, *, signed: bool = False) -> Any:
+        return self.request("GET", f"/models/{_segment(model_id)}", signed=signed)
 
     def model_create(self, spec: Mapping[str, Any]) -> Any:
         return self.request("POST", "/models/create", dict(spec))

@@ -607,8 +607,8 @@ class _Listing:
     noun: str
     columns: tuple[_Column, ...]
     spec: Callable[[argparse.Namespace], dict[str, Any]]
-    list_: Callable[[GatewayClient], Any]
-    get: Callable[[GatewayClient, str], Any]
+    list_: Callable[..., Any]  # (client, *, signed) -> answer
+    get: Callable[..., Any]  # (client, id, *, signed) -> answer
     create: Callable[[GatewayClient, Mapping[str, Any]], Any]
     update: Callable[[GatewayClient, Mapping[str, Any]], Any]
     delete: Callable[[GatewayClient, str], Any]
@@ -690,7 +690,8 @@ def _publish(listing: _Listing) -> Callable[[_Session], int]:
 
 def _list(listing: _Listing) -> Callable[[_Session], int]:
     def command(session: _Session) -> int:
-        result = listing.list_(session.client(signed=False))
+        signed = bool(session.args.signed)
+        result = listing.list_(session.client(signed=signed), signed=signed)
         if session.args.json:
             _json_out(result)
         else:
@@ -703,7 +704,8 @@ def _list(listing: _Listing) -> Callable[[_Session], int]:
 
 def _show(listing: _Listing) -> Callable[[_Session], int]:
     def command(session: _Session) -> int:
-        result = listing.get(session.client(signed=False), session.args.entity_id)
+        signed = bool(session.args.signed)
+        result = listing.get(session.client(signed=signed), session.args.entity_id, signed=signed)
         if session.args.json:
             _json_out(result)
         else:
@@ -954,9 +956,16 @@ def _parser() -> argparse.ArgumentParser:
 
     def listing_commands(group: Any, listing: _Listing, use: str) -> None:
         noun = listing.noun
-        leaf(group, "list", _list(listing), f"the {listing.plural} on the marketplace")
+        listed = leaf(group, "list", _list(listing), f"the {listing.plural} on the marketplace")
         show = leaf(group, "show", _show(listing), f"one {noun}")
         show.add_argument("entity_id", metavar="ID")
+        for sub in (listed, show):
+            sub.add_argument(
+                "--signed",
+                action="store_true",
+                help=f"sign the request (unlocks your key) to also see private {listing.plural} "
+                "you own or may use",
+            )
         delete = leaf(group, "delete", _delete(listing), f"remove your {noun}")
         delete.add_argument("--name", required=True, metavar="N")
         for name, allow in (("allow", True), ("disallow", False)):

@@ -583,6 +583,18 @@ def test_agent_list_and_show_need_no_key(gateway: FakeGateway, form: Any) -> Non
     assert "allow_list   -\n" in shown
 
 
+@pytest.mark.parametrize("noun", ["agent", "model"])
+def test_list_and_show_signed_reveal_private_listings(
+    alice: Path, gateway: FakeGateway, form: Any, noun: str
+) -> None:
+    gateway.on("GET", f"/v1/{noun}s", answer(200, {"count": 0, f"{noun}s": []}))
+    gateway.on("GET", f"/v1/{noun}s/{AGENT}", answer(200, AGENT_OBJ))
+    assert form(noun, "list", "--signed").status == 0
+    assert gateway.last.signer == ALICE.address
+    assert form(noun, "show", AGENT, "--signed", "--json").status == 0
+    assert gateway.last.signer == ALICE.address
+
+
 def test_agent_list_empty_prints_the_header_only(gateway: FakeGateway, form: Any) -> None:
     gateway.on("GET", "/v1/agents", answer(200, {"count": 0, "agents": []}))
     assert form("agent", "list").out == "AGENT ID  NAME  OWNER  ACCESS  PRICE/REQUEST\n"

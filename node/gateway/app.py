@@ -92,7 +92,6 @@ class Request:
     method: str
     target: str  # path with query, as received and as signed
     path: str
-    query: dict[str, str]
     headers: dict[str, str]  # lower-case names
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
@@ -111,6 +110,16 @@ class Response:
 
 
 Handler = Callable[["GatewayApp", Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """A write the gateway stored and gossiped: what it did and for whom."""
+
+    kind: str
+    payload: dict[str, Any]
+    op_id: str  # 0x + hex
+    author: str  # the account acted for (the signer, or the account that granted its key)
 
 
 @dataclass(frozen=True)
@@ -244,12 +253,7 @@ class GatewayApp:
             for name, value in scope.get("headers", []):
                 headers[name.decode("latin-1").lower()] = value.decode("latin-1")
             body = await _read_body(receive, headers)
-            query = dict(
-                part.split("=", 1) if "=" in part else (part, "")
-                for part in query_text.split("&")
-                if part
-            )
-            request = Request(scope["method"], target, path, query, headers, body)
+            request = Request(scope["method"], target, path, headers, body)
             return await self.handle(request)
         except HttpError as exc:
             return _json_error(exc.status, exc.code, exc.message, exc.field)
@@ -348,10 +352,8 @@ class GatewayApp:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def mutate(self, request: Request) -> tuple[str, dict[str, Any], bytes, bool]:
-        """Turn a signed request into a request op and submit it.
-
-        Returns (op kind, its payload, op id, whether it was new)."""
+    async def mutate(self, request: Request) -> Mutation:
+        """Turn a signed request into a request op and submit it."""
         assert request.signed is not None
         found = route_of(request.method, request.target)
         if found is None:
@@ -392,7 +394,7 @@ class GatewayApp:
                 "stale",
                 f"the request is dated ahead of this node's clock ({result.deferred[0][1]}); check your clock",
             )
-        return op.kind, payload, op.id, bool(result.accepted)
+        return Mutation(op.kind, payload, "0x" + op.id.hex(), author)
 
     def _tick(self, second: int) -> int:
         """This gateway's arrival order among requests signed in ``second``."""
@@ -466,7 +468,7 @@ class GatewayApp:
             if kind in ("agent.update", "model.update", "agent.delete", "model.delete"):
                 noun = kind.partition(".")[0]
                 entity = build_id_of(author, payload["name"])
-                if self.state._listing(noun + "s", entity, "id") is None:
+                if getattr(self.state, noun)(entity) is None:
                     raise HttpError(
                         404,
                         "not_found",
@@ -476,8 +478,7 @@ class GatewayApp:
                 raise HttpError(404, "not_found", f"you granted no key to {payload['delegate']}")
             if kind in ("agent.register", "model.register"):
                 entity = build_id_of(author, payload["name"])
-                table = "agents" if kind == "agent.register" else "models"
-                if self.state._listing(table, entity, "id") is not None:
+                if getattr(self.state, kind.partition(".")[0])(entity) is not None:
                     raise HttpError(
                         409,
                         "exists",
@@ -573,12 +574,11 @@ async def account_list(app: GatewayApp, request: Request) -> Response:
 
 
 async def account_write(app: GatewayApp, request: Request) -> Response:
-    kind, _, op_id, _ = await app.mutate(request)
-    author = app.actor(request, "account")[0]
-    if kind == "account.delete":
-        return Response(200, {"op_id": "0x" + op_id.hex()})
-    status = 201 if kind == "account.create" else 200
-    return Response(status, {"op_id": "0x" + op_id.hex(), "account": _account_or_404(app, author)})
+    done = await app.mutate(request)
+    if done.kind == "account.delete":
+        return Response(200, {"op_id": done.op_id})
+    status = 201 if done.kind == "account.create" else 200
+    return Response(status, {"op_id": done.op_id, "account": _account_or_404(app, done.author)})
 
 
 def _owned_instance(app: GatewayApp, request: Request, instance_id: str) -> dict[str, Any]:
@@ -592,16 +592,15 @@ def _owned_instance(app: GatewayApp, request: Request, instance_id: str) -> dict
 
 
 async def instance_create(app: GatewayApp, request: Request) -> Response:
-    _, payload, op_id, _ = await app.mutate(request)
-    author = app.actor(request, "instance")[0]
-    instance_id = instance_id_of(author, payload["name"])
+    done = await app.mutate(request)
+    instance_id = instance_id_of(done.author, done.payload["name"])
     instance = app.view(lambda: app.state.instance(instance_id))
     return Response(
         201,
         {
-            "op_id": "0x" + op_id.hex(),
+            "op_id": done.op_id,
             "instance_id": instance_id,
-            "build_id": build_id_of(author, payload["name"]),
+            "build_id": build_id_of(done.author, done.payload["name"]),
             "status": instance["status"] if instance else None,
             "note": "recorded and replicated; no node builds or boots instances yet",
             "instance": instance,
@@ -638,9 +637,9 @@ async def instance_ips(app: GatewayApp, request: Request) -> Response:
 
 
 async def instance_action(app: GatewayApp, request: Request) -> Response:
-    _kind, _, op_id, _ = await app.mutate(request)
+    done = await app.mutate(request)
     instance = app.view(lambda: app.state.instance(request.params["id"]))
-    return Response(200, {"op_id": "0x" + op_id.hex(), "instance": instance})
+    return Response(200, {"op_id": done.op_id, "instance": instance})
 
 
 def _listing_handlers(table: str, noun: str) -> dict[str, Handler]:
@@ -668,12 +667,11 @@ def _listing_handlers(table: str, noun: str) -> dict[str, Handler]:
         return Response(200, entity)
 
     async def write(app: GatewayApp, request: Request) -> Response:
-        kind, payload, op_id, _ = await app.mutate(request)
-        author = app.actor(request, noun)[0]
-        entity_id = request.params.get("id") or build_id_of(author, payload["name"])
+        done = await app.mutate(request)
+        entity_id = request.params.get("id") or build_id_of(done.author, done.payload["name"])
         entity = app.view(lambda: getattr(app.state, noun)(entity_id))
-        status = 201 if kind.endswith(".register") else 200
-        return Response(status, {"op_id": "0x" + op_id.hex(), id_field: entity_id, noun: entity})
+        status = 201 if done.kind.endswith(".register") else 200
+        return Response(status, {"op_id": done.op_id, id_field: entity_id, noun: entity})
 
     return {"list": list_, "get": get, "write": write}
 
@@ -683,10 +681,9 @@ _MODEL = _listing_handlers("models", "model")
 
 
 async def key_write(app: GatewayApp, request: Request) -> Response:
-    _, payload, op_id, _ = await app.mutate(request)
-    assert request.signed is not None
-    grant = app.view(lambda: app.state.grant(request.signed.signer, payload["delegate"]))  # type: ignore[union-attr]
-    return Response(200, {"op_id": "0x" + op_id.hex(), "grant": grant})
+    done = await app.mutate(request)
+    grant = app.view(lambda: app.state.grant(done.author, done.payload["delegate"]))
+    return Response(200, {"op_id": done.op_id, "grant": grant})
 
 
 async def key_list(app: GatewayApp, request: Request) -> Response:

@@ -494,3 +494,18 @@ async def test_an_agent_without_an_endpoint_is_reached_at_its_started_instance(
     reply = await gateway.send("POST", f"/v1/agents/{agent_id}/run_task", {"q": 1}, key=BOB)
     assert reply.status_code == 200, reply.text
     assert reply.text.startswith('echo: {"q":1}\nrun_task\n')
+
+
+def test_every_write_route_has_exactly_one_replicated_meaning() -> None:
+    # Two tables name the write routes: ENDPOINTS (HTTP, OpenAPI) and request_op.ROUTES (what
+    # every replica derives from a signed request). They must list the same routes.
+    from node.ledger.request_op import ROUTES, route_of
+
+    writes = [
+        e
+        for e in ENDPOINTS
+        if e.method == "POST" and not e.template.endswith(("/hire", "/run_task"))
+    ]
+    for endpoint in writes:
+        assert route_of("POST", "/v1" + endpoint.template.replace("{id}", "ab" * 20)), endpoint
+    assert len(writes) == len(ROUTES)

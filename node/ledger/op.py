@@ -55,6 +55,7 @@ __all__ = [
     "OpRejected",
     "Stamp",
     "canonical_json",
+    "check_hlc",
     "decode_op",
     "sign_op",
 ]
@@ -218,6 +219,23 @@ def sign_op(key: NodeKey, net: str, hlc: tuple[int, int], kind: str, payload: di
     return Op._from_fields(op_id, body, key.sign_digest(op_id), fields)
 
 
+def _require_canonical(fields: dict[str, Any], body: bytes) -> None:
+    if _dumps(fields) != body:
+        raise OpRejected(
+            "not_canonical", "op body is not canonical JSON (sorted keys, no spaces, UTF-8)"
+        )
+
+
+def check_hlc(hlc: Any) -> None:
+    """Refuse an ``hlc`` field that is not ``[wall_ms, logical]``, two 64-bit naturals."""
+    if not (
+        isinstance(hlc, list)
+        and len(hlc) == 2
+        and all(type(x) is int and 0 <= x <= _INT_MAX for x in hlc)
+    ):
+        raise OpRejected("malformed", "hlc must be [wall_ms, logical], two non-negative integers")
+
+
 def decode_op(body: bytes, sig: bytes, net: str) -> Op:
     """Verify an op from outside (a peer, a client) and return it, or raise ``OpRejected``.
 
@@ -245,10 +263,7 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
     if not isinstance(fields, dict):
         raise OpRejected("malformed", "op body must be a JSON object")
     if fields.get("v") == REQUEST_ENVELOPE_VERSION:
-        if _dumps(fields) != body:
-            raise OpRejected(
-                "not_canonical", "op body is not canonical JSON (sorted keys, no spaces, UTF-8)"
-            )
+        _require_canonical(fields, body)
         return _request_op(body, sig, fields, verify_net=net)
     if fields.keys() != _BODY_KEYS:
         missing = sorted(_BODY_KEYS - fields.keys())
@@ -261,17 +276,8 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
             "unsupported_version",
             f"op envelope version {fields['v']!r}; this node speaks {ENVELOPE_VERSION} and {REQUEST_ENVELOPE_VERSION}",
         )
-    if _dumps(fields) != body:
-        raise OpRejected(
-            "not_canonical", "op body is not canonical JSON (sorted keys, no spaces, UTF-8)"
-        )
-    hlc = fields["hlc"]
-    if not (
-        isinstance(hlc, list)
-        and len(hlc) == 2
-        and all(type(x) is int and 0 <= x <= _INT_MAX for x in hlc)
-    ):
-        raise OpRejected("malformed", "hlc must be [wall_ms, logical], two non-negative integers")
+    _require_canonical(fields, body)
+    check_hlc(fields["hlc"])
     author, kind, op_net = fields["author"], fields["kind"], fields["net"]
     if not (isinstance(author, str) and isinstance(kind, str) and isinstance(op_net, str)):
         raise OpRejected("malformed", "author, kind and net must be strings")

@@ -69,6 +69,7 @@ from node.ledger.op import (
     _nesting_too_deep,
     _reject_float,
     canonical_json,
+    check_hlc,
 )
 
 __all__ = [
@@ -429,14 +430,7 @@ def read_fields(fields: dict[str, Any]) -> RequestFields:
     ):
         raise RequestRejected("malformed", "hint.tags must be a list of strings")
     hlc = fields["hlc"]
-    if not (
-        isinstance(hlc, list)
-        and len(hlc) == 2
-        and all(type(x) is int and 0 <= x < 2**63 for x in hlc)
-    ):
-        raise RequestRejected(
-            "malformed", "hlc must be [wall_ms, logical], two non-negative integers"
-        )
+    check_hlc(hlc)
     if hlc[0] != req["t"] * 1000 or hlc[1] > LOGICAL_MAX:
         raise RequestRejected(
             "malformed",

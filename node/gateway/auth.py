@@ -36,11 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from node.identity.keys import InvalidSignature, recover_address, recover_personal
+from node.identity.keys import InvalidSignature, recover_address
 from node.ledger.request_op import (
     ParsedLine,
     RequestRejected,
     canonical_message,
+    line_digest,
     parse_line,
 )
 
@@ -119,6 +120,18 @@ def _hex(text: str, what: str) -> bytes:
 
 def _recover(headers: Mapping[str, str]) -> tuple[str, str, bytes, str]:
     """(signed line, signer, 65-byte signature, scheme) from the request's carrier."""
+    line, signature, scheme = _carrier(headers)
+    if not line.isascii():
+        raise AuthError("malformed_message", "the signed message must be ASCII")
+    try:
+        # The digest rule per scheme is the one replicas use on request ops.
+        return line, recover_address(line_digest(line, scheme), signature), signature, scheme
+    except InvalidSignature as exc:
+        raise AuthError("bad_signature", str(exc)) from None
+
+
+def _carrier(headers: Mapping[str, str]) -> tuple[str, bytes, str]:
+    """(signed line, 65-byte signature with v as 27/28, scheme) as the request carries them."""
     authorization = _header(headers, "Authorization")
     message = _header(headers, "X-Message")
     if authorization is not None and authorization.startswith("Signature "):
@@ -139,12 +152,7 @@ def _recover(headers: Mapping[str, str]) -> tuple[str, str, bytes, str]:
             line = line_bytes.decode("ascii")
         except UnicodeDecodeError:
             raise AuthError("malformed_message", "the signed message must be ASCII") from None
-        digest = hashlib.sha256(hashlib.sha256(line_bytes).digest()).digest()
-        full = signature + bytes((27 + int(parts[1]),))
-        try:
-            return line, recover_address(digest, full), full, "sha256d"
-        except InvalidSignature as exc:
-            raise AuthError("bad_signature", str(exc)) from None
+        return line, signature + bytes((27 + int(parts[1]),)), "sha256d"
     if message is None:
         raise AuthError(
             "missing_signature",
@@ -167,13 +175,7 @@ def _recover(headers: Mapping[str, str]) -> tuple[str, str, bytes, str]:
         )
     if signature[64] in (0, 1):
         signature = signature[:64] + bytes((signature[64] + 27,))
-    try:
-        signer = recover_personal(message.encode("ascii", "strict"), signature)
-        return message, signer, signature, "personal"
-    except UnicodeEncodeError:
-        raise AuthError("malformed_message", "the signed message must be ASCII") from None
-    except InvalidSignature as exc:
-        raise AuthError("bad_signature", str(exc)) from None
+    return message, signature, "personal"
 
 
 @dataclass(frozen=True)

@@ -16,25 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from node.control import query
-from node.devnet import LocalFog
+from node.devnet import LocalFog, process_usage
 
 RESULTS = Path(__file__).parent / "results" / "fog.json"
-_TICKS_S = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_sample(pid: int) -> tuple[float, int]:
-    """(CPU seconds so far, RSS bytes) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu_s = (int(fields[11]) + int(fields[12])) / _TICKS_S
-    rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return cpu_s, rss_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def bench(size: int) -> dict[str, Any]:
@@ -47,10 +37,10 @@ def bench(size: int) -> dict[str, Any]:
             all_started = time.monotonic()
             converge_s = fog.wait(lambda: fog.converged(size), timeout_s=180)
             pids = [proc.pid for proc in fog.procs.values()]
-            before = [_proc_sample(pid) for pid in pids]
+            before = [process_usage(pid) for pid in pids]
             idle_s = 10.0
             time.sleep(idle_s)
-            after = [_proc_sample(pid) for pid in pids]
+            after = [process_usage(pid) for pid in pids]
             delays_ms = sorted(
                 arrived - written
                 for i in fog.procs

@@ -37,22 +37,16 @@ import httpx
 
 from node.client.api import GatewayClient
 from node.client.signer import sign_request
-from node.devnet import LocalFog
+from node.devnet import LocalFog, process_usage
 from node.identity.keys import NodeKey
 
 RESULTS = Path(__file__).parent / "results" / "bench_gateway.json"
 KEY = NodeKey(random.Random(7).randbytes(32))
 WARMUP_REQUESTS = 20  # per client, before the clock starts: connections, caches
 REQUEST_TIMEOUT_S = 30.0
-_TICKS_S = os.sysconf("SC_CLK_TCK")
 
 # (method, path, body) of request i of client c; the body must change for every write.
 Workload = Callable[[int, int], tuple[str, str, bytes | None]]
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_S
 
 
 _NONCES = itertools.count()  # next() is atomic under the GIL: threads share it safely
@@ -138,12 +132,12 @@ def bench_run(
     for thread in threads:
         thread.start()
     barrier.wait()  # every client has warmed up its connection
-    cpu_before = _cpu_s(pid)
+    cpu_before = process_usage(pid)[0]
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     wall_s = time.perf_counter() - started
-    cpu_s = _cpu_s(pid) - cpu_before
+    cpu_s = process_usage(pid)[0] - cpu_before
     assert not errors, f"{name} with {clients} clients: {len(errors)} failed, e.g. {errors[0]}"
     assert len(latencies_s) == requests
     latencies_ms = sorted(1000 * s for s in latencies_s)

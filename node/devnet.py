@@ -27,6 +27,14 @@ __all__ = ["LocalFog"]
 _CLI = [sys.executable, "-m", "node.cli"]
 
 
+def process_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds used so far, resident bytes) of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return cpu_s, rss_pages * os.sysconf("SC_PAGE_SIZE")
+
+
 class LocalFog:
     def __init__(
         self,

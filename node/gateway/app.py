@@ -316,8 +316,9 @@ class GatewayApp:
 
     # -- who acts ---------------------------------------------------------------------------
 
-    def actor(self, request: Request, scope: str) -> tuple[str, tuple[bytes, bytes] | None]:
-        """The account a signed request acts for, and the grant op that lets it (if any)."""
+    def actor(self, request: Request, scope: str) -> tuple[str, bytes | None]:
+        """The account a signed request acts for, and the id of the grant op that lets it (if
+        any). State only: no I/O on the event loop."""
         assert request.signed is not None
         signer = request.signed.signer
         act_as = request.header("x-act-as")
@@ -345,10 +346,7 @@ class GatewayApp:
                 "forbidden",
                 f"the key grant from {account} does not include scope {scope!r} (it has {', '.join(grant['scopes'])})",
             )
-        wire = self.replica.get_wire([bytes.fromhex(grant["grant_op"])])
-        if not wire:
-            raise HttpError(503, "unavailable", "this node has not stored the grant op yet; retry")
-        return account, wire[0]
+        return account, bytes.fromhex(grant["grant_op"])
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -364,7 +362,16 @@ class GatewayApp:
             raise HttpError(
                 403, "forbidden", "keys cannot grant or revoke keys; sign as the account"
             )
-        author, grant = self.actor(request, scope)
+        author, grant_id = self.actor(request, scope)
+        grant = None
+        if grant_id is not None:
+            # The grant op travels inside the request op; reading it is store I/O.
+            wire = await trio.to_thread.run_sync(self.replica.get_wire, [grant_id])
+            if not wire:
+                raise HttpError(
+                    503, "unavailable", "this node has not stored the grant op yet; retry"
+                )
+            grant = wire[0]
         try:
             body_text = request.body.decode("utf-8")
         except UnicodeDecodeError:

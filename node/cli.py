@@ -207,7 +207,7 @@ async def _run(args: argparse.Namespace) -> int:
                         "members": core.describe(),
                         "ops": replica.state.op_count,
                         "op_set_digest": replica.digest.root().hex(),
-                        "state_digest": replica.state.state_hash(),
+                        "state_digest": replica.state_digest(),
                         "store_bytes": replica.store.size_bytes(),
                         "nodes_known": len(replica.state.nodes()),
                         "metrics": metrics_url,
@@ -272,7 +272,7 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"  metrics   {metrics_url}")
                 print(f"  gateway   {gateway_url or '(off)'}")
                 print(
-                    f"  state     {replica.state.op_count} ops, digest {replica.state.state_hash()[:16]}"
+                    f"  state     {replica.state.op_count} ops, digest {replica.state_digest()[:16]}"
                 )
                 print("running; press Ctrl-C to stop", flush=True)
                 async for signum in signals:
@@ -328,7 +328,7 @@ async def _start_gateway(
                     "version": __version__,
                     "listen_addrs": transport.listen_addrs,
                     "ops": replica.state.op_count,
-                    "state_digest": replica.state.state_hash(),
+                    "state_digest": replica.state_digest(),
                 }
 
         async def submit_checked(self, ops: Any) -> Any:

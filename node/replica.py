@@ -63,6 +63,7 @@ class Replica:
         # Ops are applied in worker threads while the gateway reads the state on the event
         # loop: readers take this lock so they never see a table change size under them.
         self.lock = threading.RLock()
+        self._state_digest: tuple[int, str] = (-1, "")
 
     @classmethod
     def open(cls, data_dir: Path, network: str, *, drift_ms_max: int | None = None) -> Replica:
@@ -93,6 +94,15 @@ class Replica:
 
     def get_wire(self, ids: Iterable[bytes]) -> list[tuple[bytes, bytes]]:
         return [(op.body, op.sig) for op in self.store.get(ids)]
+
+    def state_digest(self) -> str:
+        """``state.state_hash()``, recomputed only after new ops: it serializes the whole state,
+        and status and ``GET /node/info`` ask for it on every call."""
+        with self.lock:
+            count = self.state.op_count
+            if self._state_digest[0] != count:
+                self._state_digest = (count, self.state.state_hash())
+            return self._state_digest[1]
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -75,3 +75,16 @@ def test_a_store_of_another_network_is_refused(tmp_path: Path) -> None:
     Replica.open(tmp_path, NET).close()
     with pytest.raises(WrongNetwork):
         Replica.open(tmp_path, "devnet")
+
+
+def test_the_state_digest_follows_every_new_op(tmp_path: Path) -> None:
+    replica = Replica.open(tmp_path, NET)
+    empty = replica.state_digest()
+    assert empty == replica.state.state_hash()
+    first = op(ALICE, "account.create", {"name": "alice"})
+    replica.submit([(first.body, first.sig)], now_ms=T0_MS)
+    assert replica.state_digest() == replica.state.state_hash() != empty
+    second = op(ALICE, "account.update", {"name": "al"}, wall_ms=T0_MS + 1)
+    replica.submit([(second.body, second.sig)], now_ms=T0_MS + 1)
+    assert replica.state_digest() == replica.state.state_hash()
+    replica.close()

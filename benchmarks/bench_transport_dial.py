@@ -17,7 +17,7 @@ import libp2p.network.swarm as libp2p_swarm
 import trio
 
 from node.identity.keys import NodeKey
-from node.mesh import transport as mesh_transport
+from node.p2p import transport as mesh_transport
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 

@@ -39,7 +39,7 @@ from node.gossip.core import GossipCore
 from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
 from node.logs import LEVELS, configure_logging
-from node.mesh.gossip_driver import GossipService, join_through
+from node.p2p.gossip_driver import GossipService, join_through
 from node.metrics import NodeMetrics
 from node.replica import Replica
 from node.store import StoreError
@@ -159,7 +159,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     # libp2p costs ~1 s to import: only the command that needs it pays.
-    from node.mesh.transport import open_transport, peer_id_of
+    from node.p2p.transport import open_transport, peer_id_of
 
     configure_logging(args.log_level, json_lines=args.log_json)
     data_dir: Path = args.data_dir
@@ -311,7 +311,7 @@ async def _start_gateway(
         return None, None
     from node.gateway.app import GatewayApp, serve_gateway
     from node.gateway.proxy import AgentProxy
-    from node.mesh.transport import peer_id_of
+    from node.p2p.transport import peer_id_of
 
     host, port = _gateway_address(where)
 

@@ -67,7 +67,7 @@ def _load_gossip() -> CoreSpec:
         "gossip",
         make,
         full_roster=False,
-        description="node.gossip.core: Plumtree + anti-entropy + SWIM (the real core)",
+        description="node.gossip.core: rendezvous tree + lazy repair + anti-entropy + SWIM (the real core)",
     )
 
 

@@ -41,7 +41,7 @@ from node.gossip.messages import (
     Deliver,
     Effect,
     Gossip,
-    Graft,
+    Attach,
     IWant,
     Message,
     Packet,
@@ -170,7 +170,7 @@ class FloodCore:
                     fresh.append(wire)
                     if msg.eager:
                         self._relay.add(op_id)
-            elif isinstance(msg, IWant | Graft):
+            elif isinstance(msg, IWant | Attach):
                 self._send_ops(sender, self.log.get_wire(msg.ids), effects)
             elif isinstance(msg, Sync):
                 replies += self._on_sync(sender, msg, effects)

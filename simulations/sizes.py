@@ -19,14 +19,14 @@ from typing import Final
 
 from node.gossip.messages import (
     Gossip,
-    Graft,
+    Attach,
     IHave,
     IWant,
     Join,
     MemberUpdate,
     Packet,
     PingReq,
-    Prune,
+    Detach,
     Sync,
     Welcome,
 )
@@ -73,7 +73,7 @@ def packet_size(packet: Packet) -> int:
             for body, sig in ops:
                 n = len(body)
                 size += (1 if n < 0x80 else (n.bit_length() + 6) // 7) + n + len(sig)
-        elif kind is IHave or kind is Graft or kind is IWant:
+        elif kind is IHave or kind is Attach or kind is IWant:
             ids = msg.ids  # type: ignore[union-attr]
             size += _varint_len(len(ids)) + _ID_BYTES * len(ids)
         elif kind is Sync:
@@ -85,7 +85,7 @@ def packet_size(packet: Packet) -> int:
             size += _text_len(msg.addr)  # type: ignore[union-attr]
         elif kind is Welcome:
             size += _members_len(msg.members)  # type: ignore[union-attr]
-        elif kind is not Prune:  # Ping, Ack, Nack: a sequence number
+        elif kind is not Detach:  # Ping, Ack, Nack: a sequence number
             size += _varint_len(msg.seq)  # type: ignore[union-attr]
     return size
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from node.gossip.messages import (
     Ack,
     Gossip,
-    Graft,
+    Attach,
     IHave,
     IWant,
     Join,
@@ -18,7 +18,7 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Prune,
+    Detach,
     Sync,
     Welcome,
     WireOp,
@@ -63,9 +63,9 @@ messages: st.SearchStrategy[Message] = st.one_of(
         st.booleans(),
     ),
     st.builds(IHave, id_lists),
-    st.builds(Graft, id_lists),
+    st.builds(Attach, id_lists),
     st.builds(IWant, id_lists),
-    st.just(Prune()),
+    st.just(Detach()),
     st.builds(Sync, u64, st.binary(min_size=1, max_size=300)),
 )
 

@@ -1,7 +1,7 @@
 """What the gossip core needs from the node's op log, and what drivers may call on the core.
 
 The core (``node.gossip.core.GossipCore``) is driven by three drivers: the simulator
-(``simulations/``), the tests, and the real Trio node (``node/mesh``). They all use exactly
+(``simulations/``), the tests, and the real Trio node (``node/p2p``). They all use exactly
 this surface:
 
 ```

@@ -8,7 +8,7 @@ Three mechanisms, each covering what the one before it misses:
    hash of their id; the ``ceil(sqrt(N))`` lowest ranks are the *core*, a full mesh, and every
    other node is a *leaf* attached to the core member its id hashes closest to (rendezvous
    hashing, so a membership change moves few leaves). A leaf tells its parent with
-   ``Graft(())`` (attach) and refreshes that every ``attach_refresh_s``; a parent's *children*
+   ``Attach(())`` (attach) and refreshes that every ``attach_refresh_s``; a parent's *children*
    are the nodes attached to it. An op travels leaf → parent → the other core members → their
    children: at most three hops, and N-1 payload copies. A leaf also sends its *own* ops to
    its second-choice core member, so one lost first hop does not leave the whole fog waiting
@@ -64,7 +64,7 @@ from node.gossip.messages import (
     Deliver,
     Effect,
     Gossip,
-    Graft,
+    Attach,
     IHave,
     IWant,
     Join,
@@ -74,7 +74,7 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Prune,
+    Detach,
     Send,
     Sync,
     Welcome,
@@ -112,7 +112,7 @@ class GossipStats:
 @dataclass
 class _Outbox:
     ops: list[WireOp] = field(default_factory=list)
-    eager: bool = True  # False once any non-eager op is queued: the batch must not prune
+    eager: bool = True  # False once any non-eager op is queued: the batch is no tree push
     ihave: list[bytes] = field(default_factory=list)
     other: list[Message] = field(default_factory=list)
     flush_at: float | None = None
@@ -145,7 +145,7 @@ def _approx_bytes(msg: Message) -> int:
 
 
 def _id_count(msg: Message) -> int:
-    return len(msg.ids) if isinstance(msg, Graft | IWant | IHave) else 0
+    return len(msg.ids) if isinstance(msg, Attach | IWant | IHave) else 0
 
 
 class GossipCore:
@@ -275,15 +275,15 @@ class GossipCore:
                 self._on_gossip(now, sender, msg, effects)
             elif isinstance(msg, IHave):
                 self._on_ihave(now, sender, msg)
-            elif isinstance(msg, Graft):
-                # Graft(()) is "I am your child": push everything to me from now on.
+            elif isinstance(msg, Attach):
+                # Attach(()) is "I am your child": push everything to me from now on.
                 if sender in self._children or len(self._children) < self.config.children_max:
                     self._children[sender] = now
                 if msg.ids:
                     self._queue_ops(now, sender, self.log.get_wire(msg.ids), eager=False)
             elif isinstance(msg, IWant):
                 self._queue_ops(now, sender, self.log.get_wire(msg.ids), eager=False)
-            elif isinstance(msg, Prune):
+            elif isinstance(msg, Detach):
                 self._children.pop(sender, None)
             elif isinstance(msg, Sync):
                 immediate += self._on_sync(now, sender, msg)
@@ -446,12 +446,12 @@ class GossipCore:
             parent is not None and now >= self._attached_at + self.config.attach_refresh_s
         ):
             if self._attached_to is not None and self._attached_to != parent:
-                self._queue(now, self._attached_to, Prune())  # detach from the old parent
+                self._queue(now, self._attached_to, Detach())  # detach from the old parent
                 self._send_now(now, self._attached_to, [], effects)
             self._attached_to = parent
             self._attached_at = now
             if parent is not None:
-                self._send_now(now, parent, [Graft(())], effects)
+                self._send_now(now, parent, [Attach(())], effects)
         # Children that stopped refreshing their attachment are gone (or re-parented).
         horizon = now - 3 * self.config.attach_refresh_s
         for child, at in list(self._children.items()):
@@ -560,7 +560,7 @@ class GossipCore:
         """Send ``messages`` to ``peer`` now, with as much of its outbox as one packet holds.
 
         The packet respects the wire limits as totals (``node.gossip.wire``): ids across
-        Graft/IWant/IHave, ops and op bytes across Gossip. What does not fit stays queued and
+        Attach/IWant/IHave, ops and op bytes across Gossip. What does not fit stays queued and
         goes at the next flush.
         """
         cfg = self.config
@@ -587,7 +587,7 @@ class GossipCore:
                         break
                     taken += 1
                     if wire[0] in seen:
-                        continue  # requested twice (graft + anti-entropy): send once
+                        continue  # requested twice (attach + anti-entropy): send once
                     seen.add(wire[0])
                     ops.append(wire)
                     bytes_left -= len(wire[0]) + 70

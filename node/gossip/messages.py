@@ -35,7 +35,7 @@ __all__ = [
     "Deliver",
     "Effect",
     "Gossip",
-    "Graft",
+    "Attach",
     "IHave",
     "IWant",
     "Join",
@@ -47,7 +47,7 @@ __all__ = [
     "Packet",
     "Ping",
     "PingReq",
-    "Prune",
+    "Detach",
     "Send",
     "Sync",
     "Welcome",
@@ -120,7 +120,7 @@ class Welcome:
     members: tuple[MemberUpdate, ...]
 
 
-# -- dissemination (Plumtree) ----------------------------------------------------------------
+# -- dissemination (two-level rendezvous tree, D7) ----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +133,17 @@ class Gossip:
 
 @dataclass(frozen=True, slots=True)
 class IHave:
-    """Lazy push: ids the sender holds; a receiver missing one for long enough grafts."""
+    """Lazy push: ids the sender holds; a receiver missing one for long enough asks (``IWant``)."""
 
     ids: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class Graft:
-    """'Send me these ids, and push to me eagerly from now on' (repairs the tree)."""
+class Attach:
+    """'I am your child: push every op to me from now on' (a leaf attaching to its parent).
+
+    ``Attach(())`` is what the core sends; ``ids``, if any, are also sent back once.
+    """
 
     ids: tuple[bytes, ...]
 
@@ -153,8 +156,8 @@ class IWant:
 
 
 @dataclass(frozen=True, slots=True)
-class Prune:
-    """'You are a duplicate path to me: send me IHAVEs only.'"""
+class Detach:
+    """'I am no longer your child': a leaf detaching from its old parent."""
 
 
 # -- anti-entropy ----------------------------------------------------------------------------
@@ -169,7 +172,7 @@ class Sync:
 
 
 Message = (
-    Ping | Ack | PingReq | Nack | Join | Welcome | Gossip | IHave | IWant | Graft | Prune | Sync
+    Ping | Ack | PingReq | Nack | Join | Welcome | Gossip | IHave | IWant | Attach | Detach | Sync
 )
 
 

@@ -26,7 +26,7 @@ of the frame, after producing all of it.
 with ``BadPacket`` (a ``ValueError``) naming the problem: truncation, trailing bytes, unknown
 tags or flags, non-minimal varints, counts and sizes over ``WireLimits``, an invalid member
 state, bad UTF-8, an empty id or op body, duplicates inside one list (ids of an ``IHave``,
-``Graft`` or ``IWant``, ops of a ``Gossip``, members of a ``Welcome`` or of the updates).
+``Attach`` or ``IWant``, ops of a ``Gossip``, members of a ``Welcome`` or of the updates).
 ``encode`` applies the same rules with the same limits, so a packet our encoder accepts is one our peers accept,
 and a bug in the core shows up at the sender with a clear message rather than as a silent drop
 at every receiver. Decoding is one forward pass with no recursion: every count is checked
@@ -56,7 +56,7 @@ from node.gossip.config import GossipConfig
 from node.gossip.messages import (
     Ack,
     Gossip,
-    Graft,
+    Attach,
     IHave,
     IWant,
     Join,
@@ -67,7 +67,7 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Prune,
+    Detach,
     Sync,
     Welcome,
     WireOp,
@@ -124,8 +124,8 @@ _TAG_JOIN: Final = 0x05
 _TAG_WELCOME: Final = 0x06
 _TAG_GOSSIP: Final = 0x10
 _TAG_IHAVE: Final = 0x11
-_TAG_GRAFT: Final = 0x12
-_TAG_PRUNE: Final = 0x13
+_TAG_ATTACH: Final = 0x12
+_TAG_DETACH: Final = 0x13
 _TAG_IWANT: Final = 0x14
 _TAG_SYNC: Final = 0x20
 TAGS: Final[dict[type, int]] = {
@@ -137,9 +137,9 @@ TAGS: Final[dict[type, int]] = {
     Welcome: _TAG_WELCOME,
     Gossip: _TAG_GOSSIP,
     IHave: _TAG_IHAVE,
-    Graft: _TAG_GRAFT,
+    Attach: _TAG_ATTACH,
     IWant: _TAG_IWANT,
-    Prune: _TAG_PRUNE,
+    Detach: _TAG_DETACH,
     Sync: _TAG_SYNC,
 }
 _STATES: Final = tuple(MemberState)
@@ -160,7 +160,7 @@ class WireLimits:
 
     # The whole frame, compressed on the wire and uncompressed after decompression.
     packet_bytes_max: int = GossipConfig.packet_bytes_max
-    # Totals over all messages of the packet: Gossip ops, and IHave + Graft + IWant ids.
+    # Totals over all messages of the packet: Gossip ops, and IHave + Attach + IWant ids.
     ops_per_packet_max: int = max(
         GossipConfig.ops_per_packet_max, GossipConfig.sync_ops_per_reply_max
     )
@@ -168,7 +168,7 @@ class WireLimits:
     updates_per_packet_max: int = GossipConfig.updates_per_packet_max
     welcome_members_max: int = GossipConfig.welcome_members_max
     # A flush carries a handful of messages per peer; 1024 bounds the object count a packet
-    # of 1-byte Prunes could make us allocate.
+    # of 1-byte Detaches could make us allocate.
     messages_per_packet_max: int = 1024
     # Sync.body is one node.ledger.digest message.
     sync_body_bytes_max: int = DIGEST_MESSAGE_BYTES_MAX
@@ -387,8 +387,8 @@ def _payload(packet: Packet, limits: WireLimits) -> bytes:
                 raise BadPacket(f"Gossip.eager must be a bool, got {message.eager!r}")
             put(_BOOL_BYTES[message.eager])
             ops_left -= _put_ops(put, message.ops, ops_left, limits.ops_per_packet_max)
-        elif kind is IHave or kind is Graft or kind is IWant:
-            assert isinstance(message, IHave | Graft | IWant)
+        elif kind is IHave or kind is Attach or kind is IWant:
+            assert isinstance(message, IHave | Attach | IWant)
             ids_left -= _put_ids(
                 put, message.ids, f"{kind.__name__}.ids", ids_left, limits.ids_per_packet_max
             )
@@ -417,7 +417,7 @@ def _payload(packet: Packet, limits: WireLimits) -> bytes:
         elif kind is Welcome:
             assert isinstance(message, Welcome)
             _put_members(put, message.members, "Welcome.members", limits.welcome_members_max)
-        # Prune has no fields.
+        # Detach has no fields.
     payload = b"".join(parts)
     if HEADER_BYTES + len(payload) > limits.packet_bytes_max:
         raise BadPacket(
@@ -595,10 +595,10 @@ class _Parser:
                 ids = self.ids("IHave.ids", ids_left)
                 ids_left -= len(ids)
                 append(IHave(ids))
-            elif tag == _TAG_GRAFT:
-                ids = self.ids("Graft.ids", ids_left)
+            elif tag == _TAG_ATTACH:
+                ids = self.ids("Attach.ids", ids_left)
                 ids_left -= len(ids)
-                append(Graft(ids))
+                append(Attach(ids))
             elif tag == _TAG_IWANT:
                 ids = self.ids("IWant.ids", ids_left)
                 ids_left -= len(ids)
@@ -615,8 +615,8 @@ class _Parser:
             elif tag == _TAG_SYNC:
                 session = self.varint("Sync.session")
                 append(Sync(session, self.blob("Sync.body", limits.sync_body_bytes_max)))
-            elif tag == _TAG_PRUNE:
-                append(Prune())
+            elif tag == _TAG_DETACH:
+                append(Detach())
             elif tag == _TAG_JOIN:
                 append(Join(self.text("Join.addr", ADDR_BYTES_MAX, empty_ok=True)))
             elif tag == _TAG_WELCOME:

@@ -1,4 +1,4 @@
-"""A js-libp2p peer against node.mesh.transport: TCP, Noise, Yamux and the gossip protocol.
+"""A js-libp2p peer against node.p2p.transport: TCP, Noise, Yamux and the gossip protocol.
 
 js-libp2p runs in a Node.js subprocess (tests/interop/js/gossip_peer.mjs) with a secp256k1
 identity, as a formation node has: it dials the Python node on loopback, sends one frame (a
@@ -18,7 +18,7 @@ import trio
 
 from node.gossip import wire
 from node.gossip.messages import Packet, Ping
-from node.mesh.transport import DEFAULT_PROTOCOL, open_transport, peer_id_of
+from node.p2p.transport import DEFAULT_PROTOCOL, open_transport, peer_id_of
 from tests.helpers import JS_DIR, js_runtime, seeded_keys
 
 pytestmark = pytest.mark.real

@@ -20,8 +20,8 @@ from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
 from node.gossip.messages import Gossip, Packet
 from node.identity.keys import NodeKey
-from node.mesh.gossip_driver import GossipService, join_through
-from node.mesh.transport import TransportLimits, open_transport
+from node.p2p.gossip_driver import GossipService, join_through
+from node.p2p.transport import TransportLimits, open_transport
 from node.replica import Replica
 from tests.helpers import NET, op, seeded_keys, wait_until
 

@@ -1,7 +1,7 @@
 """A hostile peer against a fog of real node processes on loopback.
 
 Three ``formation-node run`` processes form a fog. The test process then joins as a hostile
-libp2p peer (``node.mesh.transport`` with its own secp256k1 key, so it authenticates like any
+libp2p peer (``node.p2p.transport`` with its own secp256k1 key, so it authenticates like any
 node) and sends node 0 what a bad peer can put on the wire:
 
 * frames whose contents are not packets (seeded random bytes);
@@ -41,7 +41,7 @@ from node.gossip.messages import Gossip, Packet
 from node.identity.keys import eip191_hash
 from node.ledger.digest import encode_uvarint
 from node.ledger.op import sign_op
-from node.mesh.transport import DEFAULT_PROTOCOL, TransportLimits, open_transport
+from node.p2p.transport import DEFAULT_PROTOCOL, TransportLimits, open_transport
 from node.store.sqlite import Store
 from tests.helpers import T0_MS, seeded_keys
 

@@ -20,7 +20,7 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 
 from node.gossip.wire import frame
 from node.identity.keys import NodeKey
-from node.mesh.transport import (
+from node.p2p.transport import (
     DEFAULT_PROTOCOL,
     Transport,
     TransportLimits,

@@ -9,7 +9,7 @@ import pytest
 from node.gossip.messages import (
     Ack,
     Gossip,
-    Graft,
+    Attach,
     IHave,
     IWant,
     Join,
@@ -20,7 +20,7 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Prune,
+    Detach,
     Sync,
     Welcome,
 )
@@ -44,7 +44,7 @@ def _message(rng: random.Random, updates: tuple[MemberUpdate, ...]) -> Message:
     if kind == 1:
         return IHave(_ids(rng, rng.randrange(200)))
     if kind == 2:
-        return Graft(_ids(rng, rng.randrange(1, 3)))
+        return Attach(_ids(rng, rng.randrange(1, 3)))
     if kind == 3:
         return IWant(_ids(rng, rng.randrange(1, 3)))
     if kind == 4:
@@ -61,7 +61,7 @@ def _message(rng: random.Random, updates: tuple[MemberUpdate, ...]) -> Message:
         return Welcome(updates)
     if kind == 10:
         return Sync(rng.randrange(1 << 32), rng.randbytes(rng.randrange(1, 300)))
-    return Prune()
+    return Detach()
 
 
 def _packet(rng: random.Random) -> Packet:

@@ -12,7 +12,7 @@ from node.gossip import wire
 from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
 from node.gossip.messages import Packet, Ping
-from node.mesh.gossip_driver import GossipService, join_through
+from node.p2p.gossip_driver import GossipService, join_through
 from node.replica import Replica
 from tests.helpers import NET, seeded_keys, wait_until
 

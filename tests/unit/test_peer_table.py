@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from node.mesh.peer_table import PeerTable
+from node.p2p.peer_table import PeerTable
 
 
 def test_a_full_table_evicts_the_least_recently_active_peer() -> None:

@@ -13,7 +13,7 @@ from node.gossip.config import GossipConfig
 from node.gossip.messages import (
     Ack,
     Gossip,
-    Graft,
+    Attach,
     IHave,
     IWant,
     Join,
@@ -24,7 +24,7 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Prune,
+    Detach,
     Sync,
     Welcome,
     WireOp,
@@ -125,9 +125,9 @@ ALL_MESSAGES: list[Message] = [
     Gossip(tuple(real_ops(2)), eager=False),
     IHave(()),
     IHave((ID_A, ID_B)),
-    Graft((ID_B,)),
+    Attach((ID_B,)),
     IWant((ID_A, ID_B)),
-    Prune(),
+    Detach(),
     Sync(0, b"\x01"),
     Sync(2**40, bytes(MESSAGE_BYTES_MAX)),
 ]
@@ -292,7 +292,7 @@ BAD: list[tuple[str, object, bytes, str]] = [
     (
         "too many messages",
         replace(DEFAULT_LIMITS, messages_per_packet_max=2),
-        raw_packet(tag(Prune), tag(Prune), tag(Prune)),
+        raw_packet(tag(Detach), tag(Detach), tag(Detach)),
         "Packet.messages has 3 entries; the limit is 2",
     ),
     ("gossip eager not a bool", None, raw_packet(tag(Gossip) + b"\x02\x00"), "Gossip.eager is 2"),
@@ -329,17 +329,17 @@ BAD: list[tuple[str, object, bytes, str]] = [
     (
         "ids over the packet budget",
         replace(DEFAULT_LIMITS, ids_per_packet_max=2),
-        raw_packet(tag(IHave) + b"\x01" + ID_A, tag(Graft) + b"\x02" + ID_A + ID_B),
-        "Graft.ids has 2 entries; only 1 more fit",
+        raw_packet(tag(IHave) + b"\x01" + ID_A, tag(Attach) + b"\x02" + ID_A + ID_B),
+        "Attach.ids has 2 entries; only 1 more fit",
     ),
     ("duplicate ids", None, raw_packet(tag(IHave) + b"\x02" + ID_A + ID_A), "lists an id twice"),
     (
         "ids over the packet budget via IWant",
         replace(DEFAULT_LIMITS, ids_per_packet_max=2),
-        raw_packet(tag(Graft) + b"\x01" + ID_A, tag(IWant) + b"\x02" + ID_A + ID_B),
+        raw_packet(tag(Attach) + b"\x01" + ID_A, tag(IWant) + b"\x02" + ID_A + ID_B),
         "IWant.ids has 2 entries; only 1 more fit",
     ),
-    ("truncated ids", None, raw_packet(tag(Graft) + b"\x02" + ID_A), "truncated in Graft.ids"),
+    ("truncated ids", None, raw_packet(tag(Attach) + b"\x02" + ID_A), "truncated in Attach.ids"),
     (
         "huge id count, no data",
         None,
@@ -465,7 +465,7 @@ ENCODE_BAD: list[tuple[str, object, str]] = [
     ("duplicate op", Packet("a", (Gossip(((b"{}", SIG), (b"{}", SIG))),)), "one op twice"),
     ("eager not bool", Packet("a", (Gossip((), 1),)), "Gossip.eager must be a bool"),  # type: ignore[arg-type]
     ("id 31 bytes", Packet("a", (IHave((ID_A[:31],)),)), "op id of 31 bytes; ids are 32"),
-    ("duplicate ids", Packet("a", (Graft((ID_A, ID_A)),)), "Graft.ids lists an id twice"),
+    ("duplicate ids", Packet("a", (Attach((ID_A, ID_A)),)), "Attach.ids lists an id twice"),
     ("ids not a tuple", Packet("a", (IHave(ID_A),)), "IHave.ids must be a tuple, got bytes"),  # type: ignore[arg-type]
     ("empty target", Packet("a", (PingReq(1, ""),)), "PingReq.target is empty"),
     ("sync body not bytes", Packet("a", (Sync(1, "x"),)), "Sync.body must be bytes, got str"),  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ address needs its ``/p2p/<peer id>``: py-libp2p's QUIC client checks the server'
 against a PeerID it must know beforehand.
 
 **Peers.** A peer is known once we dialed it or it opened a stream to us, and kept in a
-``PeerTable`` (``node/mesh/peer_table.py``) ordered by activity. It is forgotten when its
+``PeerTable`` (``node/p2p/peer_table.py``) ordered by activity. It is forgotten when its
 last connection closes, when the gossip driver says membership declared it dead or gone
 (``forget``, which also closes our connections to it), or when a new peer arrives at a full
 table and it is the least recently active (evicted, connections closed). A forgotten peer's
@@ -85,7 +85,7 @@ from libp2p.transport.tcp.tcp import TCP
 
 from node.gossip.wire import DEFAULT_LIMITS, BadPacket, FrameReader, frame
 from node.identity.keys import NodeKey, address_from_public_key, normalize_address
-from node.mesh.peer_table import PeerTable
+from node.p2p.peer_table import PeerTable
 
 __all__ = [
     "DEFAULT_PROTOCOL",

@@ -21,7 +21,7 @@ The loop waits for a packet until ``core.next_wakeup()``, then calls ``on_packet
 sender is not the authenticated peer it came from, is logged and dropped.
 
 The transport is anything with an ``inbox`` channel of ``(sender, bytes)``, an async
-``send(to, bytes)``, ``connect(multiaddr)`` and ``forget(address)`` (``node.mesh.transport``
+``send(to, bytes)``, ``connect(multiaddr)`` and ``forget(address)`` (``node.p2p.transport``
 over libp2p; an in-memory one in tests). Node ids are addresses; the transport authenticates
 them.
 """

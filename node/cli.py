@@ -39,8 +39,8 @@ from node.gossip.core import GossipCore
 from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
 from node.logs import LEVELS, configure_logging
-from node.p2p.gossip_driver import GossipService, join_through
 from node.metrics import NodeMetrics
+from node.p2p.gossip_driver import GossipService, join_through
 from node.replica import Replica
 from node.store import StoreError
 

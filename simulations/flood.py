@@ -38,10 +38,10 @@ from typing import Final
 from node.gossip.api import OpLog
 from node.gossip.config import GossipConfig
 from node.gossip.messages import (
+    Attach,
     Deliver,
     Effect,
     Gossip,
-    Attach,
     IWant,
     Message,
     Packet,

@@ -18,15 +18,15 @@ from collections.abc import Callable
 from typing import Final
 
 from node.gossip.messages import (
-    Gossip,
     Attach,
+    Detach,
+    Gossip,
     IHave,
     IWant,
     Join,
     MemberUpdate,
     Packet,
     PingReq,
-    Detach,
     Sync,
     Welcome,
 )

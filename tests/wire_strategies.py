@@ -6,8 +6,9 @@ from hypothesis import strategies as st
 
 from node.gossip.messages import (
     Ack,
-    Gossip,
     Attach,
+    Detach,
+    Gossip,
     IHave,
     IWant,
     Join,
@@ -18,7 +19,6 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Detach,
     Sync,
     Welcome,
     WireOp,

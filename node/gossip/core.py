@@ -61,10 +61,11 @@ from node.gossip.config import GossipConfig
 from node.gossip.membership import Membership
 from node.gossip.messages import (
     Ack,
+    Attach,
     Deliver,
+    Detach,
     Effect,
     Gossip,
-    Attach,
     IHave,
     IWant,
     Join,
@@ -74,7 +75,6 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Detach,
     Send,
     Sync,
     Welcome,

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "Ack",
+    "Attach",
     "Deliver",
+    "Detach",
     "Effect",
     "Gossip",
-    "Attach",
     "IHave",
     "IWant",
     "Join",
@@ -47,7 +48,6 @@ __all__ = [
     "Packet",
     "Ping",
     "PingReq",
-    "Detach",
     "Send",
     "Sync",
     "Welcome",

@@ -55,8 +55,9 @@ import zstandard
 from node.gossip.config import GossipConfig
 from node.gossip.messages import (
     Ack,
-    Gossip,
     Attach,
+    Detach,
+    Gossip,
     IHave,
     IWant,
     Join,
@@ -67,7 +68,6 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Detach,
     Sync,
     Welcome,
     WireOp,

@@ -8,8 +8,9 @@ import pytest
 
 from node.gossip.messages import (
     Ack,
-    Gossip,
     Attach,
+    Detach,
+    Gossip,
     IHave,
     IWant,
     Join,
@@ -20,7 +21,6 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Detach,
     Sync,
     Welcome,
 )

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from node.gossip.config import GossipConfig
 from node.gossip.messages import (
     Ack,
-    Gossip,
     Attach,
+    Detach,
+    Gossip,
     IHave,
     IWant,
     Join,
@@ -24,7 +25,6 @@ from node.gossip.messages import (
     Packet,
     Ping,
     PingReq,
-    Detach,
     Sync,
     Welcome,
     WireOp,

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The gateway authenticates a request by the key that signed one line describing it
-(``node.gateway.auth.canonical_message``)::
+(``node.ledger.request_op.canonical_message``)::
 
     formation:v1:<METHOD>:<path with query>:<sha256 hex of the body>:<unix seconds>:<nonce>
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from node.gateway.auth import canonical_message
 from node.identity.keys import NodeKey
+from node.ledger.request_op import canonical_message
 
 __all__ = ["NONCE_CHARS_MAX", "NONCE_CHARS_MIN", "sign_request"]
 

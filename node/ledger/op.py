@@ -18,8 +18,9 @@ The body is a JSON object with exactly these keys::
 
 *Canonical* means ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
 encoded as UTF-8, with integers only (no floats: their text form is not portable) and no
-duplicate keys. A body that does not round-trip to itself byte for byte is refused, so one
-content has one encoding and therefore one id.
+duplicate keys (the rules and their reasons: ``node.ledger.canonical``). A body that does not
+round-trip to itself byte for byte is refused, so one content has one encoding and therefore
+one id.
 
 The op **id** is the digest the author signed: ``keccak256("\\x19Ethereum Signed Message:\\n"
 + len(body) + body)``. It is the op's idempotency key: applying an id twice is a no-op, and the
@@ -35,7 +36,6 @@ our own store are rebuilt with ``Op.trusted`` and skip it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -46,6 +46,18 @@ from node.identity.keys import (
     eip191_hash,
     recover_address,
 )
+from node.ledger.canonical import (
+    DEPTH_MAX,
+    ENVELOPE_VERSION,
+    REQUEST_ENVELOPE_VERSION,
+    OpRejected,
+    canonical_json,
+    check_hlc,
+    nesting_too_deep,
+    reject_float,
+    require_canonical,
+)
+from node.ledger.request_op import check_delegation, read_fields, recover_line_signer
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -60,94 +72,14 @@ __all__ = [
     "sign_op",
 ]
 
-ENVELOPE_VERSION: Final = 1
-# A user's signed gateway request carried as the op itself (node.ledger.request_op).
-REQUEST_ENVELOPE_VERSION: Final = 2
 # An op is a small intent (a Formfile is the largest thing one carries); images and blobs travel
 # by digest, never inside ops. 256 KiB bounds what a hostile peer can make us parse and store.
 OP_BODY_BYTES_MAX: Final = 256 * 1024
-# JSON nesting bound: payloads are records of records at most; deep nesting is only an attack.
-_DEPTH_MAX: Final = 8
-_INT_MAX: Final = 2**63 - 1
 _BODY_KEYS: Final = frozenset({"author", "hlc", "kind", "net", "payload", "v"})
 
 # Total order used by every last-writer-wins decision: HLC first, then author, then op id.
 # (wall_ms, logical, author, op_id)
 Stamp = tuple[int, int, str, bytes]
-
-
-class OpRejected(ValueError):
-    """An op failed verification or authorization. ``code`` is stable; the message explains."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.field = field  # the payload field at fault, when one is
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.args[0]}"
-
-
-def _check_json(value: Any, depth: int) -> None:
-    if depth > _DEPTH_MAX:
-        raise OpRejected("malformed", f"op body nests deeper than {_DEPTH_MAX} levels")
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return
-    if isinstance(value, int):
-        if not -_INT_MAX - 1 <= value <= _INT_MAX:
-            raise OpRejected("malformed", f"integer {value} does not fit in 64 bits")
-        return
-    if isinstance(value, float):
-        raise OpRejected("malformed", "op bodies carry integers only; floats are not portable")
-    if isinstance(value, list):
-        for item in value:
-            _check_json(item, depth + 1)
-        return
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_json(item, depth + 1)
-        return
-    raise OpRejected("malformed", f"unsupported JSON value of type {type(value).__name__}")
-
-
-def canonical_json(value: Any) -> bytes:
-    """Canonical bytes of a JSON value (sorted keys, no spaces, UTF-8, integers only)."""
-    _check_json(value, 0)
-    return _dumps(value)
-
-
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(rb"[\[\]{}]")
-# Honest bodies open a few dozen containers; only past this do we pay for an exact depth scan.
-_CONTAINERS_CHEAP_MAX: Final = 64
-
-
-def _nesting_too_deep(body: bytes) -> bool:
-    """True if ``body`` nests JSON containers deeper than ``_DEPTH_MAX``.
-
-    CPython's C JSON parser recurses once per level and a deep enough document crashes the
-    interpreter (a segfault, not an exception) before any limit of ours applies, so a hostile
-    peer could kill a node with ``[[[[...``. This scan runs before parsing.
-    """
-    if body.count(b"[") + body.count(b"{") <= _CONTAINERS_CHEAP_MAX:
-        return False
-    depth = 0
-    for bracket in _BRACKETS.findall(_STRING.sub(b"", body)):
-        if bracket in (b"[", b"{"):
-            depth += 1
-            if depth > _DEPTH_MAX + 1:  # +1: the envelope object itself
-                return True
-        else:
-            depth -= 1
-    return False
-
-
-def _reject_float(text: str) -> Any:
-    raise OpRejected("malformed", f"op bodies carry integers only; {text} is a float")
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,23 +151,6 @@ def sign_op(key: NodeKey, net: str, hlc: tuple[int, int], kind: str, payload: di
     return Op._from_fields(op_id, body, key.sign_digest(op_id), fields)
 
 
-def _require_canonical(fields: dict[str, Any], body: bytes) -> None:
-    if _dumps(fields) != body:
-        raise OpRejected(
-            "not_canonical", "op body is not canonical JSON (sorted keys, no spaces, UTF-8)"
-        )
-
-
-def check_hlc(hlc: Any) -> None:
-    """Refuse an ``hlc`` field that is not ``[wall_ms, logical]``, two 64-bit naturals."""
-    if not (
-        isinstance(hlc, list)
-        and len(hlc) == 2
-        and all(type(x) is int and 0 <= x <= _INT_MAX for x in hlc)
-    ):
-        raise OpRejected("malformed", "hlc must be [wall_ms, logical], two non-negative integers")
-
-
 def decode_op(body: bytes, sig: bytes, net: str) -> Op:
     """Verify an op from outside (a peer, a client) and return it, or raise ``OpRejected``.
 
@@ -249,13 +164,13 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
         )
     if len(sig) != SIGNATURE_BYTES:
         raise OpRejected("bad_signature", f"a signature is 65 bytes, got {len(sig)}")
-    if _nesting_too_deep(body):
-        raise OpRejected("malformed", f"op body nests deeper than {_DEPTH_MAX} levels")
+    if nesting_too_deep(body):
+        raise OpRejected("malformed", f"op body nests deeper than {DEPTH_MAX} levels")
     try:
         # No per-value Python walk here (it would cost as much as the JSON parse): floats are
         # caught by the hook, duplicate keys and any other non-canonical spelling by the
         # round-trip comparison below, integer ranges by the payload schemas.
-        fields = json.loads(body, parse_float=_reject_float)
+        fields = json.loads(body, parse_float=reject_float)
     except OpRejected:
         raise
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -263,7 +178,7 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
     if not isinstance(fields, dict):
         raise OpRejected("malformed", "op body must be a JSON object")
     if fields.get("v") == REQUEST_ENVELOPE_VERSION:
-        _require_canonical(fields, body)
+        require_canonical(fields, body)
         return _request_op(body, sig, fields, verify_net=net)
     if fields.keys() != _BODY_KEYS:
         missing = sorted(_BODY_KEYS - fields.keys())
@@ -276,7 +191,7 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
             "unsupported_version",
             f"op envelope version {fields['v']!r}; this node speaks {ENVELOPE_VERSION} and {REQUEST_ENVELOPE_VERSION}",
         )
-    _require_canonical(fields, body)
+    require_canonical(fields, body)
     check_hlc(fields["hlc"])
     author, kind, op_net = fields["author"], fields["kind"], fields["net"]
     if not (isinstance(author, str) and isinstance(kind, str) and isinstance(op_net, str)):
@@ -299,8 +214,6 @@ def decode_op(body: bytes, sig: bytes, net: str) -> Op:
 
 def _request_op(body: bytes, sig: bytes, fields: dict[str, Any], verify_net: str | None) -> Op:
     """A ``v: 2`` request op (``node.ledger.request_op``); ``verify_net=None`` trusts it."""
-    from node.ledger.request_op import check_delegation, read_fields, recover_line_signer
-
     request = read_fields(fields)
     if verify_net is not None:
         if fields["net"] != verify_net:

@@ -63,13 +63,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from node.identity.keys import InvalidSignature, NodeKey, eip191_hash, recover_address
-from node.ledger.op import (
+from node.ledger.canonical import (
     REQUEST_ENVELOPE_VERSION,
     OpRejected,
-    _nesting_too_deep,
-    _reject_float,
     canonical_json,
     check_hlc,
+    nesting_too_deep,
+    reject_float,
 )
 
 __all__ = [
@@ -320,10 +320,10 @@ def _parse_body(text: str) -> dict[str, Any]:
     if text.strip() == "":
         return {}
     raw = text.encode()
-    if _nesting_too_deep(raw):
+    if nesting_too_deep(raw):
         raise RequestRejected("invalid_json", "the request body nests too deeply")
     try:
-        value = json.loads(text, parse_float=_reject_float, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, parse_float=reject_float, object_pairs_hook=_no_duplicates)
     except RequestRejected:
         raise
     except OpRejected as exc:

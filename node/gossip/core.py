@@ -1,5 +1,7 @@
 """The gossip engine: membership, tree broadcast of ops, lazy repair, anti-entropy. Pure.
 
+Long on purpose: one state machine (tree push, lazy repair, anti-entropy, batching) whose timers and tables interlock.
+
 Theory of operation
 -------------------
 Three mechanisms, each covering what the one before it misses:

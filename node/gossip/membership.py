@@ -1,5 +1,7 @@
 """Membership and failure detection: SWIM with the Lifeguard refinements, as a pure core.
 
+Long on purpose: one SWIM + Lifeguard state machine, whose rules must be read together (as h11's _state.py keeps its whole machine in one file).
+
 Theory of operation
 -------------------
 **Probing (SWIM).** Every protocol period one member is probed: the member list is shuffled

@@ -1,5 +1,7 @@
 """The gossip wire format: ``Packet`` <-> bytes, and length-prefixed framing for streams.
 
+Long on purpose: the encoder and the decoder of one format sit side by side, so every limit is checked alike on both sides.
+
 Theory of operation
 -------------------
 A packet is a 2-byte header and a payload. The header is a magic/version byte (``0xF1``: the

@@ -1,5 +1,7 @@
 """Op-set digest: tell cheaply whether two replicas hold the same ops, and find which differ.
 
+Long on purpose: the trie, its wire messages and the reconciliation protocol are one versioned format (docs/formats.md) and change together.
+
 Theory of operation
 -------------------
 **The key.** Every op is a point ``key = (wall_ms, id)``: 64 bits of the author's HLC wall

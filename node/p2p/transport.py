@@ -1,5 +1,7 @@
 """The libp2p transport: authenticated, framed byte packets between nodes.
 
+Long on purpose: the only module that imports libp2p, so every workaround for py-libp2p's behaviour lives here and nowhere else.
+
 Theory of operation
 -------------------
 This is the only module that imports py-libp2p (importing it costs ~1 s and ~55 MB, so nothing

@@ -1,5 +1,7 @@
 """The node's durable op log: one SQLite file per data directory.
 
+Long on purpose: the on-disk format, its validation on open and the store that writes it are read together when recovery is in question.
+
 Theory of operation
 -------------------
 **What lives in the file.** ``<data_dir>/state.db`` holds three tables. ``ops`` is the

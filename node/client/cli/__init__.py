@@ -1130,6 +1130,3 @@ def main(
         session.close()
     return status
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,148 @@
+"""``form manage``: your instances (create from a Formfile, list, get, their IPs, stop, start,
+delete)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+from node.client.cli._common import (
+    Commands,
+    UsageError,
+    _col,
+    _fields,
+    _json_out,
+    _op,
+    _Session,
+    _table,
+)
+
+_INSTANCE_COLUMNS: Final = [
+    _col("INSTANCE ID", "instance_id"),
+    _col("NAME", "name"),
+    _col("STATUS", "status"),
+    _col("DESIRED", "desired_state"),
+    _col("NODE", "node_id"),
+    _col("IP", "formnet_ip"),
+]
+
+
+def cmd_manage_create(session: _Session) -> int:
+    args = session.args
+    path: Path = args.formfile
+    try:
+        formfile = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--formfile {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --formfile {path}: {exc}") from None
+    resources = {
+        name: value
+        for name, value in (
+            ("vcpus", args.vcpus),
+            ("memory_mb", args.memory_mb),
+            ("disk_gb", args.disk_gb),
+            ("gpu_count", args.gpu_count),
+        )
+        if value is not None
+    }
+    result = session.client().instance_create(
+        args.name, formfile, description=args.description, resources=resources or None
+    )
+    if args.json:
+        _json_out(result)
+        return 0
+    summary = {k: result.get(k) for k in ("instance_id", "build_id", "status", "op_id")}
+    print(f"created instance {args.name!r}")
+    _fields(summary)
+    return 0
+
+
+def cmd_manage_list(session: _Session) -> int:
+    result = session.client().instance_list()
+    if session.args.json:
+        _json_out(result)
+    else:
+        _table(result.get("instances") if isinstance(result, Mapping) else None, _INSTANCE_COLUMNS)
+    return 0
+
+
+def cmd_manage_get(session: _Session) -> int:
+    args = session.args
+    client = session.client()
+    if args.build_id is not None:
+        result = client.instance_get_by_build_id(args.build_id)
+        if args.json:
+            _json_out(result)
+        else:
+            _table(
+                result.get("instances") if isinstance(result, Mapping) else None,
+                _INSTANCE_COLUMNS,
+            )
+        return 0
+    result = client.instance_get(args.id)
+    if args.json:
+        _json_out(result)
+    else:
+        _fields(result)
+    return 0
+
+
+def cmd_manage_get_ip(session: _Session) -> int:
+    args = session.args
+    result = session.client().instance_ips(args.build_id)
+    if args.json:
+        _json_out(result)
+        return 0
+    ips = result.get("ips") if isinstance(result, Mapping) else None
+    if not ips:
+        print(
+            f"no IPs yet for build {args.build_id}: its instances have not reported one",
+            file=sys.stderr,
+        )
+    for ip in ips or []:
+        print(ip)
+    return 0
+
+
+def _instance_action(action: str) -> Callable[[_Session], int]:
+    def command(session: _Session) -> int:
+        client = session.client()
+        instance_id: str = session.args.id
+        call = {
+            "stop": client.instance_stop,
+            "start": client.instance_start,
+            "delete": client.instance_delete,
+        }[action]
+        result = call(instance_id)
+        if session.args.json:
+            _json_out(result)
+        else:
+            print(f"{action} requested for instance {instance_id}{_op(result)}")
+        return 0
+
+    return command
+
+
+def register(commands: Commands) -> None:
+    manage = commands.branch("manage", "your instances")
+    create = manage.leaf("create", cmd_manage_create, "create an instance from a Formfile")
+    create.add_argument("--name", required=True, metavar="N", help="instance name")
+    create.add_argument("--formfile", required=True, type=Path, metavar="PATH")
+    create.add_argument("--description", metavar="D")
+    create.add_argument("--vcpus", type=int, metavar="N")
+    create.add_argument("--memory-mb", type=int, metavar="MB")
+    create.add_argument("--disk-gb", type=int, metavar="GB")
+    create.add_argument("--gpu-count", type=int, metavar="N")
+    manage.leaf("list", cmd_manage_list, "your instances")
+    get = manage.leaf("get", cmd_manage_get, "one instance, or every instance of a build")
+    which = get.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", metavar="INSTANCE_ID")
+    which.add_argument("--build-id", metavar="BUILD_ID")
+    get_ip = manage.leaf("get-ip", cmd_manage_get_ip, "the IPs of a build's instances")
+    get_ip.add_argument("--build-id", required=True, metavar="BUILD_ID")
+    for action in ("stop", "start", "delete"):
+        sub = manage.leaf(action, _instance_action(action), f"{action} an instance")
+        sub.add_argument("--id", required=True, metavar="INSTANCE_ID")

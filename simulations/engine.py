@@ -33,8 +33,8 @@ Timers: after every call the engine asks ``next_wakeup()`` and keeps one pending
 per node; a wake-up that moved makes the old event stale (it is skipped when popped).
 
 Each node has a clock offset (``clock_skew_ms_max``): a core's ``now`` is virtual time + its
-offset + ``CORE_CLOCK_ORIGIN_S``, and ops' ``wall_ms`` come from that node's wall clock. A
-``skew`` fault steps only the wall clock (NTP steps wall clocks; monotonic clocks never jump).
+offset + ``CORE_CLOCK_ORIGIN_S``, and ops' ``wall_ms`` come from that node's wall clock
+(``SimNode.wall_ms``, the one place virtual time becomes wall-clock ms). A ``skew`` fault steps only the wall clock (NTP steps wall clocks; monotonic clocks never jump).
 A slow node handles each event ``delay_ms`` after the previous one finished (a CPU-starved
 process: the Lifeguard scenario). A crashed node loses everything in flight to it and its
 timers; it restarts with its log (``disk = "kept"``: new core, incarnation + 1) or with an
@@ -81,6 +81,7 @@ __all__ = [
     "RunResult",
     "SimError",
     "SimLog",
+    "SimNode",
     "Simulation",
     "run_scenario",
 ]
@@ -188,6 +189,14 @@ class SimNode:
     @property
     def live(self) -> bool:
         return self.up and not self.left
+
+    def wall_ms(self, at: float) -> int:
+        """This node's wall clock at virtual time ``at``, in ms: what the real node reads from
+        ``time.time_ns()`` and hands its HLC (ops' ``wall_ms``). ``T0_MS`` at virtual time 0,
+        plus the node's clock skew and any ``skew`` fault's step; never before the epoch."""
+        return max(
+            T0_MS + int((at + self.clock_s - CORE_CLOCK_ORIGIN_S + self.wall_skew_s) * 1000), 0
+        )
 
 
 @dataclass
@@ -517,7 +526,7 @@ class Simulation:
         hlc = node.hlc
         accepted: list[Op] = []
         verified = self.verified
-        wall_ms = T0_MS + int((at + node.clock_s - CORE_CLOCK_ORIGIN_S + node.wall_skew_s) * 1000)
+        wall_ms = node.wall_ms(at)
         for wire in deliver.ops:
             verdict = verified.get(wire)
             if verdict is None:
@@ -683,9 +692,7 @@ class Simulation:
             self._trace(f"{at!r} O - skipped")
             return
         node = self.nodes[ups[self.rng.randrange(len(ups))]]
-        wall_ms = T0_MS + int((at + node.clock_s - CORE_CLOCK_ORIGIN_S + node.wall_skew_s) * 1000)
-        wall_ms = max(wall_ms, 0)
-        clock = node.hlc.now(wall_ms)
+        clock = node.hlc.now(node.wall_ms(at))
         op = self.workload.op(clock[0], clock[1])
         payload = State.check_op(op)
         self.wires[op.id] = (op.body, op.sig)

@@ -15,7 +15,7 @@ from node.gossip.config import GossipConfig
 from node.gossip.messages import Deliver, Effect, Gossip, Notify, Packet, Ping, Send
 from node.ledger.op import Op
 from simulations.cores import CoreSpec, SimCore
-from simulations.engine import SimError, SimLog, Simulation
+from simulations.engine import CORE_CLOCK_ORIGIN_S, T0_MS, SimError, SimLog, SimNode, Simulation
 from tests.sim.conftest import run, scenario
 
 
@@ -222,3 +222,12 @@ def test_state_nodes_limits_full_states_to_a_sample() -> None:
     )
     m = run(sc).metrics
     assert (m["converged"], m["state_hashes_checked"]) == (True, 3)
+
+
+def test_a_nodes_wall_clock_is_virtual_time_from_t0_plus_its_skew_and_steps() -> None:
+    node = SimNode(0, SimLog({}, 0.0, keep_state=False), CORE_CLOCK_ORIGIN_S + 0.25, False)
+    assert node.wall_ms(0.0) == T0_MS + 250
+    assert node.wall_ms(1.5) == T0_MS + 1_750
+    node.wall_skew_s = -2.0  # a skew fault steps the wall clock only
+    assert node.wall_ms(1.5) == T0_MS - 250
+    assert node.wall_ms(1.5) - T0_MS == int((1.5 + 0.25 - 2.0) * 1000)

@@ -6,7 +6,8 @@ Theory of operation
 the one place that moves ops between the two, with one rule: **an op is applied and
 acknowledged only after it is durable.** ``submit`` verifies a batch (signature, envelope,
 payload, authorization: ``decode_op`` + ``State.check_op``, once per op), appends the new ones
-to the store in one fsync'd transaction, and only then merges them into the state. A crash
+to the store in one fsync'd transaction, and only then merges them into the state. Which ops
+are new, early or refused is ``node.ledger.admission``'s rule, the one the simulator runs too. A crash
 between the two loses nothing: on restart ``open`` rebuilds the state from the newest
 snapshot plus every op logged after it, and the state is a pure function of that set.
 
@@ -23,14 +24,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from node.identity.keys import NodeKey
+from node.ledger.admission import Checked, SubmitResult, accept, admit, own, verify
 from node.ledger.digest import OpDigest
-from node.ledger.hlc import HLC, ClockDriftError
-from node.ledger.op import Op, OpRejected, decode_op, sign_op
+from node.ledger.hlc import HLC
+from node.ledger.op import Op, OpRejected, sign_op
 from node.ledger.state import State
 from node.store import Store
 
@@ -39,16 +40,6 @@ __all__ = ["SNAPSHOT_EVERY_OPS", "Replica", "SubmitResult"]
 # A snapshot bounds restart time: replay cost is ~7 µs per op, so 50k ops ≈ 0.35 s of
 # replay at most, while a snapshot of a large state costs far more than one op to write.
 SNAPSHOT_EVERY_OPS: Final = 50_000
-
-
-@dataclass
-class SubmitResult:
-    """What happened to each op of a batch. Ids of stored ops are durable on return."""
-
-    accepted: list[Op] = field(default_factory=list)
-    duplicates: list[Op] = field(default_factory=list)
-    deferred: list[tuple[Op, str]] = field(default_factory=list)
-    rejected: list[tuple[int, OpRejected]] = field(default_factory=list)  # (index in batch, why)
 
 
 class Replica:
@@ -109,38 +100,26 @@ class Replica:
     def submit(self, batch: Iterable[tuple[bytes, bytes]], now_ms: int) -> SubmitResult:
         """Verify, store durably, then apply a batch of ``(body, sig)`` from outside."""
         result = SubmitResult()
-        checked: list[tuple[Op, dict[str, Any]]] = []
+        checked: list[Checked] = []
         for index, (body, sig) in enumerate(batch):
-            try:
-                op = decode_op(body, sig, self.network)
-                checked.append((op, State.check_op(op)))
-            except OpRejected as why:
-                result.rejected.append((index, why))
+            verdict = verify(body, sig, self.network)
+            if isinstance(verdict, OpRejected):
+                result.rejected.append((index, verdict))
+            else:
+                checked.append(verdict)
         return self.submit_checked(checked, now_ms, result)
 
     def submit_checked(
         self,
-        ops: Iterable[tuple[Op, dict[str, Any]]],
+        ops: Iterable[Checked],
         now_ms: int,
         result: SubmitResult | None = None,
     ) -> SubmitResult:
         """Store durably, then apply ops already verified (``decode_op``) and checked
         (``State.check_op``): the gateway does both itself to answer with the reason."""
         result = SubmitResult() if result is None else result
-        fresh: list[tuple[Op, dict[str, Any]]] = []
-        seen: set[bytes] = set()
-        for op, payload in ops:
-            if op.id in self.state.applied or op.id in seen:
-                result.duplicates.append(op)
-                continue
-            try:
-                with self.lock:  # write() may advance the clock from another worker thread
-                    self.hlc.observe(now_ms, (op.wall_ms, op.logical))
-            except ClockDriftError as why:
-                result.deferred.append((op, str(why)))
-                continue
-            seen.add(op.id)
-            fresh.append((op, payload))
+        with self.lock:  # write() may advance the clock from another worker thread
+            fresh = admit(ops, now_ms, self.hlc, self.state.applied, result)
         self._commit(fresh, result)
         return result
 
@@ -151,20 +130,16 @@ class Replica:
         """
         with self.lock:
             stamp = self.hlc.now(now_ms)
-        op = sign_op(key, self.network, stamp, kind, payload)
-        checked = State.check_op(op)
-        result = SubmitResult()
-        self._commit([(op, checked)], result)
-        return op
+        checked = own(sign_op(key, self.network, stamp, kind, payload))
+        self._commit([checked], SubmitResult())
+        return checked[0]
 
-    def _commit(self, fresh: list[tuple[Op, dict[str, Any]]], result: SubmitResult) -> None:
+    def _commit(self, fresh: list[Checked], result: SubmitResult) -> None:
         if not fresh:
             return
         self.store.append([op for op, _ in fresh])  # durable from here on
         with self.lock:
-            for op, payload in fresh:
-                self.state.apply(op, payload)
-                result.accepted.append(op)
+            accept(fresh, self.state.apply, result)
         if self.store.last_seq() - self._snapshot_seq >= SNAPSHOT_EVERY_OPS:
             self.snapshot()
 

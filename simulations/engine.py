@@ -20,9 +20,10 @@ and performs the effects the core returns:
     ``Packet`` object itself is delivered (never encoded: bytes are accounted with
     ``simulations.sizes``).
 ``Deliver``
-    each op is verified, stored in the node's ``SimLog`` and applied to its ``State``, then the
-    core hears ``on_ops_accepted`` with the ops that were new and valid. Verification
-    (``decode_op``: ECDSA recovery, ~50 us, + ``State.check_op``) is **cached per run** by
+    the ops go through ``node.ledger.admission`` as in ``node.replica`` (verify, admit: duplicate,
+    deferred or fresh, accept: applied to the node's ``SimLog``), then the core hears
+    ``on_ops_accepted`` with the ops accepted. Verification (``admission.verify``: ``decode_op``,
+    an ECDSA recovery of ~50 us, + ``State.check_op``) is **cached per run** by
     ``(body, sig)``, i.e. by op id + signature: every honest node would reach the same
     stateless verdict, so running it once per node would only make a 1,000-node run 1,000x
     slower without simulating anything more. Each node still stores and applies every op itself.
@@ -63,9 +64,10 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from node.gossip.messages import Deliver, Gossip, Notify, Packet, Send, WireOp
+from node.ledger.admission import Checked, SubmitResult, Verdict, accept, admit, own, verify
 from node.ledger.digest import OpDigest
-from node.ledger.hlc import HLC, ClockDriftError
-from node.ledger.op import Op, OpRejected, decode_op
+from node.ledger.hlc import HLC
+from node.ledger.op import Op
 from node.ledger.state import State
 from simulations.cores import CoreSpec, SimCore
 from simulations.metrics import METRIC_NAMES, CrashRecord, Metrics
@@ -107,7 +109,6 @@ _WIRE_CHECK_MESSAGES: Final = 256
 # A core whose next_wakeup() does not move past `now` would spin the engine forever.
 _SAME_INSTANT_TIMERS_MAX: Final = 10_000
 
-Verdict = tuple[Op, dict[str, Any]] | OpRejected
 ProgressFn = Callable[[float, float], None]
 
 
@@ -510,44 +511,29 @@ class Simulation:
                 f" for {packet!r}: update simulations/sizes.py to the wire layout"
             )
 
-    def _verify(self, wire: WireOp) -> Verdict:
-        verdict: Verdict
-        try:
-            op = decode_op(wire[0], wire[1], NETWORK_ID)
-            verdict = (op, State.check_op(op))
-        except OpRejected as why:
-            verdict = why
-        self.verified[wire] = verdict
-        return verdict
-
     def _deliver(self, node: SimNode, at: float, deliver: Deliver) -> None:
+        # node.ledger.admission's rule, as node.replica runs it; only verify's verdicts are
+        # cached (they depend on the op alone) and nothing needs to be made durable.
         m = self.metrics
         log = node.log
-        hlc = node.hlc
-        accepted: list[Op] = []
         verified = self.verified
-        wall_ms = node.wall_ms(at)
+        checked: list[Checked] = []
         for wire in deliver.ops:
             verdict = verified.get(wire)
             if verdict is None:
-                verdict = self._verify(wire)
+                verdict = verified[wire] = verify(wire[0], wire[1], NETWORK_ID)
             if type(verdict) is not tuple:
                 m.ops_rejected += 1
                 continue
-            op, payload = verdict
-            if op.id in log.digest:
-                m.deliver_duplicates += 1
-                continue
-            try:
-                hlc.observe(wall_ms, (op.wall_ms, op.logical))
-            except ClockDriftError:
-                # As node.replica does: an op from too far in the future is neither stored nor
-                # rejected; a peer offers it again later.
-                m.ops_deferred += 1
-                continue
-            log.add(op, payload)
+            checked.append(verdict)
+        result = SubmitResult()
+        fresh = admit(checked, node.wall_ms(at), node.hlc, log.digest, result)
+        m.deliver_duplicates += len(result.duplicates)
+        m.ops_deferred += len(result.deferred)
+        accept(fresh, log.add, result)
+        accepted = result.accepted
+        for op in accepted:
             m.arrival(op.id, at, log.born_at)
-            accepted.append(op)
         core = node.core
         assert core is not None
         effects = core.on_ops_accepted(at + node.clock_s, accepted, deliver.sender)
@@ -693,8 +679,7 @@ class Simulation:
             return
         node = self.nodes[ups[self.rng.randrange(len(ups))]]
         clock = node.hlc.now(node.wall_ms(at))
-        op = self.workload.op(clock[0], clock[1])
-        payload = State.check_op(op)
+        op, payload = own(self.workload.op(clock[0], clock[1]))
         self.wires[op.id] = (op.body, op.sig)
         node.log.add(op, payload)
         self.metrics.op_created(op.id, at, len(ups) - 1)

@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from node.ledger.op import OpRejected
+from node.ledger.admission import SubmitResult, accept, admit, own, verify
+from node.ledger.hlc import HLC
+from node.ledger.op import Op, OpRejected
+from node.ledger.state import State
 from node.replica import Replica
 from node.store import WrongNetwork
 from tests.helpers import NET, T0_MS, op, seeded_keys
@@ -88,3 +91,37 @@ def test_the_state_digest_follows_every_new_op(tmp_path: Path) -> None:
     replica.submit([(second.body, second.sig)], now_ms=T0_MS + 1)
     assert replica.state_digest() == replica.state.state_hash()
     replica.close()
+
+
+def test_the_admission_rule_sorts_a_batch_into_duplicates_deferred_and_fresh() -> None:
+    # The rule node.replica and the simulator both run (node.ledger.admission).
+    held, new = op(ALICE, "account.create", {"name": "a"}), op(BOB, "account.create", {})
+    early = op(BOB, "account.update", {"name": "b"}, wall_ms=T0_MS + 10 * 60_000)
+    hlc, result = HLC(), SubmitResult()
+    batch = [own(held), own(new), own(early), own(new)]
+    fresh = admit(batch, T0_MS, hlc, {held.id}, result)
+    assert [o.id for o, _ in fresh] == [new.id]
+    assert [o.id for o in result.duplicates] == [held.id, new.id]
+    assert [o.id for o, _ in result.deferred] == [early.id]
+    assert "ahead of ours" in result.deferred[0][1]
+    assert (hlc.wall_ms, hlc.logical) == (T0_MS, 1)  # observed the fresh op only
+    assert result.accepted == []  # accepted means applied
+    state = State(NET)
+    accept(fresh, state.apply, result)
+    assert [o.id for o in result.accepted] == [new.id]
+    assert new.id in state.applied
+
+
+def test_verify_returns_the_refusal_and_own_raises_it() -> None:
+    forged = op(BOB, "account.update", {"address": ALICE.address, "name": "x"})
+    verdict = verify(forged.body, forged.sig, NET)
+    assert isinstance(verdict, OpRejected)
+    assert verdict.code == "unauthorized"
+    with pytest.raises(OpRejected):
+        own(forged)
+    good = op(ALICE, "account.create", {"name": "alice"})
+    checked = verify(good.body, good.sig, NET)
+    assert not isinstance(checked, OpRejected)
+    assert isinstance(checked[0], Op)
+    assert checked[0].id == good.id
+    assert isinstance(verify(good.body, good.sig, "othernet"), OpRejected)

@@ -9,23 +9,18 @@ file or a store that is not ours.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import random
-import secrets
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from bootstrap.profiles import PROFILES
 from node import __version__
-from node.capacity import measure_capacity
 from node.config import (
     ConfigError,
     default_data_dir,
@@ -33,15 +28,11 @@ from node.config import (
     load_or_create_node_key,
     write_config,
 )
-from node.control import ControlError, query, serve_control
-from node.gossip.config import GossipConfig
-from node.gossip.core import GossipCore
+from node.control import ControlError, query
 from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
 from node.logs import LEVELS, configure_logging
-from node.metrics import NodeMetrics
-from node.p2p.gossip_driver import GossipService, join_through
-from node.replica import Replica
+from node.node import Node, NodeSettings, StartError, open_home, run_node
 from node.store import StoreError
 
 __all__ = ["main"]
@@ -54,6 +45,7 @@ class UsageError(Exception):
 # Problems an operator can fix: ``main`` prints them as one ``error:`` line, exit status 2.
 _OPERATOR_ERRORS: tuple[type[Exception], ...] = (
     UsageError,
+    StartError,
     ControlError,
     TimeoutError,
     ConfigError,
@@ -158,205 +150,50 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    # libp2p costs ~1 s to import: only the command that needs it pays.
-    from node.p2p.transport import open_transport, peer_id_of
-
     configure_logging(args.log_level, json_lines=args.log_json)
     data_dir: Path = args.data_dir
     config = load_config(data_dir)
-    network = args.network or config.network
-    listen = args.listen or list(config.listen_addrs)
-    bootstrap = args.bootstrap if args.bootstrap is not None else list(config.bootstrap)
-    gateway_where = args.gateway or config.gateway
-    if gateway_where != "off":
-        _gateway_address(gateway_where)  # a typo is a one-line error before anything starts
-    key, created = load_or_create_node_key(data_dir, args.password_file)
-    replica = await trio.to_thread.run_sync(Replica.open, data_dir, network)
-    try:
+    settings = NodeSettings.from_config(
+        config,
+        data_dir,
+        network=args.network,
+        listen_addrs=args.listen,
+        bootstrap=args.bootstrap,
+        gateway=args.gateway,
+        metrics=args.metrics,
+        heartbeat_s=args.heartbeat_s,
+        password_file=args.password_file,
+    )
+    async with open_home(settings) as home:
         # Handlers go in before "running" is printed: a supervisor that signals as soon as it
         # reads that line must get a clean stop, not the default kill.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    transport = await stack.enter_async_context(open_transport(key, listen))
-                except ValueError as exc:  # a --listen the operator can fix
-                    raise UsageError(f"cannot listen on {listen}: {exc}") from None
-                nursery = await stack.enter_async_context(trio.open_nursery())
-                rng = random.Random(secrets.randbits(64))
-                core = GossipCore(
-                    key.address, transport.listen_addrs[0], GossipConfig.lan(), rng, replica
-                )
-                service = GossipService(core, replica, transport)
-                await nursery.start(service.run)
-                for addr in bootstrap:
-                    nursery.start_soon(join_through, service, transport, addr, rng)
-
-                def status() -> dict[str, object]:
-                    with replica.lock:  # worker threads apply ops meanwhile
-                        return _status()
-
-                def _status() -> dict[str, object]:
-                    return {
-                        "address": key.address,
-                        "peer_id": peer_id_of(key),
-                        "network": network,
-                        "data_dir": str(data_dir),
-                        "listen_addrs": transport.listen_addrs,
-                        "peers": len(transport.peers),
-                        "members_alive": len(core.membership.alive()),
-                        "members": core.describe(),
-                        "ops": replica.state.op_count,
-                        "op_set_digest": replica.digest.root().hex(),
-                        "state_digest": replica.state_digest(),
-                        "store_bytes": replica.store.size_bytes(),
-                        "nodes_known": len(replica.state.nodes()),
-                        "metrics": metrics_url,
-                        "gateway": gateway_url,
-                    }
-
-                metrics = NodeMetrics()
-                metrics_host, _, metrics_port = args.metrics.rpartition(":")
-                metrics_url = metrics.serve(metrics_host or "127.0.0.1", int(metrics_port or 0))
-
-                def snapshot() -> dict[str, object]:
-                    return {
-                        "ops": replica.state.op_count,
-                        "members_alive": len(core.membership.alive()),
-                        "peers": len(transport.peers),
-                        "store_bytes": replica.store.size_bytes(),
-                        "local_health": core.membership.local_health,
-                        "packets_sent": core.stats.packets_sent,
-                        "ops_received": core.stats.ops_received,
-                        "duplicates_received": core.stats.duplicates_received,
-                        "dropped_packets": service.dropped_packets,
-                        "bad_packets": service.bad_packets,
-                        "gateway_responses": dict(gateway.responses_by_status) if gateway else {},
-                        "agent_calls": gateway.proxy.calls_total if gateway else 0,
-                    }
-
-                gateway_url, gateway = await _start_gateway(
-                    nursery,
-                    gateway_where,
-                    key,
-                    network,
-                    replica,
-                    service,
-                    transport,
-                    config.agent_networks,
-                )
-                nursery.start_soon(metrics.run, snapshot)
-
-                def arrivals() -> dict[str, object]:
-                    return {"arrivals": list(service.arrivals)}
-
-                await nursery.start(
-                    serve_control, data_dir, {"status": status, "arrivals": arrivals}
-                )
-                # The node's own record: who it is and where to reach it, replicated to all.
-                await service.write(
-                    key,
-                    "node.announce",
-                    {"listen_addrs": transport.listen_addrs[:16], "version": __version__},
-                )
-                if args.heartbeat_s > 0:
-                    nursery.start_soon(_heartbeat, service, key, data_dir, args.heartbeat_s)
-                print(f"formation-node {__version__}")
-                print(
-                    f"  address   {checksum_address(key.address)}{'  (new key)' if created else ''}"
-                )
-                print(f"  data dir  {data_dir}")
-                print(f"  network   {network} ({config.source})")
-                for addr in transport.listen_addrs:
-                    print(f"  listen    {addr}")
-                print(f"  bootstrap {', '.join(bootstrap) or '(none)'}")
-                print(f"  metrics   {metrics_url}")
-                print(f"  gateway   {gateway_url or '(off)'}")
-                print(
-                    f"  state     {replica.state.op_count} ops, digest {replica.state_digest()[:16]}"
-                )
-                print("running; press Ctrl-C to stop", flush=True)
+            async with trio.open_nursery() as nursery:
+                node: Node = await nursery.start(run_node, home)
+                _print_running(node)
                 async for signum in signals:
                     print(f"\n{signal.Signals(signum).name} received; stopping", flush=True)
                     break
-                with trio.move_on_after(2):
-                    await service.leave()
-                nursery.cancel_scope.cancel()
-    finally:
-        await trio.to_thread.run_sync(replica.close)
+                node.stop()
     print("stopped cleanly", flush=True)
     return 0
 
 
-def _gateway_address(where: str) -> tuple[str, int]:
-    host, sep, port = where.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise UsageError(
-            f"--gateway must be HOST:PORT (port 0 picks a free one) or 'off', got {where!r}"
-        )
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-async def _start_gateway(
-    nursery: trio.Nursery,
-    where: str,
-    key: NodeKey,
-    network: str,
-    replica: Replica,
-    service: GossipService,
-    transport: Any,
-    agent_networks: Sequence[str],
-) -> tuple[str | None, Any]:
-    """Serve the gateway in ``nursery``: (its URL, the app), or (None, None) when off."""
-    if where == "off":
-        return None, None
-    from node.gateway.app import GatewayApp, serve_gateway
-    from node.gateway.proxy import AgentProxy
-    from node.p2p.transport import peer_id_of
-
-    host, port = _gateway_address(where)
-
-    class Node:
-        def __init__(self) -> None:
-            self.replica = replica
-
-        def info(self) -> dict[str, Any]:
-            with replica.lock:
-                return {
-                    "address": key.address,
-                    "peer_id": peer_id_of(key),
-                    "network": network,
-                    "version": __version__,
-                    "listen_addrs": transport.listen_addrs,
-                    "ops": replica.state.op_count,
-                    "state_digest": replica.state_digest(),
-                }
-
-        async def submit_checked(self, ops: Any) -> Any:
-            return await service.submit_checked(ops)
-
-    app = GatewayApp(Node(), proxy=AgentProxy(agent_networks))
-    try:
-        url: str = await nursery.start(serve_gateway, app, host, port)
-    except (OSError, BaseExceptionGroup) as exc:
-        # Hypercorn binds inside nested nurseries: the OSError may arrive wrapped.
-        leaf: BaseException = exc
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        if not isinstance(leaf, OSError):
-            raise
-        raise UsageError(
-            f"cannot serve the gateway on {where}: {leaf.strerror or leaf}; pass --gateway "
-            "HOST:PORT (port 0 picks a free one) or --gateway off"
-        ) from None
-    return url, app
-
-
-async def _heartbeat(service: GossipService, key: NodeKey, data_dir: Path, period_s: float) -> None:
-    """Report this machine's capacity as a signed node.capacity op every ``period_s``."""
-    while True:
-        await trio.sleep(period_s)
-        capacity = await trio.to_thread.run_sync(measure_capacity, data_dir)
-        await service.write(key, "node.capacity", {"capacity": capacity})
+def _print_running(node: Node) -> None:
+    """The lines an operator (and ``node.devnet``, which reads ``listen`` and ``running``) sees."""
+    settings, state = node.settings, node.replica.state
+    print(f"formation-node {__version__}")
+    new_key = "  (new key)" if node.key_created else ""
+    print(f"  address   {checksum_address(node.key.address)}{new_key}")
+    print(f"  data dir  {settings.data_dir}")
+    print(f"  network   {settings.network} ({settings.source})")
+    for addr in node.transport.listen_addrs:
+        print(f"  listen    {addr}")
+    print(f"  bootstrap {', '.join(settings.bootstrap) or '(none)'}")
+    print(f"  metrics   {node.metrics_url}")
+    print(f"  gateway   {node.gateway_url or '(off)'}")
+    print(f"  state     {state.op_count} ops, digest {node.replica.state_digest()[:16]}")
+    print("running; press Ctrl-C to stop", flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,396 @@
+"""The composition root: builds a node from its parts and runs them in one nursery.
+
+Nothing else in the project knows how the parts fit together; ``node.cli`` parses arguments,
+calls this and prints. A node is made in three steps:
+
+1. ``NodeSettings.from_config``: the config file plus the operator's overrides, checked
+   (a bad ``--gateway`` is a ``StartError`` before anything is created).
+2. ``open_home(settings)``: the data dir opened, i.e. the node key (which may prompt for a
+   password, so it comes before any signal handler) and the replica over ``state.db`` (a
+   store that is not ours is refused before anything listens). Closed last.
+3. ``run_node(home)``: listens (the transport), builds the ``Node`` (``build_node``: the
+   gossip core needs the listen address) and starts each service with ``nursery.start``, so
+   "ready" means every service is serving. It reports the ``Node`` to ``task_status`` and
+   runs until ``node.stop()``.
+
+Start order, and why:
+
+* transport: the node's addresses exist only once it listens; the core and the announce use them;
+* gossip (the core, one sender per peer, the bootstrap dialers): every write goes through it;
+* metrics: the exporter copies every part's counters (the gateway's once it serves);
+* gateway: it submits writes through gossip;
+* control socket: ``status`` reads what all of the above published (URLs included);
+* the ``node.announce`` op: written once the node is reachable by every route it names;
+* heartbeat: a ``node.capacity`` op every ``heartbeat_s``.
+
+Stop order: ``node.stop()`` makes the node leave the membership (at most ``LEAVE_TIMEOUT_S``,
+while gossip can still send the news), then cancels every service at once; the transport
+closes its connections; ``open_home`` closes the store last, once nothing writes to it. A
+service that crashes cancels the others and its exception leaves ``run_node``; the store is
+closed all the same.
+
+Adding a service is one function ``async def run_x(node, *, task_status)`` that calls
+``task_status.started(what_it_publishes)`` once it serves, and one line in ``run_node``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from node import __version__
+from node.capacity import measure_capacity
+from node.config import NodeConfig, load_or_create_node_key
+from node.control import serve_control
+from node.gossip.config import GossipConfig
+from node.gossip.core import GossipCore
+from node.identity.keys import NodeKey
+from node.metrics import NodeMetrics
+from node.p2p.gossip_driver import GossipService, join_through
+from node.replica import Replica
+
+if TYPE_CHECKING:
+    from node.gateway.app import GatewayApp
+    from node.ledger.op import Op
+    from node.p2p.transport import Transport
+    from node.replica import SubmitResult
+
+__all__ = [
+    "LEAVE_TIMEOUT_S",
+    "Gateway",
+    "Home",
+    "Node",
+    "NodeSettings",
+    "StartError",
+    "build_node",
+    "gateway_address",
+    "open_home",
+    "run_node",
+]
+
+# How long a stopping node tries to tell the membership it leaves before it just goes.
+LEAVE_TIMEOUT_S: Final = 2.0
+
+
+class StartError(Exception):
+    """The node cannot start for a reason the operator can fix (a bad --gateway, a port in use)."""
+
+
+def gateway_address(where: str) -> tuple[str, int]:
+    """(host, port) of a ``HOST:PORT`` gateway setting; an empty host is 127.0.0.1."""
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise StartError(
+            f"--gateway must be HOST:PORT (port 0 picks a free one) or 'off', got {where!r}"
+        )
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What a node runs with: its config file's settings, overridden by the operator's."""
+
+    data_dir: Path
+    network: str
+    listen_addrs: tuple[str, ...]
+    bootstrap: tuple[str, ...]
+    gateway: str  # HOST:PORT, or "off"
+    agent_networks: tuple[str, ...]
+    source: str  # where the config came from: its file, or "embedded defaults"
+    metrics: str = "127.0.0.1:0"  # HOST:PORT; port 0 picks a free one
+    heartbeat_s: float = 30.0  # 0: no node.capacity ops
+    password_file: Path | None = None  # the node key's; None: the generated one, or prompt
+
+    @classmethod
+    def from_config(
+        cls,
+        config: NodeConfig,
+        data_dir: Path,
+        *,
+        network: str | None = None,
+        listen_addrs: Sequence[str] | None = None,
+        bootstrap: Sequence[str] | None = None,
+        gateway: str | None = None,
+        metrics: str = "127.0.0.1:0",
+        heartbeat_s: float = 30.0,
+        password_file: Path | None = None,
+    ) -> NodeSettings:
+        """``config`` with overrides: empty ones keep the config's, except ``bootstrap=[]``
+        (no bootstrap peers). Checks the gateway setting: a typo is a ``StartError`` now."""
+        settings = cls(
+            data_dir=data_dir,
+            network=network or config.network,
+            listen_addrs=tuple(listen_addrs or config.listen_addrs),
+            bootstrap=tuple(bootstrap if bootstrap is not None else config.bootstrap),
+            gateway=gateway or config.gateway,
+            agent_networks=config.agent_networks,
+            source=config.source,
+            metrics=metrics,
+            heartbeat_s=heartbeat_s,
+            password_file=password_file,
+        )
+        if settings.gateway != "off":
+            gateway_address(settings.gateway)
+        return settings
+
+
+@dataclass(frozen=True)
+class Home:
+    """The node's data dir, opened: its key and its replica (see ``open_home``)."""
+
+    settings: NodeSettings
+    key: NodeKey
+    key_created: bool  # generated on this start
+    replica: Replica
+
+
+@contextlib.asynccontextmanager
+async def open_home(settings: NodeSettings) -> AsyncIterator[Home]:
+    """Load (or create) the node key, open the replica; close the replica on the way out.
+
+    Before any service and any signal handler: reading the key may prompt for its password,
+    and Ctrl-C must interrupt that prompt.
+    """
+    key, created = load_or_create_node_key(settings.data_dir, settings.password_file)
+    replica = await trio.to_thread.run_sync(Replica.open, settings.data_dir, settings.network)
+    try:
+        yield Home(settings, key, created, replica)
+    finally:
+        # Shielded: a cancelled caller must still flush and close the store.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(replica.close)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A gateway that serves: where, and the app (its counters feed the metrics)."""
+
+    url: str
+    app: GatewayApp
+
+
+@dataclass(eq=False)
+class Node:
+    """A node's parts, for the services that run on them.
+
+    The parts are made by ``build_node``; ``run_node`` fills in what services publish
+    (``metrics_url``, ``gateway``) as they start. It also stands for the node in the gateway
+    (``node.gateway.app.GatewayNode``: ``replica``, ``info``, ``submit_checked``).
+    """
+
+    settings: NodeSettings
+    key: NodeKey
+    key_created: bool
+    peer_id: str
+    replica: Replica
+    transport: Transport
+    core: GossipCore
+    gossip: GossipService
+    rng: random.Random  # the node's one source of randomness (core, bootstrap backoff)
+    metrics_url: str = ""
+    gateway: Gateway | None = None
+    _stop: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
+
+    def stop(self) -> None:
+        """Ask ``run_node`` to leave the membership and stop every service."""
+        self._stop.set()
+
+    @property
+    def gateway_url(self) -> str | None:
+        return self.gateway.url if self.gateway is not None else None
+
+    def info(self) -> dict[str, Any]:
+        """Who this node is, for the gateway's node route."""
+        with self.replica.lock:  # worker threads apply ops meanwhile
+            return {
+                "address": self.key.address,
+                "peer_id": self.peer_id,
+                "network": self.settings.network,
+                "version": __version__,
+                "listen_addrs": self.transport.listen_addrs,
+                "ops": self.replica.state.op_count,
+                "state_digest": self.replica.state_digest(),
+            }
+
+    async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
+        """Store, apply and spread ops already verified and checked (the gateway's writes)."""
+        return await self.gossip.submit_checked(ops)
+
+    def status(self) -> dict[str, object]:
+        """What ``formation-node status`` shows."""
+        replica, core, transport = self.replica, self.core, self.transport
+        with replica.lock:  # worker threads apply ops meanwhile
+            return {
+                "address": self.key.address,
+                "peer_id": self.peer_id,
+                "network": self.settings.network,
+                "data_dir": str(self.settings.data_dir),
+                "listen_addrs": transport.listen_addrs,
+                "peers": len(transport.peers),
+                "members_alive": len(core.membership.alive()),
+                "members": core.describe(),
+                "ops": replica.state.op_count,
+                "op_set_digest": replica.digest.root().hex(),
+                "state_digest": replica.state_digest(),
+                "store_bytes": replica.store.size_bytes(),
+                "nodes_known": len(replica.state.nodes()),
+                "metrics": self.metrics_url,
+                "gateway": self.gateway_url,
+            }
+
+    def metrics_snapshot(self) -> dict[str, object]:
+        """The numbers the Prometheus exporter copies once a second."""
+        core, gossip, gateway = self.core, self.gossip, self.gateway
+        return {
+            "ops": self.replica.state.op_count,
+            "members_alive": len(core.membership.alive()),
+            "peers": len(self.transport.peers),
+            "store_bytes": self.replica.store.size_bytes(),
+            "local_health": core.membership.local_health,
+            "packets_sent": core.stats.packets_sent,
+            "ops_received": core.stats.ops_received,
+            "duplicates_received": core.stats.duplicates_received,
+            "dropped_packets": gossip.dropped_packets,
+            "bad_packets": gossip.bad_packets,
+            "gateway_responses": dict(gateway.app.responses_by_status) if gateway else {},
+            "agent_calls": gateway.app.proxy.calls_total if gateway else 0,
+        }
+
+
+def build_node(home: Home, transport: Transport) -> Node:
+    """The node's parts around a listening transport: the gossip core and its service."""
+    from node.p2p.transport import peer_id_of
+
+    rng = random.Random(secrets.randbits(64))
+    core = GossipCore(
+        home.key.address, transport.listen_addrs[0], GossipConfig.lan(), rng, home.replica
+    )
+    return Node(
+        settings=home.settings,
+        key=home.key,
+        key_created=home.key_created,
+        peer_id=peer_id_of(home.key),
+        replica=home.replica,
+        transport=transport,
+        core=core,
+        gossip=GossipService(core, home.replica, transport),
+        rng=rng,
+    )
+
+
+async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a node on ``home`` until ``node.stop()``; ``task_status`` gets the ready ``Node``.
+
+    Raises ``StartError`` (perhaps inside an exception group) when a service cannot start for
+    a reason the operator can fix, and whatever a crashed service raised.
+    """
+    # libp2p costs ~1 s to import: only a node that runs pays.
+    from node.p2p.transport import open_transport
+
+    listen = list(home.settings.listen_addrs)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            transport = await stack.enter_async_context(open_transport(home.key, listen))
+        except ValueError as exc:  # a --listen the operator can fix
+            raise StartError(f"cannot listen on {listen}: {exc}") from None
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        node = build_node(home, transport)
+        await nursery.start(run_gossip, node)
+        node.metrics_url = await nursery.start(run_metrics, node)
+        node.gateway = await nursery.start(run_gateway, node)
+        await nursery.start(run_control, node)
+        await announce(node)
+        await nursery.start(run_heartbeat, node)
+        task_status.started(node)
+        await node._stop.wait()
+        with trio.move_on_after(LEAVE_TIMEOUT_S):
+            await node.gossip.leave()
+        nursery.cancel_scope.cancel()
+
+
+# The services. Each runs until cancelled and reports what it publishes once it serves.
+
+
+async def run_gossip(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The gossip service, and one dialer per bootstrap peer (they retry until it answers)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.gossip.run)
+        for addr in node.settings.bootstrap:
+            nursery.start_soon(join_through, node.gossip, node.transport, addr, node.rng)
+        task_status.started()
+
+
+async def run_metrics(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The Prometheus exporter on ``settings.metrics``; publishes its URL."""
+    metrics = NodeMetrics()
+    host, _, port = node.settings.metrics.rpartition(":")
+    url = metrics.serve(host or "127.0.0.1", int(port or 0))
+    task_status.started(url)
+    await metrics.run(node.metrics_snapshot)
+
+
+async def run_gateway(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The signed-request gateway on ``settings.gateway``; publishes a ``Gateway``, or None
+    when it is off. A port it cannot bind is a ``StartError``."""
+    where = node.settings.gateway
+    if where == "off":
+        task_status.started(None)
+        return
+    from node.gateway.app import GatewayApp, serve_gateway
+    from node.gateway.proxy import AgentProxy
+
+    host, port = gateway_address(where)
+    app = GatewayApp(node, proxy=AgentProxy(node.settings.agent_networks))
+    async with trio.open_nursery() as nursery:
+        try:
+            url: str = await nursery.start(serve_gateway, app, host, port)
+        except (OSError, BaseExceptionGroup) as exc:
+            # Hypercorn binds inside nested nurseries: the OSError may arrive wrapped.
+            leaf: BaseException = exc
+            while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+                leaf = leaf.exceptions[0]
+            if not isinstance(leaf, OSError):
+                raise
+            raise StartError(
+                f"cannot serve the gateway on {where}: {leaf.strerror or leaf}; pass --gateway "
+                "HOST:PORT (port 0 picks a free one) or --gateway off"
+            ) from None
+        task_status.started(Gateway(url, app))
+
+
+async def run_control(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The control socket in the data dir (``formation-node status``); publishes its path."""
+
+    def arrivals() -> dict[str, object]:
+        return {"arrivals": list(node.gossip.arrivals)}
+
+    handlers = {"status": node.status, "arrivals": arrivals}
+    await serve_control(node.settings.data_dir, handlers, task_status=task_status)
+
+
+async def run_heartbeat(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Report this machine's capacity as a signed node.capacity op every ``heartbeat_s``."""
+    task_status.started()
+    period_s = node.settings.heartbeat_s
+    if period_s <= 0:
+        return
+    while True:
+        await trio.sleep(period_s)
+        capacity = await trio.to_thread.run_sync(measure_capacity, node.settings.data_dir)
+        await node.gossip.write(node.key, "node.capacity", {"capacity": capacity})
+
+
+async def announce(node: Node) -> None:
+    """The node's own record: who it is and where to reach it, replicated to all."""
+    await node.gossip.write(
+        node.key,
+        "node.announce",
+        {"listen_addrs": node.transport.listen_addrs[:16], "version": __version__},
+    )

@@ -35,11 +35,15 @@ per node; a wake-up that moved makes the old event stale (it is skipped when pop
 
 Each node has a clock offset (``clock_skew_ms_max``): a core's ``now`` is virtual time + its
 offset + ``CORE_CLOCK_ORIGIN_S``, and ops' ``wall_ms`` come from that node's wall clock
-(``SimNode.wall_ms``, the one place virtual time becomes wall-clock ms). A ``skew`` fault steps only the wall clock (NTP steps wall clocks; monotonic clocks never jump).
-A slow node handles each event ``delay_ms`` after the previous one finished (a CPU-starved
-process: the Lifeguard scenario). A crashed node loses everything in flight to it and its
-timers; it restarts with its log (``disk = "kept"``: new core, incarnation + 1) or with an
-empty one (``"lost"``: a fresh replica, incarnation 0).
+(``SimNode.wall_ms`` in ``simulations.nodes``, the one place virtual time becomes wall-clock
+ms). A slow node handles each event ``delay_ms`` after the previous one finished; a node that
+is down loses the packets that reach it and its timers.
+
+The engine is the event loop and the nodes' host (start, stop, effects, the workload).
+``simulations.faults`` injects the scenario's faults (partitions, crashes and restarts,
+joins and leaves, churn, clock steps, slow nodes, network changes) through it, and
+``simulations.invariants`` says what must hold (digests agree, converged, nothing lost,
+crashes detected, the scenario's bounds).
 
 Memory: the run shares one ``id -> (body, sig)`` table among all nodes (``SimLog`` holds the
 ids, in its digest, and reads bodies from it): bytes are immutable, so this is what 1,000 logs
@@ -50,7 +54,6 @@ runs where 1,000 States would not fit in memory.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import heapq
 import math
@@ -58,21 +61,24 @@ import os
 import random
 import resource
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
 from node.gossip.messages import Deliver, Gossip, Notify, Packet, Send, WireOp
 from node.ledger.admission import Checked, SubmitResult, Verdict, accept, admit, own, verify
-from node.ledger.digest import OpDigest
-from node.ledger.hlc import HLC
-from node.ledger.op import Op
-from node.ledger.state import State
-from simulations.cores import CoreSpec, SimCore
-from simulations.metrics import METRIC_NAMES, CrashRecord, Metrics
-from simulations.network import BRIDGE, Network
-from simulations.scenario import SCENARIO_DIR, Fault, Scenario
+from simulations import invariants
+from simulations.cores import CoreSpec
+from simulations.faults import Faults
+from simulations.metrics import METRIC_NAMES, Metrics, core_stats_totals, json_safe
+from simulations.network import Network
+from simulations.nodes import CORE_CLOCK_ORIGIN_S as CORE_CLOCK_ORIGIN_S
+from simulations.nodes import NETWORK_ID as NETWORK_ID
+from simulations.nodes import T0_MS as T0_MS
+from simulations.nodes import SimLog as SimLog
+from simulations.nodes import SimNode as SimNode
+from simulations.scenario import SCENARIO_DIR, Scenario
 from simulations.sizes import SIZE_SOURCE, WIRE_CHECK_EVERY, packet_size, wire_size
 from simulations.workload import Workload
 
@@ -88,11 +94,6 @@ __all__ = [
     "run_scenario",
 ]
 
-NETWORK_ID: Final = "sim"
-# Virtual time 0 on the wall clock (ops' hlc wall_ms): 2025-10-09, any fixed instant would do.
-T0_MS: Final = 1_760_000_000_000
-# Added to every core's `now` so that clock offsets never make it negative.
-CORE_CLOCK_ORIGIN_S: Final = 10_000.0
 _SKEW_S_MAX: Final = 3_600.0
 
 # Event kinds (the order only matters for trace lines; seq orders events).
@@ -115,89 +116,6 @@ ProgressFn = Callable[[float, float], None]
 class SimError(RuntimeError):
     """The simulated system broke a rule of the driver API (a core bug), or the run could not
     proceed; the message says which node, when, and how to reproduce."""
-
-
-class SimLog:
-    """One node's in-memory op log: the ``node.gossip.api.OpLog`` the core reads."""
-
-    __slots__ = ("born_at", "digest", "state", "wires")
-
-    def __init__(self, wires: dict[bytes, WireOp], born_at: float, *, keep_state: bool) -> None:
-        self.wires = wires
-        self.born_at = born_at
-        self.state = State(NETWORK_ID) if keep_state else None
-        self.digest = self.state.digest if self.state is not None else OpDigest()
-
-    def has(self, op_id: bytes) -> bool:
-        return op_id in self.digest
-
-    def get_wire(self, ids: Iterable[bytes]) -> list[WireOp]:
-        digest, wires = self.digest, self.wires
-        return [wires[i] for i in ids if i in digest]
-
-    def add(self, op: Op, payload: dict[str, Any]) -> bool:
-        if self.state is not None:
-            return self.state.apply(op, payload)
-        return self.digest.add(op.id, op.wall_ms)
-
-    def clock_max(self) -> tuple[int, int]:
-        return self.state.clock_max if self.state is not None else (0, 0)
-
-
-class SimNode:
-    __slots__ = (
-        "addr",
-        "busy_until",
-        "clock_s",
-        "core",
-        "hlc",
-        "incarnation",
-        "index",
-        "keep_state",
-        "left",
-        "log",
-        "node_id",
-        "same_instant",
-        "slow_s",
-        "started",
-        "timer_at",
-        "up",
-        "up_since",
-        "wall_skew_s",
-    )
-
-    def __init__(self, index: int, log: SimLog, clock_s: float, keep_state: bool) -> None:
-        self.index = index
-        self.node_id = f"n{index}"
-        self.addr = f"sim://{self.node_id}"
-        self.log = log
-        self.keep_state = keep_state
-        self.core: SimCore | None = None
-        self.hlc = HLC()
-        self.incarnation = 0
-        self.up = False
-        self.up_since = 0.0
-        self.started = False
-        self.left = False
-        # Monotonic clock offset (origin + skew) and the wall clock's extra step (skew faults).
-        self.clock_s = clock_s
-        self.wall_skew_s = 0.0
-        self.slow_s = 0.0
-        self.busy_until = 0.0
-        self.timer_at = math.inf
-        self.same_instant = 0
-
-    @property
-    def live(self) -> bool:
-        return self.up and not self.left
-
-    def wall_ms(self, at: float) -> int:
-        """This node's wall clock at virtual time ``at``, in ms: what the real node reads from
-        ``time.time_ns()`` and hands its HLC (ops' ``wall_ms``). ``T0_MS`` at virtual time 0,
-        plus the node's clock skew and any ``skew`` fault's step; never before the epoch."""
-        return max(
-            T0_MS + int((at + self.clock_s - CORE_CLOCK_ORIGIN_S + self.wall_skew_s) * 1000), 0
-        )
 
 
 @dataclass
@@ -263,12 +181,12 @@ class Simulation:
             random.Random(rng.getrandbits(64)), NETWORK_ID, users=w.users, nodes=w.authors_nodes
         )
         self.metrics = Metrics()
+        self.faults = Faults(self)
         self.heap: list[tuple[float, int, int, int, Any]] = []
         self.seq = 0
         self.now = 0.0
         self.events = 0
         self.pending_disturbances = 0
-        self.partition_generation = 0
         self.wires: dict[bytes, WireOp] = {}
         self.verified: dict[WireOp, Verdict] = {}
         self.nodes: list[SimNode] = []
@@ -295,15 +213,15 @@ class Simulation:
             if state_all
             else set(rng.sample(range(scenario.nodes), scenario.state_nodes or 0))
         )
-        self._state_for_joiners = state_all
+        self.state_for_joiners = state_all
         for i in range(scenario.nodes):
-            self._new_node(i in keep)
+            self.add_node(i in keep)
         for node in self.nodes:
             start_at = rng.uniform(0.0, scenario.join_spread_s) if scenario.join_spread_s else 0.0
             self._push_disturbance(start_at, START, node.index, None)
         self._schedule_workload_first()
         for fault in scenario.faults:
-            self._push_disturbance(fault.at_s, FAULT, -1, fault)
+            self.push_fault(fault.at_s, fault)
         self._push(scenario.check_interval_s, CHECK, -1, None)
 
     # -- scheduling ----------------------------------------------------------------------------
@@ -316,7 +234,11 @@ class Simulation:
         self.pending_disturbances += 1
         self._push(at, kind, node, payload)
 
-    def _new_node(self, keep_state: bool) -> SimNode:
+    def push_fault(self, at: float, fault: Any) -> None:
+        """Schedule a fault (``simulations.faults``): a scenario's, or one a fault scheduled."""
+        self._push_disturbance(at, FAULT, -1, fault)
+
+    def add_node(self, keep_state: bool) -> SimNode:
         index = len(self.nodes)
         skew_max_s = self.scenario.clock_skew_ms_max / 1000.0
         skew = self.rng.uniform(-skew_max_s, skew_max_s) if skew_max_s else 0.0
@@ -375,7 +297,7 @@ class Simulation:
                     if node.slow_s:
                         node.busy_until = at + node.slow_s
                     if effects:
-                        self._handle(node, at, effects)
+                        self.handle(node, at, effects)
                     self._rearm(node, at)
             elif kind == TIMER:
                 node = nodes[idx]
@@ -393,7 +315,7 @@ class Simulation:
                 if node.slow_s:
                     node.busy_until = at + node.slow_s
                 if effects:
-                    self._handle(node, at, effects)
+                    self.handle(node, at, effects)
                 self._rearm(node, at)
                 if node.timer_at <= at:
                     node.same_instant += 1
@@ -415,9 +337,9 @@ class Simulation:
                 if kind == OP:
                     self._write_op(at)
                 elif kind == START:
-                    self._start(nodes[idx], at)
+                    self.start(nodes[idx], at)
                 else:
-                    self._fault(at, payload)
+                    self.faults.apply(at, payload)
             if len(lines) >= _TRACE_CHUNK:
                 self._flush_trace()
                 if progress is not None:
@@ -446,7 +368,7 @@ class Simulation:
 
     # -- effects -------------------------------------------------------------------------------
 
-    def _handle(self, node: SimNode, at: float, effects: list[Any]) -> None:
+    def handle(self, node: SimNode, at: float, effects: list[Any]) -> None:
         for effect in effects:
             kind = type(effect)
             if kind is Send:
@@ -538,7 +460,7 @@ class Simulation:
         assert core is not None
         effects = core.on_ops_accepted(at + node.clock_s, accepted, deliver.sender)
         if effects:
-            self._handle(node, at, effects)
+            self.handle(node, at, effects)
 
     def _notify(self, node: SimNode, at: float, notify: Notify) -> None:
         m = self.metrics
@@ -583,7 +505,7 @@ class Simulation:
         count = min(self.scenario.seeds, len(self.nodes))
         return [f"n{i}" for i in range(count) if i != node.index]
 
-    def _start(self, node: SimNode, at: float, *, incarnation: int = 0) -> None:
+    def start(self, node: SimNode, at: float, *, incarnation: int = 0) -> None:
         if node.up:
             return
         node.core = self.spec.factory(
@@ -600,14 +522,23 @@ class Simulation:
         node.started = True
         node.timer_at = math.inf
         node.busy_until = at
-        self._set_up(node.index, True)
+        self.set_up(node.index, True)
         effects = node.core.start(at + node.clock_s, self._seeds_for(node))
-        self._trace(f"{at!r} S {node.index} {incarnation} {len(effects)}")
+        self.trace(f"{at!r} S {node.index} {incarnation} {len(effects)}")
         if effects:
-            self._handle(node, at, effects)
+            self.handle(node, at, effects)
         self._rearm(node, at)
 
-    def _set_up(self, index: int, up: bool) -> None:
+    def stop(self, node: SimNode) -> None:
+        """Take a node down (a crash, a leave): its core, timer and events in flight are gone."""
+        if node.core is not None:
+            self.retired_stats.append(node.core.stats)
+        node.up = False
+        node.core = None
+        node.timer_at = math.inf
+        self.set_up(node.index, False)
+
+    def set_up(self, index: int, up: bool) -> None:
         ups = self.up_nodes
         if up:
             if index not in ups:
@@ -616,35 +547,7 @@ class Simulation:
         elif index in ups:
             ups.remove(index)
 
-    def _crash(self, node: SimNode, at: float) -> None:
-        if not node.up:
-            return
-        if node.core is not None:
-            self.retired_stats.append(node.core.stats)
-        node.up = False
-        node.core = None
-        node.timer_at = math.inf
-        self._set_up(node.index, False)
-        self.metrics.crashes.append(CrashRecord(node.index, at))
-
-    def _restart(self, node: SimNode, at: float, disk: str) -> None:
-        if node.up or node.left:
-            return
-        for crash in reversed(self.metrics.crashes):
-            if crash.node == node.index:
-                crash.restarted_at = at
-                break
-        if disk == "lost":
-            node.log = SimLog(self.wires, at, keep_state=node.keep_state)
-            node.hlc = HLC()
-            incarnation = 0
-        else:
-            # node.replica restarts its clock past everything it holds; this node's HLC object
-            # already is (it only ever moved forward).
-            incarnation = node.incarnation + 1
-        self._start(node, at, incarnation=incarnation)
-
-    def _trace(self, line: str) -> None:
+    def trace(self, line: str) -> None:
         self._trace_lines.append(line)
 
     # -- workload ------------------------------------------------------------------------------
@@ -675,7 +578,7 @@ class Simulation:
         ups = self.up_nodes
         if not ups:
             self.metrics.ops_skipped += 1
-            self._trace(f"{at!r} O - skipped")
+            self.trace(f"{at!r} O - skipped")
             return
         node = self.nodes[ups[self.rng.randrange(len(ups))]]
         clock = node.hlc.now(node.wall_ms(at))
@@ -686,172 +589,17 @@ class Simulation:
         core = node.core
         assert core is not None
         effects = core.broadcast(at + node.clock_s, [op])
-        self._trace(f"{at!r} O {node.index} {op.id.hex()[:16]} {len(effects)}")
+        self.trace(f"{at!r} O {node.index} {op.id.hex()[:16]} {len(effects)}")
         if effects:
-            self._handle(node, at, effects)
+            self.handle(node, at, effects)
         self._rearm(node, at)
-
-    # -- faults --------------------------------------------------------------------------------
-
-    def _select(self, knobs: dict[str, Any], eligible: list[SimNode]) -> list[SimNode]:
-        if "nodes" in knobs:
-            wanted = set(knobs["nodes"])
-            return [n for n in eligible if n.node_id in wanted]
-        if "count" in knobs:
-            count = min(int(knobs["count"]), len(eligible))
-        elif "fraction" in knobs:
-            count = min(len(eligible), max(1, round(float(knobs["fraction"]) * len(eligible))))
-        else:
-            return list(eligible)
-        picked = self.rng.sample(eligible, count)
-        return sorted(picked, key=lambda n: n.index)
-
-    def _fault(self, at: float, fault: Any) -> None:
-        if isinstance(fault, tuple):
-            self._internal_fault(at, fault)
-            return
-        assert isinstance(fault, Fault)
-        self._trace(f"{at!r} F {fault.describe()}")
-        knobs = fault.knobs
-        action = fault.action
-        live = [n for n in self.nodes if n.live]
-        if action == "partition":
-            self._partition(at, knobs)
-        elif action == "heal":
-            self._heal(at)
-        elif action == "crash":
-            for node in self._select(knobs, live):
-                self._crash(node, at)
-                if "restart_after_s" in knobs:
-                    self._push_disturbance(
-                        at + knobs["restart_after_s"],
-                        FAULT,
-                        -1,
-                        ("restart", node.index, knobs.get("disk", "kept")),
-                    )
-        elif action == "restart":
-            down = [n for n in self.nodes if n.started and not n.up and not n.left]
-            for node in self._select(knobs, down):
-                self._restart(node, at, knobs.get("disk", "kept"))
-        elif action == "join":
-            for _ in range(int(knobs["count"])):
-                node = self._new_node(self._state_for_joiners)
-                self._start(node, at)
-        elif action == "leave":
-            for node in self._select(knobs, live):
-                assert node.core is not None
-                effects = node.core.leave(at + node.clock_s)
-                self._handle(node, at, effects)
-                if node.core is not None:
-                    self.retired_stats.append(node.core.stats)
-                node.left = True
-                node.up = False
-                node.core = None
-                node.timer_at = math.inf
-                self._set_up(node.index, False)
-        elif action == "skew":
-            for node in self._select(knobs, live):
-                if "skew_ms" in knobs:
-                    node.wall_skew_s = knobs["skew_ms"] / 1000.0
-                else:
-                    limit = knobs["skew_ms_max"] / 1000.0
-                    node.wall_skew_s = self.rng.uniform(-limit, limit)
-        elif action == "slow":
-            for node in self._select(knobs, live):
-                node.slow_s = knobs["delay_ms"] / 1000.0
-        elif action == "network":
-            self.net.reconfigure(self.net.config.updated(knobs, f"fault at {at:g}s"))
-        elif action == "churn":
-            self._internal_fault(at, ("churn", knobs))
-
-    def _internal_fault(self, at: float, fault: tuple[Any, ...]) -> None:
-        what = fault[0]
-        self._trace(f"{at!r} F {what} {fault[1:]!r}")
-        if what == "restart":
-            self._restart(self.nodes[fault[1]], at, fault[2])
-        elif what == "heal" and fault[1] == self.partition_generation:
-            self._heal(at)
-        elif what == "flap" and fault[1] == self.partition_generation:
-            self.net.active = not self.net.active
-            self.net.changed_at = at
-            self._push_disturbance(at + fault[2], FAULT, -1, fault)
-        elif what == "churn":
-            knobs = fault[1]
-            live = [n for n in self.nodes if n.live]
-            count = min(int(knobs["count"]), max(0, len(live) - 1))
-            for node in sorted(self.rng.sample(live, count), key=lambda n: n.index):
-                self._crash(node, at)
-                disk = "lost" if self.rng.random() < knobs["disk_lost_ratio"] else "kept"
-                self._push_disturbance(
-                    at + knobs["down_s"], FAULT, -1, ("restart", node.index, disk)
-                )
-            following = at + knobs["interval_s"]
-            if following <= knobs["until_s"]:
-                self._push_disturbance(following, FAULT, -1, fault)
-
-    def _partition(self, at: float, knobs: dict[str, Any]) -> None:
-        n = len(self.nodes)
-        order = list(range(n))
-        self.rng.shuffle(order)
-        groups = [0] * n
-        if "groups" in knobs:
-            listed = knobs["groups"]
-            for i in range(n):
-                groups[i] = len(listed) - 1
-            for g, names in enumerate(listed):
-                for name in names:
-                    if name in self.index:
-                        groups[self.index[name]] = g
-        elif "fraction" in knobs:
-            cut = round(float(knobs["fraction"]) * n)
-            for pos, i in enumerate(order):
-                groups[i] = 0 if pos < cut else 1
-        else:
-            sides = int(knobs.get("sides", 2))
-            for pos, i in enumerate(order):
-                groups[i] = pos * sides // n
-        bridge = knobs.get("bridge", 0)
-        if isinstance(bridge, list):
-            for name in bridge:
-                if name in self.index:
-                    groups[self.index[name]] = BRIDGE
-        elif bridge:
-            for i in self.rng.sample(range(n), min(int(bridge), n)):
-                groups[i] = BRIDGE
-        self.net.partition(groups, oneway=bool(knobs.get("oneway", False)))
-        self.net.changed_at = at
-        self.partition_generation += 1
-        gen = self.partition_generation
-        if "flap_period_s" in knobs:
-            self._push_disturbance(
-                at + knobs["flap_period_s"], FAULT, -1, ("flap", gen, knobs["flap_period_s"])
-            )
-        if "heal_after_s" in knobs:
-            self._push_disturbance(at + knobs["heal_after_s"], FAULT, -1, ("heal", gen))
-
-    def _heal(self, at: float) -> None:
-        self.net.heal()
-        self.net.changed_at = at
-        self.partition_generation += 1
-        self.metrics.heals.append([at, math.nan])
 
     # -- convergence ---------------------------------------------------------------------------
 
-    def _roots_agree(self) -> bool:
-        root: bytes | None = None
-        for node in self.nodes:
-            if node.up and not node.left:
-                mine = node.log.digest.root()
-                if root is None:
-                    root = mine
-                elif mine != root:
-                    return False
-        return root is not None
-
     def _check(self, at: float) -> None:
         m = self.metrics
-        agree = self._roots_agree()
-        self._trace(f"{at!r} C {int(agree)}")
+        agree = invariants.roots_agree(self.nodes)
+        self.trace(f"{at!r} C {int(agree)}")
         if agree:
             for heal in m.heals:
                 if math.isnan(heal[1]):
@@ -868,47 +616,16 @@ class Simulation:
 
     # -- the end -------------------------------------------------------------------------------
 
-    def _core_stats(self) -> dict[str, Any]:
-        totals: dict[str, Any] = {}
-        every = self.retired_stats + [n.core.stats for n in self.nodes if n.core is not None]
-        for stats in every:
-            if not dataclasses.is_dataclass(stats) or isinstance(stats, type):
-                continue
-            for f in dataclasses.fields(stats):
-                value = getattr(stats, f.name)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    totals[f.name] = totals.get(f.name, 0) + value
-                elif isinstance(value, dict):
-                    into = totals.setdefault(f.name, {})
-                    for key, count in value.items():
-                        if isinstance(count, int):
-                            into[key] = into.get(key, 0) + count
-        return {
-            k: (dict(sorted(v.items())) if isinstance(v, dict) else v)
-            for k, v in sorted(totals.items())
-        }
-
     def _finish(self, wall_s: float) -> RunResult:
         sc = self.scenario
         check_started = time.perf_counter()
         live = [n for n in self.nodes if n.live]
-        roots = {n.log.digest.root() for n in live}
-        with_state = [n for n in live if n.log.state is not None]
-        hashes = {n.log.state.state_hash() for n in with_state if n.log.state is not None}
+        agreement = invariants.convergence(live)
         check_wall_s = time.perf_counter() - check_started
-        held = [n.log.digest for n in live]
-        lost = sum(1 for op_id in self.metrics.op_index if not any(op_id in d for d in held))
-        converged = bool(live) and len(roots) == 1 and len(hashes) <= 1
         sim_s = self.now
         m = self.metrics
-        undetected = 0
-        for crash in m.crashes:
-            down_until = crash.restarted_at if crash.restarted_at is not None else sim_s
-            if down_until - crash.at >= sc.check.detect_within_s and (
-                crash.first_dead_at is None
-                or crash.first_dead_at - crash.at > sc.check.detect_within_s
-            ):
-                undetected += 1
+        lost = invariants.ops_lost(m.op_index, live)
+        undetected = invariants.crashes_undetected(m.crashes, sim_s, sc.check.detect_within_s)
         rss_after = _rss_bytes()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         report: dict[str, Any] = {
@@ -917,16 +634,16 @@ class Simulation:
             "nodes": len(self.nodes),
             "live_nodes": len(live),
             "seed": sc.seed,
-            "converged": converged,
+            "converged": agreement.converged,
         }
         report.update(m.report(sim_s=sim_s, live_nodes=len(live), nodes=len(self.nodes)))
         report.update(
             {
                 "crashes_undetected": undetected,
                 "ops_lost": lost,
-                "digest_roots_distinct": len(roots),
-                "state_hashes_distinct": len(hashes),
-                "state_hashes_checked": len(with_state),
+                "digest_roots_distinct": agreement.roots_distinct,
+                "state_hashes_distinct": agreement.state_hashes_distinct,
+                "state_hashes_checked": agreement.state_hashes_checked,
                 "dropped": {
                     "lost": self.net.dropped_lost,
                     "partition": self.net.dropped_partition,
@@ -950,42 +667,16 @@ class Simulation:
                 ),
                 "peak_rss_bytes": peak,
                 "bytes_source": SIZE_SOURCE,
-                "core_stats": self._core_stats(),
+                "core_stats": core_stats_totals(
+                    self.retired_stats + [n.core.stats for n in self.nodes if n.core is not None]
+                ),
                 "network": sc.network.describe(),
                 "trace_hash": self._trace_hash.hexdigest(),
             }
         )
-        report = _json_safe(report)
-        failures = self._failures(report)
+        report = json_safe(report)
+        failures = invariants.failures(sc.check, report)
         return RunResult(sc, self.spec.name, report, failures, m.cdf())
-
-    def _failures(self, report: dict[str, Any]) -> list[str]:
-        sc = self.scenario
-        out: list[str] = []
-        if sc.check.converged and not report["converged"]:
-            out.append(
-                f"not converged: {report['digest_roots_distinct']} distinct digest roots and "
-                f"{report['state_hashes_distinct']} distinct state hashes over {report['live_nodes']} live nodes"
-            )
-        for name, bound in sorted(sc.check.max.items()):
-            value = report.get(name)
-            if value is None or value > bound:
-                out.append(f"{name} = {value} is over the bound {bound:g}")
-        for name, bound in sorted(sc.check.min.items()):
-            value = report.get(name)
-            if value is None or value < bound:
-                out.append(f"{name} = {value} is under the bound {bound:g}")
-        return out
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def run_scenario(

@@ -32,11 +32,21 @@ flat dict that ``formation-sim run --json`` prints. Definitions:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["HIST_RESOLUTION_MS", "METRIC_NAMES", "CrashRecord", "Metrics", "percentile"]
+__all__ = [
+    "HIST_RESOLUTION_MS",
+    "METRIC_NAMES",
+    "CrashRecord",
+    "Metrics",
+    "core_stats_totals",
+    "json_safe",
+    "percentile",
+]
 
 HIST_RESOLUTION_MS: Final = 0.1
 _HIST_BUCKETS: Final = 600_000  # 60 s at 0.1 ms; later arrivals go to an overflow list
@@ -249,3 +259,36 @@ class Metrics:
 
 def _round(value: float, digits: int = 1) -> float:
     return value if not math.isfinite(value) else round(value, digits)
+
+
+def core_stats_totals(every: Iterable[Any]) -> dict[str, Any]:
+    """The cores' stats dataclasses summed field by field (ints, and dicts of ints by key), for
+    ``core_stats`` in the report: every core the run had, the crashed and departed ones too."""
+    totals: dict[str, Any] = {}
+    for stats in every:
+        if not dataclasses.is_dataclass(stats) or isinstance(stats, type):
+            continue
+        for f in dataclasses.fields(stats):
+            value = getattr(stats, f.name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                totals[f.name] = totals.get(f.name, 0) + value
+            elif isinstance(value, dict):
+                into = totals.setdefault(f.name, {})
+                for key, count in value.items():
+                    if isinstance(count, int):
+                        into[key] = into.get(key, 0) + count
+    return {
+        k: (dict(sorted(v.items())) if isinstance(v, dict) else v)
+        for k, v in sorted(totals.items())
+    }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN and infinity (nested in dicts and lists) as None: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value

@@ -231,3 +231,26 @@ def test_a_nodes_wall_clock_is_virtual_time_from_t0_plus_its_skew_and_steps() ->
     node.wall_skew_s = -2.0  # a skew fault steps the wall clock only
     assert node.wall_ms(1.5) == T0_MS - 250
     assert node.wall_ms(1.5) - T0_MS == int((1.5 + 0.25 - 2.0) * 1000)
+
+
+def test_invariants_report_each_failed_check_with_its_measurement_and_bound() -> None:
+    from simulations import invariants
+    from simulations.metrics import CrashRecord
+    from simulations.scenario import CheckSpec
+
+    check = CheckSpec(max={"ops_lost": 0.0}, min={"live_nodes": 3.0})
+    report = {
+        "converged": False,
+        "digest_roots_distinct": 2,
+        "state_hashes_distinct": 1,
+        "live_nodes": 2,
+        "ops_lost": 1,
+    }
+    assert invariants.failures(check, report) == [
+        "not converged: 2 distinct digest roots and 1 distinct state hashes over 2 live nodes",
+        "ops_lost = 1 is over the bound 0",
+        "live_nodes = 2 is under the bound 3",
+    ]
+    found, late, short = CrashRecord(0, 1.0), CrashRecord(1, 1.0), CrashRecord(2, 1.0)
+    found.first_dead_at, late.first_dead_at, short.restarted_at = 2.0, 9.0, 2.0
+    assert invariants.crashes_undetected([found, late, short], 10.0, within_s=5.0) == 1

@@ -57,29 +57,26 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-import os
 import random
-import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any, Final
 
 from node.gossip.messages import Deliver, Gossip, Notify, Packet, Send, WireOp
 from node.ledger.admission import Checked, SubmitResult, Verdict, accept, admit, own, verify
-from simulations import invariants
+from simulations import invariants, report
 from simulations.cores import CoreSpec
 from simulations.faults import Faults
-from simulations.metrics import METRIC_NAMES, Metrics, core_stats_totals, json_safe
+from simulations.metrics import METRIC_NAMES, Metrics
 from simulations.network import Network
 from simulations.nodes import CORE_CLOCK_ORIGIN_S as CORE_CLOCK_ORIGIN_S
 from simulations.nodes import NETWORK_ID as NETWORK_ID
 from simulations.nodes import T0_MS as T0_MS
 from simulations.nodes import SimLog as SimLog
 from simulations.nodes import SimNode as SimNode
-from simulations.scenario import SCENARIO_DIR, Scenario
-from simulations.sizes import SIZE_SOURCE, WIRE_CHECK_EVERY, packet_size, wire_size
+from simulations.report import RunResult as RunResult
+from simulations.scenario import Scenario
+from simulations.sizes import WIRE_CHECK_EVERY, packet_size, wire_size
 from simulations.workload import Workload
 
 __all__ = [
@@ -116,40 +113,6 @@ ProgressFn = Callable[[float, float], None]
 class SimError(RuntimeError):
     """The simulated system broke a rule of the driver API (a core bug), or the run could not
     proceed; the message says which node, when, and how to reproduce."""
-
-
-@dataclass
-class RunResult:
-    scenario: Scenario
-    core: str
-    metrics: dict[str, Any]
-    failures: list[str]
-    cdf: list[tuple[float, float]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def reproduce(self) -> str:
-        return (
-            f"formation-sim run {_scenario_arg(self.scenario)} "
-            f"--nodes {self.scenario.nodes} --seed {self.scenario.seed} --core {self.core}"
-        )
-
-
-def _scenario_arg(scenario: Scenario) -> str:
-    """How to name the scenario on the command line: its name if shipped, else its path."""
-    if not scenario.source or Path(scenario.source).parent.resolve() == SCENARIO_DIR.resolve():
-        return scenario.name
-    return scenario.source
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class Simulation:
@@ -193,7 +156,7 @@ class Simulation:
         self.index: dict[str, int] = {}
         self.up_nodes: list[int] = []  # sorted indices of live nodes (workload origins)
         self.retired_stats: list[Any] = []
-        self._trace_hash = hashlib.blake2b(digest_size=16)
+        self.trace_digest = hashlib.blake2b(digest_size=16)
         self._trace_lines: list[str] = []
         self._size_packet: Packet | None = None
         self._size_value = 0
@@ -206,7 +169,7 @@ class Simulation:
         )
         self._op_seq = 0
         self._stop = False
-        self.rss_before = _rss_bytes()
+        self.rss_before = report.rss_bytes()
         state_all = scenario.state_nodes is None or scenario.state_nodes >= scenario.nodes
         keep = (
             set(range(scenario.nodes))
@@ -348,21 +311,21 @@ class Simulation:
         if not self._stop:
             self.now = max(self.now, duration)
         wall_s = time.perf_counter() - started
-        return self._finish(wall_s)
+        return report.finish(self, wall_s)
 
     def _flush_trace(self) -> None:
         if not self._trace_lines:
             return
         text = "\n".join(self._trace_lines) + "\n"
         self._trace_lines.clear()
-        self._trace_hash.update(text.encode())
+        self.trace_digest.update(text.encode())
         if self.trace_file is not None:
             self.trace_file.write(text)
 
     def _blame(self, node: SimNode, what: str) -> str:
         return (
             f"node {node.node_id} at t={self.now:.6f}s: {what}. "
-            f"Reproduce: formation-sim run {_scenario_arg(self.scenario)} "
+            f"Reproduce: formation-sim run {report.scenario_arg(self.scenario)} "
             f"--nodes {self.scenario.nodes} --seed {self.scenario.seed} --core {self.spec.name}"
         )
 
@@ -615,68 +578,6 @@ class Simulation:
         self._push(at + self.scenario.check_interval_s, CHECK, -1, None)
 
     # -- the end -------------------------------------------------------------------------------
-
-    def _finish(self, wall_s: float) -> RunResult:
-        sc = self.scenario
-        check_started = time.perf_counter()
-        live = [n for n in self.nodes if n.live]
-        agreement = invariants.convergence(live)
-        check_wall_s = time.perf_counter() - check_started
-        sim_s = self.now
-        m = self.metrics
-        lost = invariants.ops_lost(m.op_index, live)
-        undetected = invariants.crashes_undetected(m.crashes, sim_s, sc.check.detect_within_s)
-        rss_after = _rss_bytes()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        report: dict[str, Any] = {
-            "scenario": sc.name,
-            "core": self.spec.name,
-            "nodes": len(self.nodes),
-            "live_nodes": len(live),
-            "seed": sc.seed,
-            "converged": agreement.converged,
-        }
-        report.update(m.report(sim_s=sim_s, live_nodes=len(live), nodes=len(self.nodes)))
-        report.update(
-            {
-                "crashes_undetected": undetected,
-                "ops_lost": lost,
-                "digest_roots_distinct": agreement.roots_distinct,
-                "state_hashes_distinct": agreement.state_hashes_distinct,
-                "state_hashes_checked": agreement.state_hashes_checked,
-                "dropped": {
-                    "lost": self.net.dropped_lost,
-                    "partition": self.net.dropped_partition,
-                    "node_down": m.dropped_node_down,
-                    "unknown_node": m.dropped_unknown,
-                },
-                "duplicated": self.net.duplicated,
-                "ops_verified": len(self.verified),
-                "events": self.events,
-                "sim_s": round(sim_s, 3),
-                "wall_s": round(wall_s, 3),
-                # The final check (a state_hash per node) is not part of the simulation.
-                "check_wall_s": round(check_wall_s, 3),
-                "speed_factor": round(sim_s / wall_s, 2) if wall_s > 0 else None,
-                "events_per_wall_s": round(self.events / wall_s) if wall_s > 0 else None,
-                "memory_per_node_bytes": max(0, rss_after - self.rss_before)
-                // max(len(self.nodes), 1),
-                "memory_method": (
-                    "process RSS growth from before the nodes were built to the end of the run, "
-                    "divided by nodes (includes the shared op table, verification cache and metrics)"
-                ),
-                "peak_rss_bytes": peak,
-                "bytes_source": SIZE_SOURCE,
-                "core_stats": core_stats_totals(
-                    self.retired_stats + [n.core.stats for n in self.nodes if n.core is not None]
-                ),
-                "network": sc.network.describe(),
-                "trace_hash": self._trace_hash.hexdigest(),
-            }
-        )
-        report = json_safe(report)
-        failures = invariants.failures(sc.check, report)
-        return RunResult(sc, self.spec.name, report, failures, m.cdf())
 
 
 def run_scenario(

@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from node.identity.keys import NodeKey
-from node.ledger.admission import Checked, SubmitResult, accept, admit, own, verify
+from node.ledger.admission import (
+    Checked,
+    SubmitResult,
+    accept,
+    admit,
+    own,
+    restart_clock,
+    verify,
+)
 from node.ledger.digest import OpDigest
 from node.ledger.hlc import HLC
 from node.ledger.op import Op, OpRejected, sign_op
@@ -65,10 +73,12 @@ class Replica:
         except BaseException:
             store.close()
             raise
-        hlc = HLC() if drift_ms_max is None else HLC(drift_ms_max=drift_ms_max)
         # Our clock must sort after everything we already hold, or a restarted node could
         # sign an op that loses to its own earlier write.
-        hlc.wall_ms, hlc.logical = state.clock_max
+        if drift_ms_max is None:
+            hlc = restart_clock(state.clock_max)
+        else:
+            hlc = restart_clock(state.clock_max, drift_ms_max)
         return cls(store, state, hlc, snapshot_seq=upto)
 
     def close(self) -> None:

@@ -19,8 +19,9 @@ writes one ``F`` trace line before it acts.
 ``crash`` / ``restart``
     a crashed node loses everything in flight to it and its timers (the engine drops packets to
     a node that is down and skips its stale timers); it restarts with its log
-    (``disk = "kept"``: new core, incarnation + 1) or with an empty one (``"lost"``: a fresh log
-    and HLC, incarnation 0). ``restart_after_s`` schedules the restart.
+    (``disk = "kept"``: new core, incarnation + 1) or with an empty one (``"lost"``: a fresh log,
+    incarnation 0), and its HLC restarts from that log as ``node.replica``'s does
+    (``node.ledger.admission.restart_clock``). ``restart_after_s`` schedules the restart.
 ``join`` / ``leave``
     new nodes start; leaving nodes run their core's ``leave`` and are gone for good.
 ``churn``
@@ -41,7 +42,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from node.ledger.hlc import HLC
+from node.ledger.admission import restart_clock
 from simulations.metrics import CrashRecord
 from simulations.network import BRIDGE
 from simulations.nodes import SimLog, SimNode
@@ -168,12 +169,11 @@ class Faults:
                 break
         if disk == "lost":
             node.log = SimLog(sim.wires, at, keep_state=node.keep_state)
-            node.hlc = HLC()
             incarnation = 0
         else:
-            # node.replica restarts its clock past everything it holds; this node's HLC object
-            # already is (it only ever moved forward).
             incarnation = node.incarnation + 1
+        # As node.replica.Replica.open: the clock restarts from the log (past every op held).
+        node.hlc = restart_clock(node.log.clock_max())
         sim.start(node, at, incarnation=incarnation)
 
     # -- the network ---------------------------------------------------------------------------

@@ -33,13 +33,15 @@ CORE_CLOCK_ORIGIN_S: Final = 10_000.0
 class SimLog:
     """One node's in-memory op log: the ``node.gossip.api.OpLog`` the core reads."""
 
-    __slots__ = ("born_at", "digest", "state", "wires")
+    __slots__ = ("_clock_max", "born_at", "digest", "state", "wires")
 
     def __init__(self, wires: dict[bytes, WireOp], born_at: float, *, keep_state: bool) -> None:
         self.wires = wires
         self.born_at = born_at
         self.state = State(NETWORK_ID) if keep_state else None
         self.digest = self.state.digest if self.state is not None else OpDigest()
+        # A log without a State still knows its greatest HLC: a restart's clock starts there.
+        self._clock_max = (0, 0)
 
     def has(self, op_id: bytes) -> bool:
         return op_id in self.digest
@@ -51,10 +53,14 @@ class SimLog:
     def add(self, op: Op, payload: dict[str, Any]) -> bool:
         if self.state is not None:
             return self.state.apply(op, payload)
-        return self.digest.add(op.id, op.wall_ms)
+        added = self.digest.add(op.id, op.wall_ms)
+        if added and (op.wall_ms, op.logical) > self._clock_max:
+            self._clock_max = (op.wall_ms, op.logical)
+        return added
 
     def clock_max(self) -> tuple[int, int]:
-        return self.state.clock_max if self.state is not None else (0, 0)
+        """The greatest HLC among the ops held (``State.clock_max``)."""
+        return self.state.clock_max if self.state is not None else self._clock_max
 
 
 class SimNode:

@@ -26,6 +26,10 @@ An op a replica signs itself (``own``) skips the duplicate and drift tests: its 
 it (``HLC.now``), past everything the replica holds, so its id is new and it is not early. It
 is checked like any other op and, if valid, accepted.
 
+A replica that restarts takes its clock from what it holds (``restart_clock``): the greatest HLC
+among its ops, so it never signs an op that loses to its own earlier write; an empty log starts
+the clock at zero. The clock it ran with before is gone with the process.
+
 Nothing here reads a clock, a store or a lock: ``now_ms`` is passed in, what the replica holds
 is any container of ids, and a caller with threads holds its own lock around ``admit``.
 """
@@ -36,11 +40,20 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.ledger.hlc import HLC, ClockDriftError
+from node.ledger.hlc import DRIFT_MS_MAX_DEFAULT, HLC, ClockDriftError
 from node.ledger.op import Op, OpRejected, decode_op
 from node.ledger.state import State
 
-__all__ = ["Checked", "SubmitResult", "Verdict", "accept", "admit", "own", "verify"]
+__all__ = [
+    "Checked",
+    "SubmitResult",
+    "Verdict",
+    "accept",
+    "admit",
+    "own",
+    "restart_clock",
+    "verify",
+]
 
 Checked = tuple[Op, dict[str, Any]]
 """An op that passed ``verify``, with its checked payload."""
@@ -100,3 +113,8 @@ def accept(
     for op, payload in fresh:
         apply(op, payload)
         result.accepted.append(op)
+
+
+def restart_clock(clock_max: tuple[int, int], drift_ms_max: int = DRIFT_MS_MAX_DEFAULT) -> HLC:
+    """The clock of a replica (re)started on a log whose greatest HLC is ``clock_max``."""
+    return HLC(clock_max[0], clock_max[1], drift_ms_max=drift_ms_max)

@@ -254,3 +254,25 @@ def test_invariants_report_each_failed_check_with_its_measurement_and_bound() ->
     found, late, short = CrashRecord(0, 1.0), CrashRecord(1, 1.0), CrashRecord(2, 1.0)
     found.first_dead_at, late.first_dead_at, short.restarted_at = 2.0, 9.0, 2.0
     assert invariants.crashes_undetected([found, late, short], 10.0, within_s=5.0) == 1
+
+
+@pytest.mark.parametrize("keep_state", [True, False])
+def test_a_restarted_node_takes_its_clock_from_its_log_as_the_replica_does(
+    keep_state: bool,
+) -> None:
+    from node.ledger.admission import own
+    from simulations.workload import Workload
+
+    sim = _sim({})
+    node = sim.nodes[1]
+    node.log = SimLog(sim.wires, 0.0, keep_state=keep_state)
+    sim.start(node, 0.0)
+    held = Workload(random.Random(1), "sim").op(T0_MS + 5_000, 3)
+    node.log.add(*own(held))
+    node.hlc.now(T0_MS + 60_000)  # ahead of every op held, e.g. before a step back of its clock
+    sim.faults.crash(node, 1.0)
+    sim.faults.restart(node, 2.0, "kept")
+    assert (node.hlc.wall_ms, node.hlc.logical) == node.log.clock_max() == (T0_MS + 5_000, 3)
+    sim.faults.crash(node, 3.0)
+    sim.faults.restart(node, 4.0, "lost")
+    assert (node.hlc.wall_ms, node.hlc.logical) == node.log.clock_max() == (0, 0)

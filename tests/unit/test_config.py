@@ -85,3 +85,42 @@ def test_measured_capacity_is_a_valid_node_capacity_payload(tmp_path: Path) -> N
     checked = check_payload("node.capacity", KINDS["node.capacity"].spec, {"capacity": capacity})
     assert checked["capacity"]["cpu_total_cores"] >= 1
     assert 0 < capacity["memory_available_bytes"] <= capacity["memory_total_bytes"]
+
+
+def test_the_operators_settings_override_the_config_and_an_empty_one_keeps_it(
+    tmp_path: Path,
+) -> None:
+    from node.node import NodeSettings
+
+    (tmp_path / CONFIG_FILENAME).write_text(
+        'profile = "devnet"\nbootstrap = ["/ip4/127.0.0.1/tcp/4001"]\n'
+    )
+    config = load_config(tmp_path)
+    kept = NodeSettings.from_config(config, tmp_path, network="", listen_addrs=[], gateway="")
+    assert (kept.network, kept.listen_addrs, kept.gateway) == (
+        config.network,
+        config.listen_addrs,
+        config.gateway,
+    )
+    assert kept.bootstrap == config.bootstrap
+    assert kept.source == str(tmp_path / CONFIG_FILENAME)
+    overridden = NodeSettings.from_config(
+        config,
+        tmp_path,
+        network="other",
+        listen_addrs=["/ip4/127.0.0.1/tcp/0"],
+        bootstrap=[],  # none at all, not the config's
+        gateway="off",
+    )
+    assert overridden.network == "other"
+    assert overridden.listen_addrs == ("/ip4/127.0.0.1/tcp/0",)
+    assert overridden.bootstrap == ()
+    assert overridden.gateway == "off"
+
+
+@pytest.mark.parametrize("gateway", ["nonsense", "127.0.0.1:", "127.0.0.1:65536", ":x"])
+def test_a_gateway_setting_that_is_not_host_port_is_refused(tmp_path: Path, gateway: str) -> None:
+    from node.node import NodeSettings, StartError
+
+    with pytest.raises(StartError, match="--gateway must be HOST:PORT"):
+        NodeSettings.from_config(load_config(tmp_path), tmp_path, gateway=gateway)

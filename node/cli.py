@@ -1,9 +1,10 @@
 """``formation-node``: the operator's command line.
 
 Each subcommand is a function ``cmd_<name>(args) -> int`` (the exit status); ``main`` parses
-and dispatches. Errors that an operator can fix are printed as one line starting with
-``error:`` and exit with status 2; nothing prints a traceback for a wrong password, a missing
-file or a store that is not ours.
+and dispatches. ``run`` builds and runs the node through ``node.node`` (the composition root)
+and adds only the signal handlers and the lines it prints. Errors that an operator can fix
+are printed as one line starting with ``error:`` and exit with status 2; nothing prints a
+traceback for a wrong password, a missing file or a store that is not ours.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ Start order, and why:
 * metrics: the exporter copies every part's counters (the gateway's once it serves);
 * gateway: it submits writes through gossip;
 * control socket: ``status`` reads what all of the above published (URLs included);
-* the ``node.announce`` op: written once the node is reachable by every route it names;
+* the ``node.announce`` op: written once every service serves, so peers that read it can
+  reach the node at once;
 * heartbeat: a ``node.capacity`` op every ``heartbeat_s``.
 
 Stop order: ``node.stop()`` makes the node leave the membership (at most ``LEAVE_TIMEOUT_S``,
@@ -28,6 +29,9 @@ while gossip can still send the news), then cancels every service at once; the t
 closes its connections; ``open_home`` closes the store last, once nothing writes to it. A
 service that crashes cancels the others and its exception leaves ``run_node``; the store is
 closed all the same.
+
+Signals are the caller's: ``node.cli`` installs its SIGINT/SIGTERM handlers after
+``open_home`` and before it prints "running", and calls ``node.stop()`` on the first one.
 
 Adding a service is one function ``async def run_x(node, *, task_status)`` that calls
 ``task_status.started(what_it_publishes)`` once it serves, and one line in ``run_node``.

@@ -22,7 +22,8 @@ and performs the effects the core returns:
 ``Deliver``
     the ops go through ``node.ledger.admission`` as in ``node.replica`` (verify, admit: duplicate,
     deferred or fresh, accept: applied to the node's ``SimLog``), then the core hears
-    ``on_ops_accepted`` with the ops accepted. Verification (``admission.verify``: ``decode_op``,
+    ``on_ops_accepted`` with the ops accepted; the effects that returns queue behind the rest, as
+    in ``node.p2p.gossip_driver``. Verification (``admission.verify``: ``decode_op``,
     an ECDSA recovery of ~50 us, + ``State.check_op``) is **cached per run** by
     ``(body, sig)``, i.e. by op id + signature: every honest node would reach the same
     stateless verdict, so running it once per node would only make a 1,000-node run 1,000x
@@ -169,6 +170,9 @@ class Simulation:
         )
         self._op_seq = 0
         self._stop = False
+        # The node whose effects handle() is performing, and the effects still to perform.
+        self._handling: SimNode | None = None
+        self._pending: list[Any] = []
         self.rss_before = report.rss_bytes()
         state_all = scenario.state_nodes is None or scenario.state_nodes >= scenario.nodes
         keep = (
@@ -332,7 +336,18 @@ class Simulation:
     # -- effects -------------------------------------------------------------------------------
 
     def handle(self, node: SimNode, at: float, effects: list[Any]) -> None:
-        for effect in effects:
+        """Perform a core's effects in order. Effects it returns meanwhile (``on_ops_accepted``
+        after a ``Deliver``) queue behind them, as in ``node.p2p.gossip_driver``'s one list."""
+        if self._handling is not None:
+            assert self._handling is node
+            self._pending.extend(effects)
+            return
+        self._handling = node
+        pending = self._pending = list(effects)
+        i = 0
+        while i < len(pending):
+            effect = pending[i]
+            i += 1
             kind = type(effect)
             if kind is Send:
                 self._send(node, at, effect)
@@ -344,6 +359,7 @@ class Simulation:
                 raise SimError(
                     self._blame(node, f"the core returned {effect!r}, which is not an effect")
                 )
+        self._handling = None
 
     def _send(self, node: SimNode, at: float, send: Send) -> None:
         packet = send.packet

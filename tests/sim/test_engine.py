@@ -276,3 +276,42 @@ def test_a_restarted_node_takes_its_clock_from_its_log_as_the_replica_does(
     sim.faults.crash(node, 3.0)
     sim.faults.restart(node, 4.0, "lost")
     assert (node.hlc.wall_ms, node.hlc.logical) == node.log.clock_max() == (0, 0)
+
+
+class RelayingCore(ScriptedCore):
+    """On a Gossip: Deliver it, then a Ping(1) to every peer; after the ops are accepted, a
+    Ping(2). Records the Pings it receives."""
+
+    def on_packet(self, now: float, packet: Packet) -> list[Effect]:
+        effects: list[Effect] = []
+        for msg in packet.messages:
+            if isinstance(msg, Gossip):
+                effects.append(Deliver(msg.ops, packet.sender))
+                effects += [Send(p, Packet(self.node_id, (Ping(1),))) for p in self.peers]
+            elif isinstance(msg, Ping):
+                self.seen.append(("ping", float(msg.seq)))
+        return effects
+
+    def on_timer(self, now: float) -> list[Effect]:
+        self.wake = math.inf
+        return []
+
+    def on_ops_accepted(self, now: float, ops: Sequence[Op], sender: str) -> list[Effect]:
+        return [Send(p, Packet(self.node_id, (Ping(2),))) for p in self.peers if ops]
+
+    broadcast = InvalidOpCore.broadcast
+
+
+def test_effects_a_deliver_leads_to_queue_behind_the_rest_as_in_the_trio_driver() -> None:
+    _sim(
+        {
+            "nodes": 3,
+            "duration_s": 2.0,
+            "workload": {"ops_total": 1, "start_s": 0.5, "stop_s": 0.6},
+        },
+        RelayingCore,
+    ).run()
+    pings = [[t for kind, t in calls if kind == "ping"] for calls in ScriptedCore.calls.values()]
+    # Every sender's Ping(1) (returned with the Deliver) goes before its Ping(2) (returned by
+    # on_ops_accepted), so with equal latencies it arrives first (recursing did the reverse).
+    assert sorted(pings) == [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0, 1.0, 2.0]]

@@ -34,23 +34,13 @@ and performs the effects the core returns:
 Timers: after every call the engine asks ``next_wakeup()`` and keeps one pending timer event
 per node; a wake-up that moved makes the old event stale (it is skipped when popped).
 
-Each node has a clock offset (``clock_skew_ms_max``): a core's ``now`` is virtual time + its
-offset + ``CORE_CLOCK_ORIGIN_S``, and ops' ``wall_ms`` come from that node's wall clock
-(``SimNode.wall_ms`` in ``simulations.nodes``, the one place virtual time becomes wall-clock
-ms). A slow node handles each event ``delay_ms`` after the previous one finished; a node that
-is down loses the packets that reach it and its timers.
+A slow node handles each event ``delay_ms`` after the previous one finished; a node that is
+down loses the packets that reach it and its timers. A node's log and clocks (a core's ``now``,
+its wall clock, the memory the logs share): ``simulations.nodes``.
 
 The engine is the event loop and the nodes' host (start, stop, effects, the workload).
-``simulations.faults`` injects the scenario's faults (partitions, crashes and restarts,
-joins and leaves, churn, clock steps, slow nodes, network changes) through it, and
-``simulations.invariants`` says what must hold (digests agree, converged, nothing lost,
-crashes detected, the scenario's bounds).
-
-Memory: the run shares one ``id -> (body, sig)`` table among all nodes (``SimLog`` holds the
-ids, in its digest, and reads bodies from it): bytes are immutable, so this is what 1,000 logs
-holding the same ops would contain, without 1,000 references per op. ``state_nodes`` limits how
-many nodes also keep a full ``State`` (a seeded sample; the rest keep the digest only), for
-runs where 1,000 States would not fit in memory.
+``simulations.faults`` injects the scenario's faults through it, ``simulations.invariants``
+says what must hold, and ``simulations.report`` builds what a run returns.
 """
 
 from __future__ import annotations

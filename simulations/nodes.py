@@ -5,7 +5,15 @@ shared ``id -> (body, sig)`` table, and a full ``State`` unless ``state_nodes`` 
 ``SimNode`` is what the engine and ``simulations.faults`` know about one node: its core, HLC,
 up/down/left flags, incarnation, timer, and its two clocks. The monotonic clock (the core's
 ``now``) is virtual time + ``clock_s`` (``CORE_CLOCK_ORIGIN_S`` + a fixed skew); the wall clock
-(``wall_ms``, what its HLC and its ops' ``wall_ms`` read) adds a ``skew`` fault's step too.
+(``wall_ms``, what its HLC and its ops' ``wall_ms`` read) adds a ``skew`` fault's step too;
+``clock_s`` comes from ``clock_skew_ms_max``. ``wall_ms`` is the one place virtual time
+becomes wall-clock ms.
+
+Memory: the run shares one ``id -> (body, sig)`` table among all nodes (``SimLog`` holds the
+ids, in its digest, and reads bodies from it): bytes are immutable, so this is what 1,000 logs
+holding the same ops would contain, without 1,000 references per op. ``state_nodes`` limits how
+many nodes also keep a full ``State`` (a seeded sample; the rest keep the digest only), for
+runs where 1,000 States would not fit in memory.
 """
 
 from __future__ import annotations

@@ -36,14 +36,15 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import trio
 
 from node import __version__
-from node.gateway.auth import WINDOW_S_DEFAULT, AuthError, NonceCache, SignedRequest, authenticate
+from node.gateway.auth import WINDOW_S_DEFAULT, AuthError, NonceCache, authenticate
+from node.gateway.http import REQUEST_BODY_BYTES_MAX, AsgiApp, HttpError, Request, Response, Router
 from node.identity.keys import normalize_address
 from node.ledger.op import Op, OpRejected, decode_op
 from node.ledger.request_op import (
@@ -51,7 +52,6 @@ from node.ledger.request_op import (
     Route,
     request_op_body,
     route_of,
-    route_path,
 )
 from node.ledger.schema import Spec, json_schema
 from node.ledger.state import KINDS, State, build_id_of, instance_id_of
@@ -61,10 +61,6 @@ __all__ = ["ENDPOINTS", "REQUEST_BODY_BYTES_MAX", "GatewayApp", "GatewayNode", "
 
 log = logging.getLogger("formation.gateway")
 
-# A Formfile (64 KiB) is the largest thing a request carries; the body is embedded in a request
-# op whose limit is 256 KiB, and JSON escaping can grow it.
-REQUEST_BODY_BYTES_MAX: Final = 128 * 1024
-_HEX_ID: Final = "[0-9a-f]{40,64}"
 _ADDRESS: Final = "0x[0-9a-fA-F]{40}"
 
 
@@ -76,37 +72,6 @@ class GatewayNode(Protocol):
     def info(self) -> dict[str, Any]: ...
 
     async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult: ...
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-
-
-@dataclass
-class Request:
-    method: str
-    target: str  # path with query, as received and as signed
-    path: str
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-    params: dict[str, str] = field(default_factory=dict)
-    signed: SignedRequest | None = None
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-
-@dataclass
-class Response:
-    status: int
-    body: Any = None  # JSON-able, unless stream is set
-    headers: dict[str, str] = field(default_factory=dict)
-    stream: AsyncIterator[bytes] | None = None
 
 
 Handler = Callable[["GatewayApp", Request], Awaitable[Response]]
@@ -135,26 +100,14 @@ class Endpoint:
     tag: str = "node"
 
     @property
-    def pattern(self) -> re.Pattern[str]:
-        regex = re.sub(
-            r"\{(\w+)\}",
-            lambda m: f"(?P<{m.group(1)}>{_ADDRESS if m.group(1) == 'address' else _HEX_ID})",
-            self.template,
-        )
-        return re.compile(regex)
-
-
-def _json_error(status: int, code: str, message: str, field: str | None = None) -> Response:
-    body: dict[str, Any] = {"error": code, "message": message}
-    if field is not None:
-        body["field"] = field
-    return Response(status, body)
+    def path(self) -> str:  # what node.gateway.http.Router matches
+        return self.template
 
 
 # -- the application ----------------------------------------------------------------------------
 
 
-class GatewayApp:
+class GatewayApp(AsgiApp):
     """The ASGI application. ``clock`` returns unix seconds (injected in tests)."""
 
     def __init__(
@@ -166,16 +119,13 @@ class GatewayApp:
         proxy: Any = None,
         inflight_max: int = 512,
     ) -> None:
+        super().__init__(inflight_max=inflight_max)
         self.node = node
         self.clock = clock
         self.nonces = NonceCache(window_s)
         self.proxy = proxy  # node.gateway.proxy.AgentProxy; None answers 503 on hire/run_task
-        self.requests_total = 0
-        self.responses_by_status: dict[int, int] = {}
-        self._routes = [(e, e.pattern) for e in ENDPOINTS]
+        self._router = Router(ENDPOINTS)
         self._arrivals: dict[int, int] = {}
-        self.inflight_max = inflight_max
-        self._inflight = trio.Semaphore(inflight_max)
 
     @property
     def replica(self) -> Replica:
@@ -185,84 +135,8 @@ class GatewayApp:
     def state(self) -> State:
         return self.node.replica.state
 
-    # -- ASGI ---------------------------------------------------------------------------------
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        try:
-            self._inflight.acquire_nowait()
-        except trio.WouldBlock:
-            response = _json_error(
-                503, "busy", f"over {self.inflight_max} requests in flight; retry shortly"
-            )
-            await self._send(response, send)
-            return
-        try:
-            response = await self._serve(scope, receive)
-            await self._send(response, send)
-        finally:
-            self._inflight.release()
-
-    async def _send(self, response: Response, send: Any) -> None:
-        self.requests_total += 1
-        self.responses_by_status[response.status] = (
-            self.responses_by_status.get(response.status, 0) + 1
-        )
-        headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-        ]
-        if response.stream is None:
-            payload = json.dumps(response.body, separators=(",", ":")).encode()
-            headers += [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ]
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": payload})
-            return
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        try:
-            async for chunk in response.stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            # A caller that went away must not leave the upstream agent connection open.
-            aclose = getattr(response.stream, "aclose", None)
-            if aclose is not None:
-                with trio.CancelScope(shield=True):
-                    await aclose()
-
-    async def _serve(self, scope: dict[str, Any], receive: Any) -> Response:
-        try:
-            raw_path = scope.get("raw_path") or scope["path"].encode()
-            path = raw_path.decode("latin-1")
-            query_text = scope.get("query_string", b"").decode("latin-1")
-            target = f"{path}?{query_text}" if query_text else path
-            headers: dict[str, str] = {}
-            for name, value in scope.get("headers", []):
-                headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-            body = await _read_body(receive, headers)
-            request = Request(scope["method"], target, path, headers, body)
-            return await self.handle(request)
-        except HttpError as exc:
-            return _json_error(exc.status, exc.code, exc.message, exc.field)
-        except Exception:
-            log.exception("gateway handler failed on %s %s", scope.get("method"), scope.get("path"))
-            return _json_error(500, "internal", "the node failed to answer; see its log")
-
     async def handle(self, request: Request) -> Response:
-        endpoint = self._match(request)
+        endpoint = self._router.match(request)
         if endpoint.auth != "public" and (
             endpoint.auth == "signed" or _has_signature(request.headers)
         ):
@@ -295,24 +169,6 @@ class GatewayApp:
         except OpRejected as exc:
             status = {"unauthorized": 403, "not_found": 404, "too_large": 413}.get(exc.code, 400)
             raise HttpError(status, exc.code, str(exc.args[0]), exc.field) from None
-
-    def _match(self, request: Request) -> Endpoint:
-        target = route_path(request.path)
-        allowed: list[str] = []
-        for endpoint, pattern in self._routes:
-            match = pattern.fullmatch(target)
-            if match:
-                if endpoint.method == request.method:
-                    request.params = match.groupdict()
-                    return endpoint
-                allowed.append(endpoint.method)
-        if allowed:
-            raise HttpError(
-                405,
-                "method_not_allowed",
-                f"{request.method} is not allowed on {request.path}; use {', '.join(sorted(set(allowed)))}",
-            )
-        raise HttpError(404, "not_found", f"no route {request.path}; see /openapi.json")
 
     # -- who acts ---------------------------------------------------------------------------
 
@@ -495,29 +351,6 @@ class GatewayApp:
     def view(self, fn: Callable[[], Any]) -> Any:
         with self.replica.lock:
             return fn()
-
-
-async def _read_body(receive: Any, headers: dict[str, str]) -> bytes:
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > REQUEST_BODY_BYTES_MAX:
-        raise HttpError(
-            413, "too_large", f"the body is {declared} bytes; the limit is {REQUEST_BODY_BYTES_MAX}"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HttpError(400, "disconnected", "the client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > REQUEST_BODY_BYTES_MAX:
-            raise HttpError(
-                413, "too_large", f"the body is over the limit of {REQUEST_BODY_BYTES_MAX} bytes"
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _has_signature(headers: dict[str, str]) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import httpx
 
-from node.gateway.app import HttpError, Request, Response
+from node.gateway.http import HttpError, Request, Response
 
 __all__ = ["AgentProxy"]
 

@@ -22,8 +22,11 @@ import trio
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from node.gateway.app import ENDPOINTS, REQUEST_BODY_BYTES_MAX, GatewayApp, openapi, serve_gateway
+from node.gateway.app import GatewayApp, serve_gateway
+from node.gateway.http import REQUEST_BODY_BYTES_MAX
+from node.gateway.openapi import openapi
 from node.gateway.proxy import AgentProxy
+from node.gateway.routes import ENDPOINTS
 from node.identity.keys import NodeKey
 from node.ledger.op import REQUEST_ENVELOPE_VERSION, Op, decode_op, sign_op
 from node.ledger.request_op import canonical_message
@@ -408,11 +411,11 @@ async def test_agent_endpoints_outside_the_node_networks_are_not_dialed(gateway:
 
 async def test_openapi_documents_every_route(gateway: Gateway) -> None:
     document = (await gateway.send("GET", "/openapi.json")).json()
-    assert document == openapi()
+    assert document == openapi(ENDPOINTS)
     operations = {
         (method.upper(), path) for path, item in document["paths"].items() for method in item
     }
-    assert operations == {(e.method, "/v1" + e.template) for e in ENDPOINTS}
+    assert operations == {(e.method, "/v1" + e.path) for e in ENDPOINTS}
     names = [op["operationId"] for item in document["paths"].values() for op in item.values()]
     assert len(names) == len(set(names))
 
@@ -502,10 +505,8 @@ def test_every_write_route_has_exactly_one_replicated_meaning() -> None:
     from node.ledger.request_op import ROUTES, route_of
 
     writes = [
-        e
-        for e in ENDPOINTS
-        if e.method == "POST" and not e.template.endswith(("/hire", "/run_task"))
+        e for e in ENDPOINTS if e.method == "POST" and not e.path.endswith(("/hire", "/run_task"))
     ]
     for endpoint in writes:
-        assert route_of("POST", "/v1" + endpoint.template.replace("{id}", "ab" * 20)), endpoint
+        assert route_of("POST", "/v1" + endpoint.path.replace("{id}", "ab" * 20)), endpoint
     assert len(writes) == len(ROUTES)

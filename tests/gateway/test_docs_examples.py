@@ -70,12 +70,12 @@ async def test_the_javascript_example_works(gateway_url: str) -> None:
 
 
 def test_every_route_is_in_the_docs_route_table() -> None:
-    from node.gateway.app import ENDPOINTS
+    from node.gateway.routes import ENDPOINTS
 
     text = DOC.read_text()
     missing = [
-        f"{e.method} {e.template}"
+        f"{e.method} {e.path}"
         for e in ENDPOINTS
-        if f"| {e.method} | `{e.template}` | {e.auth} |" not in text
+        if f"| {e.method} | `{e.path}` | {e.auth} |" not in text
     ]
     assert missing == []

@@ -1,7 +1,7 @@
 """Property tests of a real node's gateway, generated from its own OpenAPI document.
 
 One ``formation-node run`` process serves the gateway on loopback for the whole module.
-Schemathesis draws requests for every operation in ``node.gateway.app.openapi()``: valid ones
+Schemathesis draws requests for every operation in ``node.gateway.openapi.openapi(ENDPOINTS)``: valid ones
 (positive mode) and ones that break the schema (negative mode: wrong types, bad ids, raw
 bytes, junk headers), plus its deterministic *coverage* cases (boundary values, missing
 fields, unexpected methods). Each case is sent
@@ -16,7 +16,7 @@ fields, unexpected methods). Each case is sent
 * **unsigned**, as generated, and **forged** (our ``X-Message``, a wrong ``X-Signature``):
   private routes refuse both and nothing changes.
 
-The property is the gateway's error contract (``node.gateway.app``): no request makes it
+The property is the gateway's error contract (``node.gateway.http``): no request makes it
 answer 5xx, every 4xx is JSON ``{"error": code, "message": text}``, and every other answer is
 JSON. A failure prints the request as a ``curl`` line to replay against any node.
 
@@ -48,7 +48,8 @@ from schemathesis.core import NotSet
 from node.client.api import GatewayClient
 from node.client.signer import sign_request
 from node.devnet import LocalFog
-from node.gateway.app import openapi
+from node.gateway.openapi import openapi
+from node.gateway.routes import ENDPOINTS
 from node.identity.keys import NodeKey
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -66,7 +67,7 @@ _AUTH_HEADERS: Final = frozenset({"x-message", "x-signature", "x-recovery-id", "
 # Never given the id of a real agent: a real one would make the node dial its endpoint.
 _DIALS: Final = frozenset({"agentHire", "agentRunTask"})
 
-SCHEMA: Final = schemathesis.openapi.from_dict(openapi())
+SCHEMA: Final = schemathesis.openapi.from_dict(openapi(ENDPOINTS))
 OPERATIONS: Final = {result.ok().label: result.ok() for result in SCHEMA.get_all_operations()}
 # Deletes last, so the routes that need the fixture's entities find them.
 LABELS: Final = sorted(OPERATIONS, key=lambda label: ("delete" in label, label))

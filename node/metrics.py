@@ -8,6 +8,7 @@ single-threaded, so the exporter thread never reads them directly). Default bind
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -54,11 +55,24 @@ class NodeMetrics:
         )
         self._last: dict[str, float] = {}
         self.url = ""
+        self._server: Any = None  # prometheus_client's WSGIServer, once serving
+        self._thread: threading.Thread | None = None
 
     def serve(self, host: str, port: int) -> str:
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self.url = f"http://{host}:{server.server_port}/metrics"
+        """Start the exporter's thread on ``host:port``; raises ``OSError`` if it cannot bind."""
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.url = f"http://{host}:{self._server.server_port}/metrics"
         return self.url
+
+    def close(self) -> None:
+        """Stop the exporter (blocks until its thread has ended); a no-op if never served."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
 
     def _count(self, counter: Counter, name: str, total: float) -> None:
         delta = total - self._last.get(name, 0.0)

@@ -87,12 +87,16 @@ class StartError(Exception):
     """The node cannot start for a reason the operator can fix (a bad --gateway, a port in use)."""
 
 
-def gateway_address(where: str) -> tuple[str, int]:
-    """(host, port) of a ``HOST:PORT`` gateway setting; an empty host is 127.0.0.1."""
+def gateway_address(
+    where: str, option: str = "--gateway", *, off_ok: bool = True
+) -> tuple[str, int]:
+    """(host, port) of a ``HOST:PORT`` setting (``--gateway``, ``--metrics``); an empty host
+    is 127.0.0.1."""
     host, sep, port = where.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
+        also = " or 'off'" if off_ok else ""
         raise StartError(
-            f"--gateway must be HOST:PORT (port 0 picks a free one) or 'off', got {where!r}"
+            f"{option} must be HOST:PORT (port 0 picks a free one){also}, got {where!r}"
         )
     return host.strip("[]") or "127.0.0.1", int(port)
 
@@ -142,6 +146,7 @@ class NodeSettings:
         )
         if settings.gateway != "off":
             gateway_address(settings.gateway)
+        gateway_address(settings.metrics, "--metrics", off_ok=False)
         return settings
 
 
@@ -334,10 +339,24 @@ async def run_gossip(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED)
 async def run_metrics(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """The Prometheus exporter on ``settings.metrics``; publishes its URL."""
     metrics = NodeMetrics()
-    host, _, port = node.settings.metrics.rpartition(":")
-    url = metrics.serve(host or "127.0.0.1", int(port or 0))
-    task_status.started(url)
-    await metrics.run(node.metrics_snapshot)
+    host, port = gateway_address(node.settings.metrics, "--metrics", off_ok=False)
+    try:
+        url = metrics.serve(host, port)
+    except OSError as exc:
+        raise StartError(
+            f"cannot serve metrics on {node.settings.metrics}: {exc.strerror or exc}; pass "
+            "--metrics HOST:PORT (port 0 picks a free one)"
+        ) from None
+    try:
+        task_status.started(url)
+        await metrics.run(node.metrics_snapshot)
+    finally:
+        # The exporter is a thread of prometheus_client's; stop it with the node, so an
+        # in-process node (tests, devnet) does not leave a listening socket behind. Shielded:
+        # this runs while the node is being cancelled; shutdown() waits at most one poll
+        # interval of the server's loop (0.5 s).
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(metrics.close)
 
 
 async def run_gateway(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -155,3 +155,23 @@ def test_a_gateway_that_cannot_listen_is_a_one_line_error(tmp_path: Path) -> Non
             assert done.stderr.startswith("error:")
             assert needle in done.stderr
             assert "Traceback" not in done.stderr
+
+
+def test_metrics_that_cannot_listen_are_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for where, needle in ((f"127.0.0.1:{port}", "in use"), ("127.0.0.1:abc", "HOST:PORT")):
+            done = subprocess.run(
+                [*CLI, "run", "--data-dir", str(tmp_path / "node"), "--metrics", where],
+                capture_output=True,
+                text=True,
+                env=_env(tmp_path),
+                timeout=60,
+            )
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.startswith("error:")
+            assert "--metrics" in done.stderr
+            assert needle in done.stderr
+            assert "Traceback" not in done.stderr

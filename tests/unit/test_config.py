@@ -124,3 +124,11 @@ def test_a_gateway_setting_that_is_not_host_port_is_refused(tmp_path: Path, gate
 
     with pytest.raises(StartError, match="--gateway must be HOST:PORT"):
         NodeSettings.from_config(load_config(tmp_path), tmp_path, gateway=gateway)
+
+
+@pytest.mark.parametrize("metrics", ["nonsense", "127.0.0.1:abc", "off"])
+def test_a_metrics_setting_that_is_not_host_port_is_refused(tmp_path: Path, metrics: str) -> None:
+    from node.node import NodeSettings, StartError
+
+    with pytest.raises(StartError, match="--metrics must be HOST:PORT"):
+        NodeSettings.from_config(load_config(tmp_path), tmp_path, metrics=metrics)

@@ -23,7 +23,7 @@ store's fsync in a worker thread). ``now_ms`` is always passed in.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -128,10 +128,32 @@ class Replica:
         """Store durably, then apply ops already verified (``decode_op``) and checked
         (``State.check_op``): the gateway does both itself to answer with the reason."""
         result = SubmitResult() if result is None else result
-        with self.lock:  # write() may advance the clock from another worker thread
-            fresh = admit(ops, now_ms, self.hlc, self.state.applied, result)
-        self._commit(fresh, result)
+        self.submit_checked_groups([ops], now_ms, [result])
         return result
+
+    def submit_checked_groups(
+        self,
+        groups: Sequence[Iterable[Checked]],
+        now_ms: int,
+        results: list[SubmitResult] | None = None,
+    ) -> list[SubmitResult]:
+        """``submit_checked`` for several independent batches in one durable transaction
+        (group commit: one fsync for all of them), with one result per batch.
+
+        Each batch is admitted as if it came alone after the ones before it: an op an
+        earlier batch of the group holds counts as a duplicate, not twice as new.
+        """
+        results = [SubmitResult() for _ in groups] if results is None else results
+        fresh_groups: list[list[Checked]] = []
+        with self.lock:  # write() may advance the clock from another worker thread
+            in_group: set[bytes] = set()
+            held = _Either(self.state.applied, in_group)
+            for ops, result in zip(groups, results, strict=True):
+                fresh = admit(ops, now_ms, self.hlc, held, result)
+                in_group.update(op.id for op, _ in fresh)
+                fresh_groups.append(fresh)
+        self._commit(fresh_groups, results)
+        return results
 
     def write(self, key: NodeKey, kind: str, payload: dict[str, Any], now_ms: int) -> Op:
         """Sign an op as ``key`` with this replica's clock, store it durably and apply it.
@@ -141,15 +163,17 @@ class Replica:
         with self.lock:
             stamp = self.hlc.now(now_ms)
         checked = own(sign_op(key, self.network, stamp, kind, payload))
-        self._commit([checked], SubmitResult())
+        self._commit([[checked]], [SubmitResult()])
         return checked[0]
 
-    def _commit(self, fresh: list[Checked], result: SubmitResult) -> None:
-        if not fresh:
+    def _commit(self, fresh_groups: list[list[Checked]], results: list[SubmitResult]) -> None:
+        ops = [op for fresh in fresh_groups for op, _ in fresh]
+        if not ops:
             return
-        self.store.append([op for op, _ in fresh])  # durable from here on
+        self.store.append(ops)  # one transaction: durable from here on
         with self.lock:
-            accept(fresh, self.state.apply, result)
+            for fresh, result in zip(fresh_groups, results, strict=True):
+                accept(fresh, self.state.apply, result)
         if self.store.last_seq() - self._snapshot_seq >= SNAPSHOT_EVERY_OPS:
             self.snapshot()
 
@@ -174,3 +198,15 @@ def _rebuild(store: Store, network: str) -> tuple[State, int]:
     for _, op in store.iter_ops(after_seq=upto):
         state.apply(op)
     return state, upto
+
+
+class _Either(Container[bytes]):
+    """Ids held by either container (the state's, and those admitted earlier in a group)."""
+
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: Container[bytes], b: Container[bytes]) -> None:
+        self._a, self._b = a, b
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._a or item in self._b

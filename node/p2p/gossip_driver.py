@@ -16,6 +16,14 @@ Theory of operation
   members now and then; such a packet reopens a queue and the transport dials the member's
   announced address again.
 
+Writes from local clients (the gateway's ``submit_checked``) are *group-committed*: a write
+waits in a bounded queue (``WRITES_QUEUED_MAX``; a writer past it waits to get in), and one
+committer task takes every write waiting, at most ``WRITES_PER_COMMIT_MAX``, into one
+``Replica.submit_checked_groups`` call: one transaction and one fsync for all of them, each
+write with its own result. Each writer is answered once its batch is durable. With one writer
+at a time a batch is one write, so nothing waits for company; under load the fsync is shared
+instead of queued behind (docs/decisions.md, D11).
+
 The loop waits for a packet until ``core.next_wakeup()``, then calls ``on_packet`` or
 ``on_timer`` with ``trio.current_time()``. A packet that does not decode, or whose claimed
 sender is not the authenticated peer it came from, is logged and dropped.
@@ -34,6 +42,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -42,6 +51,7 @@ from node.gossip import wire
 from node.gossip.core import GossipCore
 from node.gossip.messages import Deliver, Effect, Notify, Send
 from node.identity.keys import NodeKey
+from node.ledger.admission import Checked
 from node.ledger.op import Op
 from node.replica import Replica, SubmitResult
 
@@ -51,6 +61,12 @@ log = logging.getLogger("formation.gossip")
 
 # Packets waiting for one peer; past this the peer is too slow and we drop (gossip repairs).
 PEER_QUEUE_PACKETS_MAX = 256
+# Group commit: local writes waiting for the committer (the gateway admits at most 512
+# requests at once, so this bound only holds back a caller that is not the gateway), and the
+# writes one transaction takes (bounds one commit's time and the ops one gossip broadcast
+# carries; 256 one-op writes are ~0.3 MB of SQLite pages).
+WRITES_QUEUED_MAX = 1024
+WRITES_PER_COMMIT_MAX = 256
 ARRIVALS_KEPT = 10_000
 DIAL_TIMEOUT_S = 5.0
 
@@ -71,6 +87,16 @@ GONE_EVENTS = frozenset({"dead", "left"})
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(eq=False)
+class _Write:
+    """One local client's batch waiting for a group commit, and then its outcome."""
+
+    ops: list[Checked]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: SubmitResult | None = None
+    error: Exception | None = None
 
 
 class GossipService:
@@ -96,12 +122,17 @@ class GossipService:
         # (op id hex, author's wall ms, arrival wall ms) of recent ops: propagation as seen
         # here, for `status` and benchmarks. Bounded.
         self.arrivals: deque[tuple[str, int, int]] = deque(maxlen=ARRIVALS_KEPT)
+        self._writes, self._writes_waiting = trio.open_memory_channel[_Write](WRITES_QUEUED_MAX)
+        # Group commits so far and the writes they carried: writes / commits is the batching.
+        self.commits = 0
+        self.writes_committed = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             async with self._lock:
                 await self._apply(self.core.start(trio.current_time(), self.seeds))
+            nursery.start_soon(self._committer)
             task_status.started(self)
             inbox = self.transport.inbox
             while True:
@@ -156,14 +187,49 @@ class GossipService:
             await self._apply(self.core.broadcast(trio.current_time(), [op]))
         return op
 
-    async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
+    async def submit_checked(self, ops: list[Checked]) -> SubmitResult:
         """Store durably and apply ops a local client (the gateway) verified and checked, then
-        gossip the new ones. On return the accepted ops are durable."""
-        async with self._lock:
-            result = await trio.to_thread.run_sync(self.replica.submit_checked, ops, wall_ms())
-            if result.accepted:
-                await self._apply(self.core.broadcast(trio.current_time(), result.accepted))
-        return result
+        gossip the new ones. On return the accepted ops are durable. Concurrent callers share
+        one commit (group commit; see the module's docstring). Needs ``run`` to be running."""
+        write = _Write(list(ops))
+        await self._writes.send(write)
+        await write.done.wait()
+        if write.error is not None:
+            raise write.error
+        assert write.result is not None
+        return write.result
+
+    async def _committer(self) -> None:
+        """Take every waiting write (up to ``WRITES_PER_COMMIT_MAX``) into one commit."""
+        while True:
+            batch = [await self._writes_waiting.receive()]
+            while len(batch) < WRITES_PER_COMMIT_MAX:
+                try:
+                    batch.append(self._writes_waiting.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                # Under the core's lock: the core reads the digest the commit changes.
+                async with self._lock:
+                    results = await trio.to_thread.run_sync(
+                        self.replica.submit_checked_groups, [w.ops for w in batch], wall_ms()
+                    )
+                    accepted = [op for result in results for op in result.accepted]
+                    if accepted:
+                        await self._apply(self.core.broadcast(trio.current_time(), accepted))
+            except Exception as exc:
+                # A store failure (disk full, I/O error) answers every writer of the batch
+                # with it, as a lone write would have been; the committer goes on.
+                log.exception("a group commit of %d writes failed", len(batch))
+                for write in batch:
+                    write.error = exc
+                    write.done.set()
+                continue
+            self.commits += 1
+            self.writes_committed += len(batch)
+            for write, result in zip(batch, results, strict=True):
+                write.result = result
+                write.done.set()
 
     async def _apply(self, effects: list[Effect]) -> None:
         pending = list(effects)

@@ -14,7 +14,7 @@ from node.gossip.core import GossipCore
 from node.gossip.messages import Packet, Ping
 from node.p2p.gossip_driver import GossipService, join_through
 from node.replica import Replica
-from tests.helpers import NET, seeded_keys, wait_until
+from tests.helpers import NET, T0_MS, seeded_keys, wait_until
 
 KEYS = seeded_keys(4, seed=31)
 
@@ -157,6 +157,48 @@ async def test_members_that_leave_or_die_are_forgotten_by_the_transport(tmp_path
             hub.down.add(dying)  # no goodbye: membership has to find out
             await wait_until(lambda: dying in transport.forgotten)
         assert KEYS[1].address not in transport.forgotten
+        nursery.cancel_scope.cancel()
+    for service in services:
+        service.replica.close()
+
+
+async def test_concurrent_local_writes_share_commits_and_each_gets_its_own_answer(
+    tmp_path: Path,
+) -> None:
+    from node.ledger.admission import SubmitResult, own
+    from node.ledger.op import Op, sign_op
+
+    hub = MemoryHub()
+    users = seeded_keys(40, seed=99)
+    ops = [
+        sign_op(u, NET, (T0_MS, 0), "account.create", {"name": f"u{i}"})
+        for i, u in enumerate(users)
+    ]
+    results: dict[int, SubmitResult] = {}
+    async with trio.open_nursery() as nursery:
+        services = await start_nodes(nursery, tmp_path, hub, 2)
+        writer = services[0]
+
+        async def submit(index: int, made: Op) -> None:
+            results[index] = await writer.submit_checked([own(made)])
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as writers:
+                for index, made in enumerate(ops):
+                    writers.start_soon(submit, index, made)
+                writers.start_soon(submit, len(ops), ops[0])  # the same op twice, concurrently
+            # Every writer was answered after its batch was durable, with its own result.
+            for made in ops:
+                assert writer.replica.store.has(made.id)
+            accepted = [results[i].accepted for i in range(len(ops) + 1)]
+            duplicates = [results[i].duplicates for i in range(len(ops) + 1)]
+            assert sum(len(a) for a in accepted) == len(ops)
+            assert sum(len(d) for d in duplicates) == 1
+            assert writer.writes_committed == len(ops) + 1
+            # Writes that waited while a commit was under way shared the next one.
+            assert writer.commits < len(ops)
+            # And the accepted ops were gossiped like any write.
+            await wait_until(lambda: all(services[1].replica.has(made.id) for made in ops))
         nursery.cancel_scope.cancel()
     for service in services:
         service.replica.close()

@@ -125,3 +125,27 @@ def test_verify_returns_the_refusal_and_own_raises_it() -> None:
     assert isinstance(checked[0], Op)
     assert checked[0].id == good.id
     assert isinstance(verify(good.body, good.sig, "othernet"), OpRejected)
+
+
+def test_a_group_commit_answers_each_batch_as_if_it_came_alone(tmp_path: Path) -> None:
+    replica = Replica.open(tmp_path, NET)
+    a = op(ALICE, "account.create", {"name": "alice"})
+    b = op(BOB, "account.create", {"name": "bob"})
+    early = op(BOB, "account.update", {"name": "later"}, wall_ms=T0_MS + 10 * 60_000)
+    groups = [[own(a)], [own(b), own(a)], [own(early)], []]
+    seq_before = replica.store.last_seq()
+    results = replica.submit_checked_groups(groups, now_ms=T0_MS)
+    assert [[o.id for o in r.accepted] for r in results] == [[a.id], [b.id], [], []]
+    # The same op in a later batch of the group is a duplicate there, not a second new op.
+    assert [[o.id for o in r.duplicates] for r in results] == [[], [a.id], [], []]
+    assert [[o.id for o, _ in r.deferred] for r in results] == [[], [], [early.id], []]
+    # One transaction for the whole group: two ops stored, both applied.
+    assert replica.store.last_seq() == seq_before + 2
+    assert replica.state.account(ALICE.address) is not None
+    assert replica.state.account(BOB.address) is not None
+    # The same group again: everything is a duplicate, nothing is stored.
+    again = replica.submit_checked_groups([[own(a)], [own(b)]], now_ms=T0_MS)
+    assert [len(r.accepted) for r in again] == [0, 0]
+    assert [len(r.duplicates) for r in again] == [1, 1]
+    assert replica.store.last_seq() == seq_before + 2
+    replica.close()

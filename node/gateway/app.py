@@ -59,8 +59,6 @@ from node.replica import Replica, SubmitResult
 
 __all__ = ["GatewayApp", "GatewayNode", "Mutation", "serve_gateway"]
 
-log = logging.getLogger("formation.gateway")
-
 
 class GatewayNode(Protocol):
     """What the gateway needs from the node it runs in."""

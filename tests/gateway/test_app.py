@@ -420,6 +420,15 @@ async def test_openapi_documents_every_route(gateway: Gateway) -> None:
     assert len(names) == len(set(names))
 
 
+def test_every_route_module_is_in_the_table() -> None:
+    # Adding a group is a module in node/gateway/routes/ and a line in GROUPS: one without the
+    # other would be routes nobody serves, or nothing at all.
+    from node.gateway import routes
+
+    modules = {p.stem for p in Path(routes.__file__).parent.glob("*.py") if p.stem != "__init__"}
+    assert {group.__name__.rpartition(".")[2] for group in routes.GROUPS} == modules
+
+
 async def test_requests_over_the_in_flight_bound_are_refused_not_queued(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:

@@ -188,3 +188,26 @@ def test_only_node_p2p_imports_libp2p(package: str) -> None:
             if target.split(".")[0] in LIBP2P_ROOTS:
                 offenders.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
     assert not offenders, "libp2p outside node/p2p: " + "; ".join(sorted(set(offenders)))
+
+
+MODULE_LINES_MAX = 600
+REASON_PREFIX = "Long on purpose:"
+
+
+def test_long_modules_say_why() -> None:
+    # A module past ~600 lines usually holds more than one concern; where it holds one on
+    # purpose, the line after its docstring's title says why, so the next engineer knows
+    # whether to split it or to leave it.
+    unexplained = []
+    for name, path in _modules().items():
+        lines = path.read_text().splitlines()
+        if len(lines) <= MODULE_LINES_MAX:
+            continue
+        docstring = ast.get_docstring(ast.parse("\n".join(lines))) or ""
+        head = docstring.splitlines()[:4]
+        if not any(line.startswith(REASON_PREFIX) for line in head):
+            unexplained.append(f"{path.relative_to(ROOT)} ({len(lines)} lines)")
+    assert not unexplained, (
+        f"modules over {MODULE_LINES_MAX} lines without a '{REASON_PREFIX} ...' line at the top"
+        f" of their docstring: {', '.join(sorted(unexplained))}"
+    )

@@ -137,19 +137,21 @@ class Metrics:
 
     # -- hot path ----------------------------------------------------------------------------
 
-    def op_created(self, op_id: bytes, at: float, eligible: int) -> None:
+    def op_created(self, op_id: bytes, at: float, eligible: int) -> bool:
+        """Count a written op; False if it already existed (then the writer is an arrival)."""
         if op_id in self.op_index:
             # The workload drew a byte-identical op again (same kind, user, name and HLC
             # stamp, at two nodes within a millisecond): it is the same op, already on its
             # way. Counting it twice split its arrivals between two entries, neither of
             # which then reached 99 % of the nodes (seeds 10, 20, 22, 34, 37 of broadcast-25).
             self.ops_rewritten += 1
-            return
+            return False
         self.op_index[op_id] = len(self.op_created_at)
         self.op_created_at.append(at)
         self.op_target.append(math.ceil(_QUORUM * eligible))
         self.op_reached.append(0)
         self.op_t99.append(0.0 if eligible == 0 else math.inf)
+        return True
 
     def arrival(self, op_id: bytes, at: float, log_born_at: float) -> None:
         k = self.op_index.get(op_id)

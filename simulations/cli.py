@@ -4,11 +4,15 @@
 formation-sim list
 formation-sim run SCENARIO [--nodes N] [--seed S] [--duration S] [--core NAME]
                            [--json] [--plot FILE.png] [--trace FILE]
+formation-sim sweep SCENARIO --seeds A..B [--jobs N] [--nodes N] [--duration S] [--core NAME]
+                             [--json]
 ```
 
 SCENARIO is a name from ``simulations/scenarios`` (see ``list``) or a path to a .toml file.
 The exit status is 0 when every check of the scenario holds, 1 when one fails (with the
-command that reproduces the run), 2 for a bad command line or scenario.
+command that reproduces the run), 2 for a bad command line or scenario. ``sweep`` runs one
+scenario over many seeds and reports every metric's distribution and worst seed
+(``simulations.sweep``); it exits 1 when a check failed on any seed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import IO, Any
 from simulations.cores import CORE_NAMES, CoreError, default_core_name, load_core
 from simulations.engine import RunResult, SimError, run_scenario
 from simulations.scenario import ScenarioError, list_scenarios, load_scenario
+from simulations.sweep import parse_seeds, sweep
 
 __all__ = ["main"]
 
@@ -51,6 +56,20 @@ def _parser() -> argparse.ArgumentParser:
         "--plot", metavar="FILE.png", help="draw the propagation CDF (needs matplotlib)"
     )
     run.add_argument("--trace", metavar="FILE", help="write the event trace (one line per event)")
+    sw = sub.add_parser(
+        "sweep", help="run one scenario over many seeds: each metric's spread and worst seed"
+    )
+    sw.add_argument("scenario", help="a scenario name (see `formation-sim list`) or a .toml path")
+    sw.add_argument(
+        "--seeds", required=True, metavar="A..B", help="seeds: A..B (inclusive), A,B,C or a mix"
+    )
+    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    sw.add_argument("--nodes", type=int, help="initial node count (overrides the scenario)")
+    sw.add_argument("--duration", type=float, metavar="S", help="virtual seconds to simulate")
+    sw.add_argument(
+        "--core", choices=CORE_NAMES, help="gossip core (default: gossip if it imports)"
+    )
+    sw.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     return parser
 
 
@@ -265,6 +284,86 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# The sweep table: the metrics worth a glance; --json has every one.
+_SWEEP_TABLE = (
+    "converged",
+    "propagation_ms_p50",
+    "propagation_ms_p99",
+    "propagation_ms_max",
+    "time_to_99pct_ms_max",
+    "ops_not_reaching_99pct",
+    "msgs_per_op",
+    "msgs_per_op_maelstrom",
+    "bytes_per_op",
+    "ops_lost",
+    "digest_roots_distinct",
+    "state_hashes_distinct",
+    "false_suspicions",
+    "heal_converge_s",
+    "dead_detect_s_all_max",
+    "wall_s",
+)
+
+
+def _sweep_table(report: dict[str, Any]) -> str:
+    seeds = report["seeds"]
+    span = f"{seeds[0]}..{seeds[-1]}" if seeds else "-"
+    lines = [
+        f"{report['scenario']}: {report['runs']} seeds ({span}), core {report['core']}, "
+        f"{report['nodes']} nodes",
+        f"  {'metric':<24} {'min':>10} {'median':>10} {'p99':>10} {'max':>10}  worst seed",
+    ]
+    for name in _SWEEP_TABLE:
+        row = report["metrics"].get(name)
+        if row is None:
+            continue
+        cells = " ".join(f"{_fmt(row[k]):>10}" for k in ("min", "median", "p99", "max"))
+        lines.append(f"  {name:<24} {cells}  {row['worst_seed']} ({_fmt(row['worst'])})")
+    failed = report["seeds_failed"]
+    lines.append(f"checks failed on {len(failed)} seed(s)" + (f": {failed}" if failed else ""))
+    return "\n".join(lines)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    seeds = parse_seeds(args.seeds)
+    core_name = args.core or load_scenario(args.scenario).core
+    if core_name is None:
+        core_name, why = default_core_name()
+        if why and not args.json:
+            print(f"note: {why}", file=sys.stderr)
+    load_core(core_name)
+    progress = None
+    if not args.json and sys.stderr.isatty():
+
+        def progress(done: int, total: int) -> None:
+            sys.stderr.write(f"\r{args.scenario}: {done}/{total} seeds")
+            sys.stderr.flush()
+
+    report = sweep(
+        args.scenario,
+        seeds,
+        core_name=core_name,
+        jobs=args.jobs,
+        nodes=args.nodes,
+        duration_s=args.duration,
+        progress=progress,
+    )
+    if progress is not None:
+        sys.stderr.write("\r" + " " * 60 + "\r")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(_sweep_table(report))
+    if report["seeds_failed"]:
+        out = sys.stderr if args.json else sys.stdout
+        for seed, failures in report["checks_failed"].items():
+            for failure in failures:
+                print(f"CHECK FAILED (seed {seed}): {failure}", file=out)
+            print(f"reproduce with: {report['reproduce'][seed]}", file=out)
+        return _EXIT_CHECK_FAILED
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
@@ -274,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<{width}}  {description}")
         return 0
     try:
-        return _run(args)
+        return _sweep(args) if args.command == "sweep" else _run(args)
     except (ScenarioError, CoreError) as exc:
         print(f"formation-sim: {exc}", file=sys.stderr)
         return _EXIT_USAGE

@@ -553,8 +553,10 @@ class Simulation:
         clock = node.hlc.now(node.wall_ms(at))
         op, payload = own(self.workload.op(clock[0], clock[1]))
         self.wires[op.id] = (op.body, op.sig)
-        node.log.add(op, payload)
-        self.metrics.op_created(op.id, at, len(ups) - 1)
+        added = node.log.add(op, payload)
+        if not self.metrics.op_created(op.id, at, len(ups) - 1) and added:
+            # The same op written again elsewhere: this writer holds it from now on.
+            self.metrics.arrival(op.id, at, node.log.born_at)
         core = node.core
         assert core is not None
         effects = core.broadcast(at + node.clock_s, [op])

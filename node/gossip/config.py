@@ -42,6 +42,11 @@ class GossipConfig:
     # A leaf re-sends its attachment to its parent this often; a parent forgets a child that
     # has been silent for three times as long.
     attach_refresh_s: float = 10.0
+    # A parent sends a new child the ops it passed on in the last attach_catch_up_s: those
+    # that reached it while the child's Attach was in flight (the child already detached from
+    # its old parent). Longer than an Attach's one-way trip with margin; one batch, so it
+    # costs bytes (about ops/s x this many copies per parent change), not messages.
+    attach_catch_up_s: float = 1.0
     # Bound on children per parent (about sqrt(N) are expected; the slack absorbs views that
     # disagree for a while).
     children_max: int = 4096

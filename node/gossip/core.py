@@ -11,7 +11,9 @@ Three mechanisms, each covering what the one before it misses:
    other node is a *leaf* attached to the core member its id hashes closest to (rendezvous
    hashing, so a membership change moves few leaves). A leaf tells its parent with
    ``Attach(())`` (attach) and refreshes that every ``attach_refresh_s``; a parent's *children*
-   are the nodes attached to it. An op travels leaf → parent → the other core members → their
+   are the nodes attached to it; a new child is sent the ops its parent passed on in the last
+   ``attach_catch_up_s``, so the ops that crossed its Attach in flight are not left to repair.
+   An op travels leaf → parent → the other core members → their
    children: at most three hops, and N-1 payload copies. A leaf also sends its *own* ops to
    its second-choice core member, so one lost first hop does not leave the whole fog waiting
    for repair (N-1 + |core| copies in all). Traffic concentrates on few links, so
@@ -53,7 +55,7 @@ import functools
 import hashlib
 import math
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,6 +179,8 @@ class GossipCore:
         self._roles_at = 0.0
         self._backup_parent: str | None = None
         self._children: dict[str, float] = {}  # child -> when it last attached
+        # (when, id) of the ops we passed on lately, oldest first: a new child's catch-up.
+        self._recent: deque[tuple[float, bytes]] = deque()
         self._attached_to: str | None = None
         self._attached_at = 0.0
         self._lazy: list[str] = []
@@ -279,8 +283,11 @@ class GossipCore:
                 self._on_ihave(now, sender, msg)
             elif isinstance(msg, Attach):
                 # Attach(()) is "I am your child": push everything to me from now on.
-                if sender in self._children or len(self._children) < self.config.children_max:
+                if sender in self._children:
                     self._children[sender] = now
+                elif len(self._children) < self.config.children_max:
+                    self._children[sender] = now
+                    self._catch_up(now, sender)
                 if msg.ids:
                     self._queue_ops(now, sender, self.log.get_wire(msg.ids), eager=False)
             elif isinstance(msg, IWant):
@@ -361,6 +368,7 @@ class GossipCore:
         if self._left or not ops:
             return
         wires = [wire for wire, _ in ops]
+        self._remember_recent(now, [op_id for _, op_id in ops])
         for peer in self._tree_targets(now, sender):
             self._queue_ops(now, peer, wires, eager=eager)
         ids = [op_id for _, op_id in ops]
@@ -370,6 +378,27 @@ class GossipCore:
                 box.ihave.extend(ids)
                 if box.ihave_at is None:
                     box.ihave_at = now + self.config.ihave_interval_s
+
+    def _remember_recent(self, now: float, ids: list[bytes]) -> None:
+        recent = self._recent
+        recent.extend((now, op_id) for op_id in ids)
+        horizon = now - self.config.attach_catch_up_s
+        while recent and (recent[0][0] < horizon or len(recent) > self.config.recent_ids_max):
+            recent.popleft()
+
+    def _catch_up(self, now: float, child: str) -> None:
+        """A new child gets the ops we passed on in the last ``attach_catch_up_s``.
+
+        A leaf that changes parent sends Detach to the old one and Attach to the new one at
+        once; ops that reach the new parent while the Attach is in flight would otherwise
+        reach the child only by IHAVE repair (an announcement batch, the timeout and a round
+        trip: 0.8-1.3 s on broadcast-25, the whole propagation tail there). The copies the
+        child already has cost bytes, not messages: they ride in one batch.
+        """
+        horizon = now - self.config.attach_catch_up_s
+        ids = [op_id for at, op_id in self._recent if at >= horizon]
+        if ids:
+            self._queue_ops(now, child, self.log.get_wire(ids), eager=False)
 
     def _on_ihave(self, now: float, sender: str, msg: IHave) -> None:
         for op_id in msg.ids:

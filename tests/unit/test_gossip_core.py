@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from node.gossip import wire
 from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
-from node.gossip.messages import Deliver, Effect, Gossip, IHave, Packet, Send, Sync
+from node.gossip.messages import Attach, Deliver, Effect, Gossip, IHave, Packet, Send, Sync
 from node.ledger.digest import OpDigest
 from node.ledger.op import Op, OpRejected, decode_op
 from node.ledger.state import State
@@ -206,6 +206,47 @@ def test_a_lost_tree_message_is_repaired_by_ihave_and_iwant() -> None:
     assert (
         latest - start
         < CONFIG.sync_interval_s + CONFIG.ihave_interval_s + CONFIG.ihave_timeout_s + 0.5
+    )
+
+
+def test_a_new_child_gets_the_ops_that_crossed_its_attach() -> None:
+    # A leaf that changes parent detaches from the old one and attaches to the new one at
+    # once; ops that reach the new parent while the Attach is in flight must not wait for
+    # IHAVE repair (broadcast-25's whole propagation tail, issue 14).
+    net = Net(9)
+    net.run_until(10.0)
+    core = net.cores["n00"].describe()["core"]
+    parent = core[0]
+    leaf = next(
+        n for n in net.ids if n not in net.cores[parent].describe()["children"] and n not in core
+    )
+    fresh, old = user_op(20), user_op(21)
+    net.write(parent, old)
+    net.run_until(net.now + CONFIG.attach_catch_up_s + 0.5)
+    net.write(parent, fresh)
+    net.run_until(net.now + 0.05)
+
+    effects = net.cores[parent].on_packet(net.now, Packet(leaf, (Attach(()),), ()))
+    effects += net.cores[parent].on_timer(net.now + CONFIG.flush_interval_s)
+    sent = [(e.to, e.packet) for e in effects if isinstance(e, Send)]
+    bodies = [
+        body
+        for to, packet in sent
+        if to == leaf
+        for msg in packet.messages
+        if isinstance(msg, Gossip)
+        for body, _ in msg.ops
+    ]
+    assert fresh.body in bodies, "the op from the last attach_catch_up_s goes to the new child"
+    assert old.body not in bodies, "older ops are left to repair and anti-entropy"
+    # A child refreshing its attachment is not caught up again.
+    effects = net.cores[parent].on_packet(net.now + 0.1, Packet(leaf, (Attach(()),), ()))
+    effects += net.cores[parent].on_timer(net.now + 0.1 + CONFIG.flush_interval_s)
+    assert not any(
+        isinstance(msg, Gossip)
+        for e in effects
+        if isinstance(e, Send) and e.to == leaf
+        for msg in e.packet.messages
     )
 
 

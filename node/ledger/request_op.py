@@ -105,6 +105,8 @@ SCOPE_OF_KIND: Final = {
     "instance": "instance",
     "agent": "agent",
     "model": "model",
+    # Building an image is the first half of deploying one: the instance scope covers both.
+    "build": "instance",
 }
 
 
@@ -256,6 +258,7 @@ def _routes() -> list[Route]:
         route("POST", "/account/update", "account.update", _own_account),
         route("POST", "/account/delete", "account.delete", _own_account),
         route("POST", "/instance/create", "instance.create", _body_as_is),
+        route("POST", "/builds/create", "build.request", _body_as_is),
         route("POST", "/key/grant", "key.grant", _body_as_is),
         route("POST", "/key/revoke", "key.revoke", _body_as_is),
     ]

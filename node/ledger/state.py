@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from node.identity.keys import keccak256
+from node.ledger import builds as _builds
 from node.ledger import kinds as _entities
 from node.ledger.canonical import canonical_json
 from node.ledger.digest import OpDigest
@@ -62,10 +63,10 @@ __all__ = [
 SNAPSHOT_FORMAT: Final = 1
 
 # Every kind the state knows, from every concern's module; a kind's name is unique.
-_KIND_LIST: Final = [*_entities.KINDS]
+_KIND_LIST: Final = [*_entities.KINDS, *_builds.KINDS]
 KINDS: Final[dict[str, Kind]] = {k.name: k for k in _KIND_LIST}
 assert len(KINDS) == len(_KIND_LIST), "two modules define the same op kind"
-_TABLES: Final = (*_entities.TABLES,)
+_TABLES: Final = (*_entities.TABLES, *_builds.TABLES)
 
 
 class State:
@@ -270,6 +271,24 @@ class State:
 
     def instances_by_build(self, build_id: str) -> list[dict[str, Any]]:
         return [i for i in self.instances() if i["build_id"] == build_id]
+
+    def build(self, build_id: str) -> dict[str, Any] | None:
+        """A build request and the report that counts (``node.ledger.builds.build_view``)."""
+        record = self.tables["builds"].get(build_id)
+        if record is None or not record.exists:
+            return None
+        return _builds.build_view(build_id, record, self.owners[build_id], self._is_node)
+
+    def builds(self, owner: str | None = None) -> list[dict[str, Any]]:
+        return [
+            b
+            for key, _ in sorted(self._live("builds"))
+            if (owner is None or self.owners.get(key) == owner) and (b := self.build(key))
+        ]
+
+    def _is_node(self, address: str) -> bool:
+        record = self.tables["nodes"].get(address)
+        return record is not None and record.exists
 
     def _listing(self, table: str, key: str, id_field: str) -> dict[str, Any] | None:
         record = self.tables[table].get(key)

@@ -1,0 +1,92 @@
+"""Build routes: ask the fog to build an image from a Formfile and an uploaded context; read builds.
+
+A build request is a signed write like any other (``build.request``, ``node.ledger.builds``):
+it replicates, and the node whose turn it is builds (``node.pack.service``). The answer says the
+build id (the digest of owner, context and Formfile) at once; ``GET /builds/{id}`` then shows the
+report of the node building it: ``Building`` with its step, ``Built`` with the image digest, or
+``CriticalError`` with the failing step, its line and its last output. Only the owner reads a
+build (it holds the owner's users and password hashes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from node.gateway.endpoint import Endpoint, kind_schema
+from node.gateway.http import HttpError, Request, Response
+from node.ledger.builds import build_digest
+
+if TYPE_CHECKING:
+    from node.gateway.app import GatewayApp
+
+__all__ = ["ROWS"]
+
+
+def _owned_build(app: GatewayApp, request: Request, build_id: str) -> dict[str, Any]:
+    actor = app.actor(request, "read")[0]
+    build = app.view(lambda: app.state.build(build_id))
+    if build is None:
+        raise HttpError(404, "not_found", f"no build {build_id}")
+    if build["owner"] != actor:
+        raise HttpError(403, "forbidden", f"build {build_id} is not {actor}'s")
+    return dict(build)
+
+
+async def build_create(app: GatewayApp, request: Request) -> Response:
+    done = await app.mutate(request)
+    build_id = build_digest(done.author, done.payload["formfile"], done.payload.get("context", ""))
+    build = app.view(lambda: app.state.build(build_id))
+    return Response(
+        201,
+        {
+            "op_id": done.op_id,
+            "build_id": build_id,
+            "status": build["status"] if build else None,
+            "build": build,
+        },
+    )
+
+
+async def build_get(app: GatewayApp, request: Request) -> Response:
+    return Response(200, _owned_build(app, request, request.params["id"]))
+
+
+async def build_list(app: GatewayApp, request: Request) -> Response:
+    actor = app.actor(request, "read")[0]
+    builds = app.view(lambda: app.state.builds(actor))
+    # The list leaves out the Formfile text (it can be 64 KiB each); ``GET /builds/{id}`` has it.
+    rows = [{k: v for k, v in b.items() if k != "formfile"} for b in builds]
+    return Response(200, {"count": len(rows), "builds": rows})
+
+
+ROWS = [
+    Endpoint(
+        method="POST",
+        path="/builds/create",
+        handler=build_create,
+        operation_id="buildCreate",
+        summary="Ask the fog to build an image from a Formfile and an uploaded context",
+        auth="signed",
+        body_schema=kind_schema("build.request", drop=("build_id",)),
+        status=201,
+        tag="builds",
+    ),
+    Endpoint(
+        method="GET",
+        path="/builds/list",
+        handler=build_list,
+        operation_id="buildList",
+        summary="The signer's builds",
+        auth="signed",
+        tag="builds",
+    ),
+    Endpoint(
+        method="GET",
+        path="/builds/{id}/get",
+        handler=build_get,
+        operation_id="buildGet",
+        summary="One of the signer's builds, with the report of the node building it",
+        auth="signed",
+        tag="builds",
+    ),
+]

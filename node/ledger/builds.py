@@ -112,6 +112,11 @@ def build_view(build_id: str, record: Record, owner: str, is_node: Any) -> dict[
         "status": report.get("status"),
         "node_id": node,
         **{k: v for k, v in report.items() if k not in ("status",)},
+        # Every node's last word, for the rule of whose turn it is (``node.pack.where``).
+        "reports": {
+            n: {"status": r.get("status"), "reported_at": r.get("reported_at", 0)}
+            for n, r in sorted(reports.items())
+        },
         "created_at": created[0] if created else None,
         "updated_at": record.updated_ms(),
     }

@@ -10,6 +10,7 @@ build (it holds the owner's users and password hashes).
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from node.gateway.endpoint import Endpoint, kind_schema
@@ -51,6 +52,34 @@ async def build_get(app: GatewayApp, request: Request) -> Response:
     return Response(200, _owned_build(app, request, request.params["id"]))
 
 
+LOG_LINES_PER_ANSWER_MAX = 500
+
+
+async def build_log(app: GatewayApp, request: Request) -> Response:
+    """This node's log of a build it runs or ran lately (``node.pack.service.BuildLog``): the
+    lines from ``since`` on (at most 500 per answer), ``next`` to ask for the rest."""
+    build_id = request.params["id"]
+    _owned_build(app, request, build_id)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query)
+    text = (query.get("since") or ["0"])[0]
+    if not text.isdigit():
+        raise HttpError(
+            400, "bad_request", f"since must be a line number (0 or more), got {text!r}", "since"
+        )
+    service = getattr(app.node, "builds", None)
+    log = service.log(build_id) if service is not None else None
+    if log is None:
+        raise HttpError(
+            404,
+            "not_found",
+            f"this node holds no log of build {build_id}; the node that builds it does "
+            "(its report has the last lines of a failure)",
+        )
+    first, lines, done = log.since(int(text))
+    lines = lines[:LOG_LINES_PER_ANSWER_MAX]
+    return Response(200, {"first": first, "next": first + len(lines), "lines": lines, "done": done})
+
+
 async def build_list(app: GatewayApp, request: Request) -> Response:
     actor = app.actor(request, "read")[0]
     builds = app.view(lambda: app.state.builds(actor))
@@ -77,6 +106,15 @@ ROWS = [
         handler=build_list,
         operation_id="buildList",
         summary="The signer's builds",
+        auth="signed",
+        tag="builds",
+    ),
+    Endpoint(
+        method="GET",
+        path="/builds/{id}/log",
+        handler=build_log,
+        operation_id="buildLog",
+        summary="This node's log of one of the signer's builds, from line `since` on",
         auth="signed",
         tag="builds",
     ),

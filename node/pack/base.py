@@ -51,8 +51,10 @@ __all__ = [
     "ensure_base",
     "host_arch",
     "host_release",
+    "mirror_for",
     "parse_deb822_sources",
     "parse_one_line_sources",
+    "release_sources",
 ]
 
 # Bump when the recipe below changes what the base root contains.

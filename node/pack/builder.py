@@ -678,8 +678,19 @@ def build(
             )
             if on_step is not None:
                 on_step(StepEvent(step.index, len(steps), step.name, step.line, cached, "done"))
-        return _make_image(
-            formfile, steps, lowers, layer_docs, cached_steps, base_key, tmp, work_dir, runner
+        images = cache_dir / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        cached_image, facts = _make_image(formfile, steps, lowers, images, tmp, runner)
+        image = work_dir / "image.qcow2"
+        kernel = work_dir / "vmlinuz"
+        initrd = work_dir / "initrd.img"
+        _export(cached_image / "image.qcow2", image)
+        _export(cached_image / "vmlinuz", kernel)
+        _export(cached_image / "initrd.img", initrd)
+        manifest = _manifest(formfile, steps, layer_docs, base_key, facts)
+        (work_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        return BuildResult(
+            image, facts["image_digest"], manifest, len(steps), cached_steps, kernel, initrd
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -689,42 +700,91 @@ def _make_image(
     formfile: Formfile,
     steps: tuple[PlannedStep, ...],
     lowers: list[Path],
-    layer_docs: list[dict[str, Any]],
-    cached_steps: int,
-    base_key: str,
+    images: Path,
     tmp: Path,
-    work_dir: Path,
     runner: _Runner,
-) -> BuildResult:
+) -> tuple[Path, dict[str, Any]]:
+    """The image of the last layer, from the cache or made now: its dir and its facts."""
     total = len(steps)
     fail_index = total + 1
     final_key = steps[-1].key
-    env = {
-        "FB_TMP": str(tmp),
-        "FB_LOWER": _link_lowers(tmp, lowers),
-        "FB_OUT": str(tmp),
-        "FB_RATIO_PCT": str(int(_FS_HEADROOM_RATIO * 100)),
-        "FB_HEADROOM_MB": str(_FS_HEADROOM_MB),
-        "FB_SIZE_MB_MAX": str(formfile.disk_gb * 1024),
-        "FB_LABEL": IMAGE_LABEL,
-        # Derived from the content key: the same layers make a filesystem with the same UUID.
-        "FB_UUID": str(uuid.UUID(final_key[:32])),
-    }
-    runner.marks.clear()
-    rc = runner.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", _NS_IMAGE], env)
-    if rc != 0:
-        raise BuildError(fail_index, "image", 0, tuple(runner.tail), f"mkfs exited {rc}")
-    raw = tmp / "root.ext4"
-    image = work_dir / "image.qcow2"
-    image.unlink(missing_ok=True)
-    rc = runner.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)])
-    if rc != 0:
-        raise BuildError(fail_index, "image", 0, tuple(runner.tail), f"qemu-img exited {rc}")
-    kernel = work_dir / "vmlinuz"
-    initrd = work_dir / "initrd.img"
-    os.replace(tmp / "vmlinuz", kernel)
-    os.replace(tmp / "initrd.img", initrd)
-    digest = _sha256_file(image)
+    disk_bytes = formfile.disk_gb * 1024 * 1048576
+    final = images / final_key
+    if (final / "image.json").is_file():
+        facts: dict[str, Any] = json.loads((final / "image.json").read_text())
+        if facts["filesystem_bytes"] > disk_bytes:
+            raise BuildError(
+                fail_index,
+                "image",
+                0,
+                (),
+                f"the image needs {facts['filesystem_bytes'] // 1048576} MB, more than DISK "
+                f"({formfile.disk_gb} GB)",
+            )
+        return final, facts
+    out = Path(tempfile.mkdtemp(prefix=f".tmp-{final_key[:16]}-", dir=images))
+    try:
+        env = {
+            "FB_TMP": str(tmp),
+            "FB_LOWER": _link_lowers(tmp, lowers),
+            "FB_OUT": str(out),
+            "FB_RATIO_PCT": str(int(_FS_HEADROOM_RATIO * 100)),
+            "FB_HEADROOM_MB": str(_FS_HEADROOM_MB),
+            "FB_SIZE_MB_MAX": str(formfile.disk_gb * 1024),
+            "FB_LABEL": IMAGE_LABEL,
+            # Derived from the content key: the same layers make a filesystem with the same UUID.
+            "FB_UUID": str(uuid.UUID(final_key[:32])),
+        }
+        runner.marks.clear()
+        argv = ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", _NS_IMAGE]
+        rc = runner.run(argv, env)
+        if rc != 0:
+            raise BuildError(fail_index, "image", 0, tuple(runner.tail), f"mkfs exited {rc}")
+        raw = out / "root.ext4"
+        image = out / "image.qcow2"
+        rc = runner.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)])
+        if rc != 0:
+            raise BuildError(fail_index, "image", 0, tuple(runner.tail), f"qemu-img exited {rc}")
+        raw.unlink()
+        facts = {
+            "kernel": runner.marks.get("FORMATION-KERNEL", ""),
+            "initrd": runner.marks.get("FORMATION-INITRD", ""),
+            "content_bytes": int(runner.marks.get("FORMATION-USED", "0")),
+            "filesystem_bytes": int(runner.marks.get("FORMATION-SIZE-MB", "0")) * 1048576,
+            "image_bytes": image.stat().st_size,
+            "image_digest": _sha256_file(image),
+            "kernel_sha256": _sha256_file(out / "vmlinuz"),
+            "initrd_sha256": _sha256_file(out / "initrd.img"),
+        }
+        (out / "image.json").write_text(json.dumps(facts, sort_keys=True))
+        try:
+            os.rename(out, final)
+        except OSError:
+            # A parallel build of the same layers won; its image is as good as ours.
+            if not (final / "image.json").is_file():
+                raise
+            facts = json.loads((final / "image.json").read_text())
+    finally:
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+    return final, facts
+
+
+def _export(src: Path, dest: Path) -> None:
+    """Copy a cached file out (never a hard link: the caller may move or change its copy)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def _manifest(
+    formfile: Formfile,
+    steps: tuple[PlannedStep, ...],
+    layer_docs: list[dict[str, Any]],
+    base_key: str,
+    facts: Mapping[str, Any],
+) -> dict[str, Any]:
+    total = len(steps)
     ep = json.loads(steps[-2].spec) if total >= 2 and steps[-2].kind == "entrypoint" else None
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
@@ -749,19 +809,24 @@ def _make_image(
         },
         "users": [u.username for u in formfile.users],
         "layers": layer_docs,
-        "kernel": runner.marks.get("FORMATION-KERNEL", ""),
-        "initrd": runner.marks.get("FORMATION-INITRD", ""),
+        "kernel": facts["kernel"],
+        "initrd": facts["initrd"],
         "root": {
             "fstype": "ext4",
             "label": IMAGE_LABEL,
             "cmdline": f"root=LABEL={IMAGE_LABEL} rw console=ttyS0",
         },
-        "content_bytes": int(runner.marks.get("FORMATION-USED", "0")),
-        "filesystem_bytes": int(runner.marks.get("FORMATION-SIZE-MB", "0")) * 1048576,
-        "image_bytes": image.stat().st_size,
-        "image_digest": digest,
-        "kernel_sha256": _sha256_file(kernel),
-        "initrd_sha256": _sha256_file(initrd),
+        "image_key": steps[-1].key,
+        **{
+            k: facts[k]
+            for k in (
+                "content_bytes",
+                "filesystem_bytes",
+                "image_bytes",
+                "image_digest",
+                "kernel_sha256",
+                "initrd_sha256",
+            )
+        },
     }
-    (work_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return BuildResult(image, digest, manifest, total, cached_steps, kernel, initrd)
+    return manifest

@@ -223,28 +223,28 @@ def base_key(release: str, arch: str, packages: Iterable[str], mirror: str) -> s
 
 
 def _run_logged(argv: list[str], on_log: Callable[[str], None] | None, tail: list[str]) -> int:
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         errors="replace",
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        tail.append(line)
-        # Bounded: only the last lines are kept for the error message.
-        del tail[:-_LOG_LINES_MAX]
-        if on_log is not None:
-            on_log(line)
-    try:
-        return proc.wait(timeout=_DEBOOTSTRAP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return -9
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            # Bounded: only the last lines are kept for the error message.
+            del tail[:-_LOG_LINES_MAX]
+            if on_log is not None:
+                on_log(line)
+        try:
+            return proc.wait(timeout=_DEBOOTSTRAP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return -9
 
 
 def ensure_base(cache_dir: Path, on_log: Callable[[str], None] | None = None) -> Path:

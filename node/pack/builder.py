@@ -424,9 +424,13 @@ class _Runner:
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self.marks: dict[str, str] = {}
 
-    def run(self, argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    def run(
+        self, argv: list[str], env: Mapping[str, str] | None = None, *, marks: bool = False
+    ) -> int:
+        """Exit status of ``argv``; with ``marks``, ``FORMATION-K=V`` lines go to ``self.marks``
+        (only the builder's own image script prints them: a step's output is never parsed)."""
         self.tail.clear()
-        proc = subprocess.Popen(
+        with subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -434,23 +438,23 @@ class _Runner:
             env=None if env is None else {**os.environ, **env},
             text=True,
             errors="replace",
-        )
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")[:LOG_LINE_CHARS_MAX]
-            if line.startswith("FORMATION-") and "=" in line:
-                k, _, v = line.partition("=")
-                self.marks[k] = v
-                continue
-            self.tail.append(line)
-            if self.on_log is not None:
-                self.on_log(line)
-        try:
-            return proc.wait(timeout=_STEP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return -9
+        ) as proc:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")[:LOG_LINE_CHARS_MAX]
+                if marks and line.startswith("FORMATION-") and "=" in line:
+                    k, _, v = line.partition("=")
+                    self.marks[k] = v
+                    continue
+                self.tail.append(line)
+                if self.on_log is not None:
+                    self.on_log(line)
+            try:
+                return proc.wait(timeout=_STEP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                return -9
 
 
 def _context_files(context_dir: Path) -> dict[str, str]:
@@ -737,7 +741,7 @@ def _make_image(
         }
         runner.marks.clear()
         argv = ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", _NS_IMAGE]
-        rc = runner.run(argv, env)
+        rc = runner.run(argv, env, marks=True)
         if rc != 0:
             raise BuildError(fail_index, "image", 0, tuple(runner.tail), f"mkfs exited {rc}")
         raw = out / "root.ext4"

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from node.pack.model import Copy, Entrypoint, Env, Formfile, Install, Run, User, Workdir
+from node.pack.model import Copy, Entrypoint, Env, Formfile, Install, Run, Step, User, Workdir
 from node.pack.plan import PlanError, copied_files, plan
 
 BASE = "b" * 64
@@ -71,14 +71,14 @@ def test_changing_the_last_line_changes_only_it_and_the_implicit_tail() -> None:
 @pytest.mark.parametrize("k", range(5))
 def test_changing_step_k_changes_keys_from_k_on(k: int) -> None:
     steps = list(formfile().steps)
-    replacement = {
+    replacements: dict[type, Step] = {
         Install: Install(("python3", "curl")),
         Copy: Copy("./app", "/srv/app"),
         Env: Env("PORT", "9000"),
         Workdir: Workdir("/srv"),
         Run: Run("true"),
-    }[type(steps[k])]
-    steps[k] = replacement  # type: ignore[assignment]
+    }
+    steps[k] = replacements[type(steps[k])]
     before, after = keys(formfile()), keys(formfile(steps=tuple(steps)))
     first = k + 1  # index 0 is the USER step
     assert after[:first] == before[:first]

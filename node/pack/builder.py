@@ -78,6 +78,7 @@ from node.pack.model import Formfile
 from node.pack.plan import ENTRYPOINT_UNIT, PLAN_VERSION, PlanError, PlannedStep, plan
 
 __all__ = [
+    "IMAGES_KEPT_MAX",
     "IMAGE_LABEL",
     "LOG_TAIL_LINES",
     "BuildError",
@@ -94,6 +95,9 @@ MANIFEST_VERSION: Final = 1
 # Bounds on the build context the builder hashes for the cache keys.
 _CONTEXT_FILES_MAX: Final = 100_000
 _STEP_TIMEOUT_S: Final = 3600.0
+# Finished images kept in cache_dir/images (each is ~350 MB): enough for the last-line rebuild
+# loop and an unchanged rebuild; older ones are deleted (the blob store keeps what was built).
+IMAGES_KEPT_MAX: Final = 3
 # Headroom of the image's filesystem over its content: ext4 metadata, journal and a little room
 # for the first boot (logs, machine-id) before systemd-growfs grows it to the VM's disk.
 _FS_HEADROOM_RATIO: Final = 1.25
@@ -725,6 +729,7 @@ def _make_image(
                 f"the image needs {facts['filesystem_bytes'] // 1048576} MB, more than DISK "
                 f"({formfile.disk_gb} GB)",
             )
+        os.utime(final)  # most recently used: pruned last
         return final, facts
     out = Path(tempfile.mkdtemp(prefix=f".tmp-{final_key[:16]}-", dir=images))
     try:
@@ -771,7 +776,15 @@ def _make_image(
     finally:
         if out.exists():
             shutil.rmtree(out, ignore_errors=True)
+    _prune_images(images, keep=final)
     return final, facts
+
+
+def _prune_images(images: Path, keep: Path) -> None:
+    done = [p for p in images.iterdir() if not p.name.startswith(".") and p != keep]
+    done.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in done[IMAGES_KEPT_MAX - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _export(src: Path, dest: Path) -> None:

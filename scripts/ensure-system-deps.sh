@@ -33,6 +33,14 @@ REQUIREMENTS=(
     "test|nodejs|cmd:node"
     # npm installs tests/interop/js from its package-lock.json.
     "test|npm|cmd:npm"
+    # The image builder (node/pack/base.py, builder.py): debootstrap makes the cached Debian base
+    # root filesystem a Formfile build starts from.
+    "run test|debootstrap|cmd:debootstrap"
+    # qemu-img converts the built ext4 root filesystem into the qcow2 image a VM boots.
+    "run test|qemu-utils|cmd:qemu-img"
+    # mkfs.ext4 -d writes the image's filesystem from a directory (no loop mount); debugfs reads
+    # files back out of an image in the tests.
+    "run test|e2fsprogs|cmd:debugfs"
 )
 
 ALL_PURPOSES="venv run test"

@@ -1,0 +1,142 @@
+"""node.pack.plan: step order, names, lines and the chained cache keys."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from node.pack.model import Copy, Entrypoint, Env, Formfile, Install, Run, Step, User, Workdir
+from node.pack.plan import PlanError, copied_files, plan
+
+BASE = "b" * 64
+CONTEXT = {"app/server.py": "1" * 64, "app/static/index.html": "2" * 64, "README": "3" * 64}
+
+
+def formfile(**changes: object) -> Formfile:
+    f = Formfile(
+        name="web",
+        users=(User("alice", "$6$salt$hash", sudo=True, line=2),),
+        steps=(
+            Install(("python3",), line=3),
+            Copy("./app", "/app", line=4),
+            Env("PORT", "8000", line=5),
+            Workdir("/app", line=6),
+            Run("echo hi > /app/hi.txt", line=7),
+        ),
+        entrypoint=Entrypoint(("python3", "-m", "http.server", "8000"), line=8),
+        expose=(8000,),
+    )
+    return replace(f, **changes)  # type: ignore[arg-type]
+
+
+def keys(f: Formfile, context: dict[str, str] = CONTEXT, base: str = BASE) -> list[str]:
+    return [s.key for s in plan(f, context, base)]
+
+
+def test_order_names_lines_and_kinds() -> None:
+    steps = plan(formfile(), CONTEXT, BASE)
+    assert [(s.index, s.kind, s.line) for s in steps] == [
+        (1, "user", 2),
+        (2, "install", 3),
+        (3, "copy", 4),
+        (4, "env", 5),
+        (5, "workdir", 6),
+        (6, "run", 7),
+        (7, "entrypoint", 8),
+        (8, "finalize", 0),
+    ]
+    assert steps[1].name == "INSTALL python3"
+    assert steps[2].name == "COPY ./app /app"
+    assert len({s.key for s in steps}) == len(steps)
+
+
+def test_same_inputs_same_keys() -> None:
+    assert keys(formfile()) == keys(formfile())
+    # Lines are not part of the value, so moving a step to another line keeps its key.
+    moved = formfile(steps=tuple(replace(s, line=s.line + 10) for s in formfile().steps))
+    assert keys(moved) == keys(formfile())
+
+
+def test_changing_the_last_line_changes_only_it_and_the_implicit_tail() -> None:
+    before = keys(formfile())
+    steps = formfile().steps
+    changed = formfile(steps=(*steps[:-1], Run("echo bye > /app/hi.txt", line=7)))
+    after = keys(changed)
+    assert after[:5] == before[:5]
+    assert all(a != b for a, b in zip(after[5:], before[5:], strict=True))
+
+
+@pytest.mark.parametrize("k", range(5))
+def test_changing_step_k_changes_keys_from_k_on(k: int) -> None:
+    steps = list(formfile().steps)
+    replacements: dict[type, Step] = {
+        Install: Install(("python3", "curl")),
+        Copy: Copy("./app", "/srv/app"),
+        Env: Env("PORT", "9000"),
+        Workdir: Workdir("/srv"),
+        Run: Run("true"),
+    }
+    steps[k] = replacements[type(steps[k])]
+    before, after = keys(formfile()), keys(formfile(steps=tuple(steps)))
+    first = k + 1  # index 0 is the USER step
+    assert after[:first] == before[:first]
+    assert all(a != b for a, b in zip(after[first:], before[first:], strict=True))
+
+
+def test_changing_a_copied_file_changes_that_copy_and_later_only() -> None:
+    before = keys(formfile())
+    after = keys(formfile(), {**CONTEXT, "app/server.py": "9" * 64})
+    assert after[:2] == before[:2]
+    assert all(a != b for a, b in zip(after[2:], before[2:], strict=True))
+
+
+def test_a_file_no_copy_takes_changes_nothing() -> None:
+    assert keys(formfile(), {**CONTEXT, "README": "9" * 64}) == keys(formfile())
+
+
+def test_another_base_changes_every_key() -> None:
+    before, after = keys(formfile()), keys(formfile(), base="c" * 64)
+    assert all(a != b for a, b in zip(after, before, strict=True))
+
+
+def test_run_spec_carries_workdir_and_system_env() -> None:
+    run = plan(formfile(), CONTEXT, BASE)[5]
+    spec = json.loads(run.spec)
+    assert spec == {
+        "kind": "run",
+        "command": "echo hi > /app/hi.txt",
+        "workdir": "/app",
+        "env": {"PORT": "8000"},
+    }
+
+
+def test_entrypoint_spec_runs_as_the_first_user_in_the_workdir() -> None:
+    ep = json.loads(plan(formfile(), CONTEXT, BASE)[6].spec)
+    assert ep["user"] == "alice"
+    assert ep["workdir"] == "/app"
+    assert ep["argv"] == ["python3", "-m", "http.server", "8000"]
+    assert ep["env"] == {"PORT": "8000"}
+    no_users = json.loads(plan(formfile(users=()), CONTEXT, BASE)[5].spec)
+    assert no_users["kind"] == "entrypoint"
+    assert no_users["user"] == "root"
+
+
+def test_no_entrypoint_means_no_entrypoint_step() -> None:
+    steps = plan(formfile(entrypoint=None), CONTEXT, BASE)
+    assert [s.kind for s in steps][-2:] == ["run", "finalize"]
+
+
+def test_copy_of_a_missing_path_is_a_plan_error_naming_the_line() -> None:
+    f = formfile(steps=(Copy("./nope", "/x", line=9),))
+    with pytest.raises(PlanError, match=r"line 9: COPY \./nope"):
+        plan(f, CONTEXT, BASE)
+
+
+def test_copied_files() -> None:
+    assert copied_files("./app", CONTEXT) == ["app/server.py", "app/static/index.html"]
+    assert copied_files("app/server.py", CONTEXT) == ["app/server.py"]
+    assert copied_files(".", CONTEXT) == sorted(CONTEXT)
+    # "app" must not take "application/...".
+    assert copied_files("app", {"application/x": "0"}) == []

@@ -48,7 +48,14 @@ import trio
 
 from node.pack.where import REPORT_INTERVAL_MS, candidates, is_my_turn, ranking
 
-__all__ = ["BuildLog", "BuildService", "BuildServiceConfig", "BuildTools"]
+__all__ = [
+    "BuildLog",
+    "BuildService",
+    "BuildServiceConfig",
+    "BuildTools",
+    "builder_tools_missing",
+    "open_build_service",
+]
 
 LOG_TAIL_CHARS_MAX: Final = 4096  # what build.status carries (its schema's limit)
 ERROR_CHARS_MAX: Final = 1024
@@ -182,7 +189,7 @@ class BuildService:
         async with trio.open_nursery() as nursery:
             for _ in range(self.config.builds_concurrent_max):
                 nursery.start_soon(self._worker)
-            task_status.started()
+            task_status.started(self)
             while True:
                 for build in self.due():
                     try:
@@ -383,3 +390,45 @@ class BuildService:
             image_size_bytes=size,
             manifest=manifest_digest,
         )
+
+
+# What a builder runs (node.pack.base and node.pack.builder), and the privilege overlay mounts
+# and namespaces need.
+_BUILDER_TOOLS: Final = ("debootstrap", "unshare", "pivot_root", "mkfs.ext4", "qemu-img")
+
+
+def builder_tools_missing() -> list[str]:
+    """What this machine lacks to build images (empty: it can); ``scripts/ensure-system-deps.sh
+    run`` installs the tools."""
+    import os
+
+    missing = [tool for tool in _BUILDER_TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        missing.append("root (overlay mounts and namespaces)")
+    return missing
+
+
+def open_build_service(
+    host: BuildHost, blobs: Any, data_dir: Path, config: BuildServiceConfig | None = None
+) -> BuildService:
+    """The service with the real parts: the parser at the network's limits, the builder, the
+    node's blob store; work dirs under ``data_dir/builds``, layers in the shared cache dir."""
+    from functools import partial
+
+    from node.pack import builder
+    from node.pack.base import default_cache_dir
+    from node.pack.blobs import materialize
+    from node.pack.context import parse_manifest
+    from node.pack.formfile import FormfileError, limits_for_network, parse
+
+    tools = BuildTools(
+        build=builder.build,
+        parse=partial(parse, path="Formfile", limits=limits_for_network(host.network)),
+        blobs=blobs,
+        parse_manifest=parse_manifest,
+        materialize=materialize,
+        error_types=(builder.BuildError, FormfileError),
+    )
+    return BuildService(
+        host, tools, work_root=data_dir / "builds", cache_dir=default_cache_dir(), config=config
+    )

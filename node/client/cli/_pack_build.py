@@ -264,6 +264,24 @@ def cmd_pack_status(session: _Session) -> int:
     return 0
 
 
+PULL_TIMEOUT_S_MIN: Final = 600.0  # an image is hundreds of MB, fetched before the answer
+
+
+def cmd_pack_pull(session: _Session) -> int:
+    session.args.timeout_s = max(session.args.timeout_s, PULL_TIMEOUT_S_MIN)
+    client = session.client()
+    result = client.request("POST", f"/builds/{session.args.build_id}/pull")
+    if session.args.json:
+        _json_out(result)
+    else:
+        fetched = len(result.get("fetched", []))
+        print(
+            f"image {str(result.get('image'))[:12]} ({result.get('image_size_bytes')} bytes) is on "
+            f"this node, verified; {fetched} blob(s) fetched",
+        )
+    return 0
+
+
 def add_build_commands(pack: Commands) -> None:
     build = pack.leaf(
         "build",
@@ -309,6 +327,12 @@ def add_build_commands(pack: Commands) -> None:
         cmd_pack_status,
         "a build's status (Building, Built, CriticalError), or all your builds",
     )
+    pull = pack.leaf(
+        "pull",
+        cmd_pack_pull,
+        "fetch a built image onto the gateway's node, by digest from the nodes that hold it",
+    )
+    pull.add_argument("--build-id", required=True, metavar="BUILD_ID")
     status.add_argument(
         "--build-id", metavar="BUILD_ID", help="the build (default: list your builds)"
     )

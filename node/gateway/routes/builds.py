@@ -10,6 +10,7 @@ build (it holds the owner's users and password hashes).
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,56 @@ async def build_log(app: GatewayApp, request: Request) -> Response:
     return Response(200, {"first": first, "next": first + len(lines), "lines": lines, "done": done})
 
 
+async def build_pull(app: GatewayApp, request: Request) -> Response:
+    """Fetch a built image onto this node (``docker pull``-like): the image, its kernel, initrd
+    and manifest, by digest over libp2p from the nodes that hold them, each verified on arrival.
+    Answers what this node now holds; nothing is stored when a fetch fails."""
+    build = _owned_build(app, request, request.params["id"])
+    if build.get("status") != "Built" or not build.get("manifest"):
+        raise HttpError(
+            409,
+            "not_built",
+            f"build {build['build_id']} is {build.get('status') or 'waiting for a builder'}; "
+            "pull it once it is Built",
+        )
+    node: Any = app.node
+    blobs = getattr(node, "blobs", None)
+    if blobs is None:
+        raise HttpError(503, "no_blob_store", "this node keeps no blobs")
+    fetched: list[str] = []
+
+    async def have(digest: str) -> None:
+        if not blobs.has(digest):
+            await node.fetch_blob(digest)
+            fetched.append(digest)
+
+    try:
+        await have(build["manifest"])
+        manifest = json.loads(blobs.get(build["manifest"]))
+        digests = {
+            name: str(manifest[name])
+            for name in ("image", "kernel", "initrd")
+            if isinstance(manifest.get(name), str)
+        }
+        for digest in digests.values():
+            await have(digest)
+    except Exception as exc:  # no peer holds it, or every answer failed verification
+        raise HttpError(
+            502, "fetch_failed", f"cannot fetch build {build['build_id']}'s image: {exc}"
+        ) from None
+    return Response(
+        200,
+        {
+            "build_id": build["build_id"],
+            "manifest": build["manifest"],
+            **digests,
+            "image_size_bytes": blobs.size(digests["image"]) if "image" in digests else None,
+            "fetched": fetched,
+            "verified": True,
+        },
+    )
+
+
 async def build_list(app: GatewayApp, request: Request) -> Response:
     actor = app.actor(request, "read")[0]
     builds = app.view(lambda: app.state.builds(actor))
@@ -115,6 +166,15 @@ ROWS = [
         handler=build_log,
         operation_id="buildLog",
         summary="This node's log of one of the signer's builds, from line `since` on",
+        auth="signed",
+        tag="builds",
+    ),
+    Endpoint(
+        method="POST",
+        path="/builds/{id}/pull",
+        handler=build_pull,
+        operation_id="buildPull",
+        summary="Fetch one of the signer's built images onto this node, verified by digest",
         auth="signed",
         tag="builds",
     ),

@@ -113,6 +113,7 @@ def cmd_pack_build(session: _Session) -> int:
     node = client.node_info()
 
     context = ""
+    upload_stats: dict[str, int] = {}
     if sources:
         with _progress(quiet) as bar:
             task = bar.add_task("upload context", total=None)
@@ -122,6 +123,10 @@ def cmd_pack_build(session: _Session) -> int:
 
             uploaded = upload(client, root, sources, progress=on_upload)
         context = uploaded.manifest_digest
+        upload_stats = {
+            name: int(getattr(uploaded, name))
+            for name in ("files", "bytes_total", "bytes_sent", "chunks_total", "chunks_sent")
+        }
         if not args.json:
             print(
                 f"context {context[:12]}: {uploaded.files} files, {uploaded.bytes_total} bytes, "
@@ -143,10 +148,17 @@ def cmd_pack_build(session: _Session) -> int:
         else:
             print(build_id)
         return 0
-    return _follow(session, client, build_id, quiet=quiet)
+    return _follow(session, client, build_id, quiet=quiet, upload_stats=upload_stats)
 
 
-def _follow(session: _Session, client: Any, build_id: str, *, quiet: bool) -> int:
+def _follow(
+    session: _Session,
+    client: Any,
+    build_id: str,
+    *,
+    quiet: bool,
+    upload_stats: dict[str, int],
+) -> int:
     args = session.args
     deadline = time.monotonic() + args.wait_s
     log_seq = 0
@@ -181,7 +193,8 @@ def _follow(session: _Session, client: Any, build_id: str, *, quiet: bool) -> in
                 )
             time.sleep(POLL_S)
     if args.json:
-        _json_out({k: v for k, v in build.items() if k != "formfile"})
+        final = {k: v for k, v in build.items() if k not in ("formfile", "reports")}
+        _json_out({**final, "context_upload": upload_stats})
     else:
         _print_outcome(build)
     return 0 if build.get("status") == "Built" else 1

@@ -17,7 +17,9 @@ import pytest
 import trio
 import zstandard
 
+from node.config import load_config
 from node.identity.keys import NodeKey
+from node.node import Node, NodeSettings, open_home, run_node
 from node.p2p import blobs as blob_protocol
 from node.p2p.transport import Exchange, Transport, TransportError, open_transport
 from node.pack.blobs import BlobStore
@@ -161,3 +163,34 @@ async def test_a_size_over_the_fetch_cap_is_refused_before_any_byte(tmp_path: Pa
             with pytest.raises(blob_protocol.BlobFetchError, match="at most 50000"):
                 await blob_protocol.fetch(b, store_b, digest, [address], size_bytes_max=50_000)
             assert not store_b.has(digest)
+
+
+async def test_a_running_node_fetches_a_blob_from_its_connected_peers(tmp_path: Path) -> None:
+    def settings(name: str) -> NodeSettings:
+        data_dir = tmp_path / name
+        return NodeSettings.from_config(
+            load_config(data_dir),
+            data_dir,
+            listen_addrs=("/ip4/127.0.0.1/tcp/0",),
+            bootstrap=[],
+            gateway="127.0.0.1:0",
+            heartbeat_s=0,
+        )
+
+    data = blob_bytes(3 * 1024 * 1024, seed=4)
+    with trio.fail_after(STEP_TIMEOUT_S):
+        async with (
+            open_home(settings("a")) as home_a,
+            open_home(settings("b")) as home_b,
+            trio.open_nursery() as nursery,
+        ):
+            a: Node = await nursery.start(run_node, home_a)
+            b: Node = await nursery.start(run_node, home_b)
+            assert a.blobs.root == tmp_path / "a" / "blobs"
+            digest = await trio.to_thread.run_sync(a.blobs.put, data)
+            await b.transport.connect(a.transport.listen_addrs[0])
+            path = await b.fetch_blob(digest)  # peers: the connected ones
+            assert path.read_bytes() == data
+            assert b.blobs.has(digest)
+            a.stop()
+            b.stop()

@@ -15,7 +15,9 @@ read, every piece is decompressed with a hard cap of ``PIECE_BYTES`` (a zstd bom
 there), the bytes stream through ``BlobStore.writer`` to a temporary file (a ~500 MB image is
 never in memory), and only bytes whose sha256 is the digest asked for become a blob. A peer
 that answers wrong, short, long or slow bytes is given up on, nothing is stored, and the next
-peer in ``peers`` is tried; ``BlobFetchError`` names each peer's failure when none served it.
+peer in ``peers`` is tried (a whole transfer from one peer is bounded by ``peer_timeout_s``,
+each frame by ``IO_TIMEOUT_S``); at most ``SERVING_MAX`` transfers are served at once.
+``BlobFetchError`` names each peer's failure when none served it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ FETCH_BYTES_MAX: Final = 4 * 1024 * 1024 * 1024
 _HEADER_BYTES_MAX: Final = 1024
 _ZSTD_LEVEL: Final = 1  # images are large: speed over ratio
 IO_TIMEOUT_S: Final = 30.0  # no frame for this long: the peer is given up on
+# A whole fetch from one peer: 4 GiB at ~5 MB/s, so only a peer trickling bytes hits it.
+PEER_FETCH_TIMEOUT_S: Final = 900.0
+# Concurrent transfers this node serves; one more is refused and its asker tries elsewhere.
+SERVING_MAX: Final = 8
 
 
 class BlobFetchError(Exception):
@@ -94,7 +100,12 @@ def register(transport: Transport, store: BlobStore) -> None:
             await exchange.send(piece)
 
     transport.register_handler(
-        PROTOCOL, serve, frame_bytes_max=_HEADER_BYTES_MAX, timeout_s=IO_TIMEOUT_S
+        PROTOCOL,
+        serve,
+        frame_bytes_max=_HEADER_BYTES_MAX,
+        timeout_s=IO_TIMEOUT_S,
+        handler_timeout_s=PEER_FETCH_TIMEOUT_S,
+        concurrent_max=SERVING_MAX,
     )
 
 
@@ -144,6 +155,7 @@ async def fetch(
     peers: Sequence[str],
     *,
     size_bytes_max: int = FETCH_BYTES_MAX,
+    peer_timeout_s: float = PEER_FETCH_TIMEOUT_S,
 ) -> Path:
     """The path of blob ``digest`` in ``store``, fetched from the first of ``peers`` that has
     it and sends exactly its bytes; ``BlobFetchError`` naming each failure if none did."""
@@ -154,7 +166,9 @@ async def fetch(
     failures: list[str] = []
     for peer in peers:
         try:
-            return await _fetch_from(transport, store, digest, peer, size_bytes_max)
+            with trio.move_on_after(peer_timeout_s):
+                return await _fetch_from(transport, store, digest, peer, size_bytes_max)
+            failures.append(f"{peer}: the transfer took over {peer_timeout_s} s")
         except (BlobError, TransportError, zstandard.ZstdError) as error:
             logger.info("fetching blob %s from %s failed: %s", digest, peer, error)
             failures.append(f"{peer}: {error}")

@@ -474,14 +474,23 @@ class Transport:
         frame_bytes_max: int,
         timeout_s: float = 30.0,
         handler_timeout_s: float = 600.0,
+        concurrent_max: int = 16,
     ) -> None:
-        """Serve ``protocol``: each inbound stream is an ``Exchange`` given to ``handler``."""
+        """Serve ``protocol``: each inbound stream is an ``Exchange`` given to ``handler``.
+
+        At most ``concurrent_max`` exchanges of it run at once (one over is reset at once, the
+        asker tries elsewhere), so a burst of large transfers cannot take every stream slot.
+        """
         if not protocol.startswith("/") or TProtocol(protocol) == self._protocol:
             raise ValueError(f"protocol {protocol!r} must start with '/' and not be the gossip one")
         if type(frame_bytes_max) is not int or frame_bytes_max < 1:
             raise ValueError(f"frame_bytes_max must be a positive int, got {frame_bytes_max!r}")
+        if type(concurrent_max) is not int or concurrent_max < 1:
+            raise ValueError(f"concurrent_max must be a positive int, got {concurrent_max!r}")
+        running = 0
 
         async def serve(stream: Any) -> None:
+            nonlocal running
             # Runs in libp2p's nursery: nothing may escape, or it takes the host down.
             try:
                 remote: ID = stream.muxed_conn.peer_id
@@ -492,12 +501,16 @@ class Transport:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await _reset_quietly(stream)
                 return
-            if self._inbound_streams >= self.limits.inbound_streams_max:
+            if (
+                self._inbound_streams >= self.limits.inbound_streams_max
+                or running >= concurrent_max
+            ):
                 logger.warning("refusing %s stream from %s: too many streams", protocol, address)
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await _reset_quietly(stream)
                 return
             self._inbound_streams += 1
+            running += 1
             exchange = Exchange(stream, address, frame_bytes_max, timeout_s)
             try:
                 with trio.move_on_after(handler_timeout_s) as scope:
@@ -512,6 +525,7 @@ class Transport:
                 await exchange.reset()
             finally:
                 self._inbound_streams -= 1
+                running -= 1
 
         self._host.set_stream_handler(TProtocol(protocol), serve)
 

@@ -194,3 +194,56 @@ async def test_a_running_node_fetches_a_blob_from_its_connected_peers(tmp_path: 
             assert b.blobs.has(digest)
             a.stop()
             b.stop()
+
+
+async def test_a_peer_trickling_bytes_is_given_up_after_the_peer_timeout(tmp_path: Path) -> None:
+    wanted = blob_bytes(200_000, seed=5)
+    digest = hashlib.sha256(wanted).hexdigest()
+    stop_trickling = trio.Event()
+
+    async def trickler(exchange: Exchange) -> None:
+        await exchange.receive()
+        await exchange.send(json.dumps({"size": len(wanted)}).encode())
+        for i in range(0, len(wanted), 1000):
+            await exchange.send(zstandard.ZstdCompressor().compress(wanted[i : i + 1000]))
+            with trio.move_on_after(0.05):
+                await stop_trickling.wait()
+
+    store_b = BlobStore(tmp_path / "b")
+    with trio.fail_after(STEP_TIMEOUT_S):
+        async with transports(1, 2) as (a, b):
+            a.register_handler(blob_protocol.PROTOCOL, trickler, frame_bytes_max=1024)
+            address = await b.connect(a.listen_addrs[0])
+            with pytest.raises(blob_protocol.BlobFetchError, match=r"took over 0\.5 s"):
+                await blob_protocol.fetch(b, store_b, digest, [address], peer_timeout_s=0.5)
+            stop_trickling.set()
+            assert not store_b.has(digest)
+            assert list((tmp_path / "b" / "tmp").iterdir()) == []
+
+
+async def test_one_exchange_over_concurrent_max_is_refused_while_the_first_runs() -> None:
+    release = trio.Event()
+    entered = trio.Event()
+
+    async def slow(exchange: Exchange) -> None:
+        await exchange.receive()
+        entered.set()
+        await release.wait()
+        await exchange.send(b"done")
+
+    with trio.fail_after(STEP_TIMEOUT_S):
+        async with transports(1, 2) as (a, b):
+            a.register_handler(ECHO, slow, frame_bytes_max=64, concurrent_max=1)
+            address = await b.connect(a.listen_addrs[0])
+            answers: list[bytes] = []
+
+            async def first() -> None:
+                answers.append(await b.request(address, ECHO, b"1", frame_bytes_max=64))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first)
+                await entered.wait()  # the first exchange holds the one slot
+                with pytest.raises(TransportError):
+                    await b.request(address, ECHO, b"2", frame_bytes_max=64, timeout_s=5)
+                release.set()
+            assert answers == [b"done"]

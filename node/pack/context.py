@@ -178,11 +178,17 @@ def _check(manifest: Manifest, limits: ContextLimits) -> None:
         )
     total = 0
     previous = ""
+    paths = {entry.path for entry in manifest.files}
     for entry in manifest.files:
         check_path(entry.path, limits)
         if entry.path <= previous:
             raise ContextError(f"files must be sorted by path with no duplicates: {entry.path!r}")
         previous = entry.path
+        parent = entry.path.rpartition("/")[0]
+        while parent:
+            if parent in paths:
+                raise ContextError(f"{parent!r} is a file and also a directory of {entry.path!r}")
+            parent = parent.rpartition("/")[0]
         if type(entry.mode) is not int or not 0 <= entry.mode <= 0o7777:
             raise ContextError(f"{entry.path}: mode {entry.mode!r} is not permission bits 0..4095")
         if type(entry.size) is not int or entry.size < 0:

@@ -126,3 +126,48 @@ def test_materialize_refuses_missing_and_bad_chunks(tmp_path: Path) -> None:
     lying = Manifest.of([FileEntry("a", 0o644, 3, sha(b"xyz"), (sha(b"abc"),))])
     with pytest.raises(BlobError, match="the manifest says"):
         materialize(lying, store, tmp_path / "d2")
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+from node.pack.blobs import BlobStore
+store = BlobStore(Path(sys.argv[1]))
+out = store.writer(sys.argv[2])
+out.write(b"x" * 1_000_000)
+out._file.flush()
+print("written", flush=True)
+sys.stdin.read()  # killed here, mid-blob
+"""
+
+
+def test_kill_9_mid_write_leaves_no_blob(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    digest = sha(b"x" * 2_000_000)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path), digest],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"written\n"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+    assert child.returncode == -signal.SIGKILL
+    [leftover] = list((tmp_path / "tmp").iterdir())
+    assert leftover.stat().st_size == 1_000_000
+    store = BlobStore(tmp_path)
+    assert not store.has(digest)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert store.put(b"x" * 2_000_000, expected=digest) == digest  # and the store still works

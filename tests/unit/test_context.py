@@ -130,3 +130,8 @@ def test_limits_files_bytes_manifest() -> None:
 def test_bad_mode_refused() -> None:
     with pytest.raises(ContextError, match="mode"):
         Manifest.of([entry("a", b"1", mode=0o100644)])
+
+
+def test_a_file_cannot_also_be_a_directory() -> None:
+    with pytest.raises(ContextError, match="also a directory"):
+        Manifest.of([entry("a", b"1"), entry("a/b", b"2")])

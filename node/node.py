@@ -58,6 +58,7 @@ from node.gossip.core import GossipCore
 from node.identity.keys import NodeKey
 from node.metrics import NodeMetrics
 from node.p2p.gossip_driver import GossipService, join_through
+from node.pack.blobs import BlobStore
 from node.replica import Replica
 
 if TYPE_CHECKING:
@@ -203,6 +204,7 @@ class Node:
     core: GossipCore
     gossip: GossipService
     rng: random.Random  # the node's one source of randomness (core, bootstrap backoff)
+    blobs: BlobStore  # content-addressed: build contexts and images (<data_dir>/blobs)
     metrics_url: str = ""
     gateway: Gateway | None = None
     _stop: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
@@ -227,6 +229,14 @@ class Node:
                 "ops": self.replica.state.op_count,
                 "state_digest": self.replica.state_digest(),
             }
+
+    async def fetch_blob(self, digest: str, peers: Sequence[str] | None = None) -> Path:
+        """The path of blob ``digest`` here, fetched from ``peers`` (default: every connected
+        peer) if this node lacks it; ``node.p2p.blobs.BlobFetchError`` if none serves it."""
+        from node.p2p.blobs import fetch
+
+        chosen = list(self.transport.peers) if peers is None else list(peers)
+        return await fetch(self.transport, self.blobs, digest, chosen)
 
     async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
         """Store, apply and spread ops already verified and checked (the gateway's writes)."""
@@ -275,8 +285,12 @@ class Node:
 
 def build_node(home: Home, transport: Transport) -> Node:
     """The node's parts around a listening transport: the gossip core and its service."""
+    from node.p2p import blobs as blob_protocol
     from node.p2p.transport import peer_id_of
 
+    # Blobs: one store, served to the gateway (node.blobs) and to peers (the blob protocol).
+    blobs = BlobStore(home.settings.data_dir / "blobs")
+    blob_protocol.register(transport, blobs)
     rng = random.Random(secrets.randbits(64))
     core = GossipCore(
         home.key.address, transport.listen_addrs[0], GossipConfig.lan(), rng, home.replica
@@ -291,6 +305,7 @@ def build_node(home: Home, transport: Transport) -> Node:
         core=core,
         gossip=GossipService(core, home.replica, transport),
         rng=rng,
+        blobs=blobs,
     )
 
 

@@ -182,14 +182,23 @@ class GatewayClient:
     # ---------------------------------------------------------------------------- plumbing
 
     def _build(
-        self, method: str, path: str, json_body: Any, signed: bool, timeout: httpx.Timeout | None
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        signed: bool,
+        timeout: httpx.Timeout | None,
+        raw: tuple[bytes, dict[str, str]] | None = None,
     ) -> httpx.Request:
         if signed and self.key is None:
             raise ClientError(
                 f"{method} {path} must be signed, and this client has no key; give it one"
             )
-        body = b"" if json_body is None else _compact(json_body)
-        headers = {"Content-Type": "application/json"} if json_body is not None else {}
+        if raw is not None:  # a raw body (a blob) with its own headers; signed as sent
+            body, headers = raw
+        else:
+            body = b"" if json_body is None else _compact(json_body)
+            headers = {"Content-Type": "application/json"} if json_body is not None else {}
         request = self._http.build_request(
             method,
             self.base_url + API_PREFIX + path,
@@ -476,6 +485,37 @@ class GatewayClient:
 
     def key_revoke(self, delegate: str) -> Any:
         return self.request("POST", "/key/revoke", {"delegate": delegate})
+
+    # ------------------------------------------------------------------------------ blobs
+
+    def blobs_missing(self, digests: Sequence[str]) -> list[str]:
+        """Which of ``digests`` (at most 1000) the node lacks."""
+        answer = self.request("POST", "/blobs/missing", {"digests": list(digests)})
+        missing = answer.get("missing") if isinstance(answer, dict) else None
+        if not isinstance(missing, list) or not all(isinstance(d, str) for d in missing):
+            raise ClientError(f"the gateway at {self.base_url} answered /blobs/missing oddly")
+        return missing
+
+    def blob_put(self, digest: str, body: bytes, *, encoding: str | None = None) -> Any:
+        """Upload one blob; ``body`` as sent (zstd-compressed when ``encoding`` is "zstd")."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
+        request = self._build(
+            "PUT", f"/blobs/{_segment(digest)}", None, True, None, raw=(body, headers)
+        )
+        response = self._send(request, stream=False)
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response.json()
+
+    def blob_get(self, digest: str) -> bytes:
+        """The raw bytes of a blob the node holds."""
+        request = self._build("GET", f"/blobs/{_segment(digest)}", None, True, None)
+        response = self._send(request, stream=False)
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response.content
 
     def key_list(self) -> Any:
         return self.request("GET", "/key/list")

@@ -43,6 +43,10 @@ class Endpoint:
     body_schema: dict[str, Any] | None = None  # JSON schema of the body; None: any object
     status: int = 200  # on success
     tag: str = "node"  # OpenAPI tag: the route's group
+    # A raw (non-JSON) body: its media type, and its own size limit instead of the JSON one.
+    body_type: str = "application/json"
+    body_bytes_max: int | None = None  # None: http.REQUEST_BODY_BYTES_MAX
+    response_type: str = "application/json"  # of the success answer
 
 
 def kind_schema(kind: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:

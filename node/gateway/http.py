@@ -14,7 +14,8 @@ stream whose source is closed even when the caller goes away.
 
 **Errors** are JSON ``{"error": code, "message": text, "field"?: name}`` with a stable code.
 Anything below raises ``HttpError`` and gets exactly that; a body over
-``REQUEST_BODY_BYTES_MAX`` is ``413`` (refused on its declared length before any of it is
+``REQUEST_BODY_BYTES_MAX`` (or the larger limit a raw-body route declares, ``body_bytes_max``)
+is ``413`` (refused on its declared length before any of it is
 read); any other exception is a handler bug, logged and answered ``500`` without details.
 
 **Routing** (``Router``) matches a path, with or without the ``/v1`` prefix, against each row's
@@ -164,6 +165,10 @@ class AsgiApp:
         """The answer to one request; raise ``HttpError`` to refuse it."""
         raise NotImplementedError
 
+    def body_bytes_max(self, method: str, path: str) -> int:
+        """The body limit of a request to ``path``: the JSON one unless a route says more."""
+        return REQUEST_BODY_BYTES_MAX
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -198,11 +203,14 @@ class AsgiApp:
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
         ]
         if response.stream is None:
-            payload = json.dumps(response.body, separators=(",", ":")).encode()
-            headers += [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ]
+            if isinstance(response.body, bytes):  # a raw answer (a blob); headers say its type
+                payload = response.body
+                if "content-type" not in {k.lower() for k in response.headers}:
+                    headers.append((b"content-type", b"application/octet-stream"))
+            else:
+                payload = json.dumps(response.body, separators=(",", ":")).encode()
+                headers.append((b"content-type", b"application/json"))
+            headers.append((b"content-length", str(len(payload)).encode()))
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
@@ -229,7 +237,7 @@ class AsgiApp:
             headers: dict[str, str] = {}
             for name, value in scope.get("headers", []):
                 headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-            body = await _read_body(receive, headers)
+            body = await _read_body(receive, headers, self.body_bytes_max(scope["method"], path))
             request = Request(scope["method"], target, path, headers, body)
             return await self.handle(request)
         except HttpError as exc:
@@ -239,12 +247,10 @@ class AsgiApp:
             return json_error(500, "internal", "the node failed to answer; see its log")
 
 
-async def _read_body(receive: Any, headers: dict[str, str]) -> bytes:
+async def _read_body(receive: Any, headers: dict[str, str], limit: int) -> bytes:
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > REQUEST_BODY_BYTES_MAX:
-        raise HttpError(
-            413, "too_large", f"the body is {declared} bytes; the limit is {REQUEST_BODY_BYTES_MAX}"
-        )
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, "too_large", f"the body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -253,10 +259,8 @@ async def _read_body(receive: Any, headers: dict[str, str]) -> bytes:
             raise HttpError(400, "disconnected", "the client went away")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > REQUEST_BODY_BYTES_MAX:
-            raise HttpError(
-                413, "too_large", f"the body is over the limit of {REQUEST_BODY_BYTES_MAX} bytes"
-            )
+        if size > limit:
+            raise HttpError(413, "too_large", f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -30,6 +30,12 @@ _ERROR_SCHEMA: Final = {
 }
 
 
+def _schema_of(media_type: str) -> dict[str, Any]:
+    if media_type == "application/json":
+        return {"type": "object"}
+    return {"type": "string", "format": "binary"}
+
+
 def openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``endpoints``, in their order."""
     paths: dict[str, dict[str, Any]] = {}
@@ -44,7 +50,9 @@ def openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
             "responses": {
                 str(endpoint.status): {
                     "description": "success",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "content": {
+                        endpoint.response_type: {"schema": _schema_of(endpoint.response_type)}
+                    },
                 },
                 "400": {"description": "the request is invalid", **error_ref},
                 "404": {"description": "no such route or entity", **error_ref},
@@ -69,6 +77,12 @@ def openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
             )
             operation["responses"]["401"] = {"description": "missing or bad signature", **error_ref}
             operation["responses"]["403"] = {"description": "not yours", **error_ref}
+        if endpoint.method == "PUT":  # a raw body (a blob), not JSON
+            operation["responses"]["413"] = {"description": "body too large", **error_ref}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {endpoint.body_type: {"schema": _schema_of(endpoint.body_type)}},
+            }
         if endpoint.method == "POST":
             operation["responses"]["409"] = {"description": "already exists", **error_ref}
             operation["responses"]["413"] = {"description": "body too large", **error_ref}

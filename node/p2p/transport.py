@@ -51,6 +51,15 @@ it behind the gossip layer's back.
 because py-libp2p leaves some to the garbage collector when the enclosing scope is cancelled
 (see ``_close_network``).
 
+**Request/response protocols.** Besides the gossip stream, a protocol can be served with
+``register_handler(protocol, handler)``: each inbound stream of it becomes an ``Exchange``
+(framed like gossip, frames bounded by the handler's ``frame_bytes_max``, every read and write
+under a deadline of ``timeout_s``) handed to ``handler``, which answers on it; the handler as a
+whole is cut off after ``handler_timeout_s``. ``open_exchange(address, protocol)`` is the
+dialer's side (one fresh stream per exchange, so a slow transfer never holds up gossip), and
+``request`` the one-frame-each-way case. Inbound exchanges count against
+``inbound_streams_max`` like gossip streams; an error in a handler resets only its stream.
+
 **Bounds.** ``peers_max`` known peers (and twice that many connections),
 ``inbound_streams_max`` concurrent inbound streams, an inbox of ``inbox_frames_max`` frames,
 frames of at most ``frame_bytes_max`` bytes, and timeouts on dials and stream opens.
@@ -59,7 +68,7 @@ frames of at most ``frame_bytes_max`` bytes, and timeouts on dials and stream op
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -91,6 +100,8 @@ from node.p2p.peer_table import PeerTable
 
 __all__ = [
     "DEFAULT_PROTOCOL",
+    "Exchange",
+    "ExchangeHandler",
     "PeerUnreachable",
     "Transport",
     "TransportError",
@@ -125,6 +136,68 @@ _QUIC_STREAMS_PER_CONNECTION_MAX: Final = 16
 
 class TransportError(Exception):
     """A transport operation failed; the message names the peer and the cause."""
+
+
+class Exchange:
+    """One request/response stream: whole frames each way, each read and write under a deadline."""
+
+    def __init__(self, stream: Any, remote: str, frame_bytes_max: int, timeout_s: float) -> None:
+        self.remote = remote  # the Noise-authenticated address of the other end
+        self.timeout_s = timeout_s
+        self._stream = stream
+        self._reader = FrameReader(frame_bytes_max)
+        self._frames: list[bytes] = []
+
+    async def send(self, data: bytes) -> None:
+        """Write ``frame(data)``; ``TransportError`` if the peer does not take it in time."""
+        try:
+            with trio.fail_after(self.timeout_s):
+                await self._stream.write(frame(bytes(data)))
+        except trio.TooSlowError:
+            raise TransportError(
+                f"{self.remote} did not take a frame within {self.timeout_s} s"
+            ) from None
+        except TransportError:
+            raise
+        except Exception as error:
+            raise TransportError(f"writing to {self.remote} failed: {error!r}") from error
+
+    async def receive(self) -> bytes:
+        """The next whole frame; ``TransportError`` on a deadline, an end or a bad frame."""
+        try:
+            with trio.fail_after(self.timeout_s):
+                while not self._frames:
+                    try:
+                        chunk = await self._stream.read(_READ_CHUNK_BYTES)
+                    except EOFError:
+                        chunk = b""
+                    if not chunk:
+                        raise TransportError(f"{self.remote} ended the stream mid-exchange")
+                    try:
+                        self._frames.extend(self._reader.feed(chunk))
+                    except BadPacket as error:
+                        raise TransportError(f"{self.remote} sent a bad frame: {error}") from None
+        except trio.TooSlowError:
+            raise TransportError(f"{self.remote} sent no frame within {self.timeout_s} s") from None
+        except TransportError:
+            raise
+        except Exception as error:
+            raise TransportError(f"reading from {self.remote} failed: {error!r}") from error
+        return self._frames.pop(0)
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+            try:
+                await self._stream.close()
+            except Exception:
+                await _reset_quietly(self._stream)
+
+    async def reset(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+            await _reset_quietly(self._stream)
+
+
+ExchangeHandler = Callable[[Exchange], Awaitable[None]]
 
 
 class UnknownPeer(TransportError):
@@ -390,6 +463,117 @@ class Transport:
         raise PeerUnreachable(
             f"cannot send to {address} ({peer_id}): {last_error!r}"
         ) from last_error
+
+    # --- request/response protocols ------------------------------------------------------
+
+    def register_handler(
+        self,
+        protocol: str,
+        handler: ExchangeHandler,
+        *,
+        frame_bytes_max: int,
+        timeout_s: float = 30.0,
+        handler_timeout_s: float = 600.0,
+        concurrent_max: int = 16,
+    ) -> None:
+        """Serve ``protocol``: each inbound stream is an ``Exchange`` given to ``handler``.
+
+        At most ``concurrent_max`` exchanges of it run at once (one over is reset at once, the
+        asker tries elsewhere), so a burst of large transfers cannot take every stream slot.
+        """
+        if not protocol.startswith("/") or TProtocol(protocol) == self._protocol:
+            raise ValueError(f"protocol {protocol!r} must start with '/' and not be the gossip one")
+        if type(frame_bytes_max) is not int or frame_bytes_max < 1:
+            raise ValueError(f"frame_bytes_max must be a positive int, got {frame_bytes_max!r}")
+        if type(concurrent_max) is not int or concurrent_max < 1:
+            raise ValueError(f"concurrent_max must be a positive int, got {concurrent_max!r}")
+        running = 0
+
+        async def serve(stream: Any) -> None:
+            nonlocal running
+            # Runs in libp2p's nursery: nothing may escape, or it takes the host down.
+            try:
+                remote: ID = stream.muxed_conn.peer_id
+                address = _address_of_id(remote)
+                await self._remember(address, remote)
+            except Exception as error:
+                logger.warning("refusing %s stream: %s", protocol, error)
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await _reset_quietly(stream)
+                return
+            if (
+                self._inbound_streams >= self.limits.inbound_streams_max
+                or running >= concurrent_max
+            ):
+                logger.warning("refusing %s stream from %s: too many streams", protocol, address)
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await _reset_quietly(stream)
+                return
+            self._inbound_streams += 1
+            running += 1
+            exchange = Exchange(stream, address, frame_bytes_max, timeout_s)
+            try:
+                with trio.move_on_after(handler_timeout_s) as scope:
+                    await handler(exchange)
+                if scope.cancelled_caught:
+                    logger.info("%s handler for %s ran out of time", protocol, address)
+                    await exchange.reset()
+                else:
+                    await exchange.close()
+            except Exception as error:
+                logger.info("%s exchange with %s ended: %r", protocol, address, error)
+                await exchange.reset()
+            finally:
+                self._inbound_streams -= 1
+                running -= 1
+
+        self._host.set_stream_handler(TProtocol(protocol), serve)
+
+    @asynccontextmanager
+    async def open_exchange(
+        self, address: str, protocol: str, *, frame_bytes_max: int, timeout_s: float = 30.0
+    ) -> AsyncIterator[Exchange]:
+        """A fresh stream of ``protocol`` to a known peer, closed (or reset on error) after."""
+        address = normalize_address(address)
+        peer_id = self._peers.get(address)
+        if peer_id is None:
+            raise UnknownPeer(f"no peer {address}: connect() to it first")
+        try:
+            with trio.fail_after(self.limits.stream_open_timeout_s):
+                stream = await self._host.new_stream(peer_id, [TProtocol(protocol)])
+        except trio.TooSlowError:
+            raise PeerUnreachable(
+                f"{address} did not open a {protocol} stream within "
+                f"{self.limits.stream_open_timeout_s} s"
+            ) from None
+        except Exception as error:
+            raise PeerUnreachable(
+                f"cannot open a {protocol} stream to {address}: {error!r}"
+            ) from error
+        exchange = Exchange(stream, address, frame_bytes_max, timeout_s)
+        try:
+            yield exchange
+        except BaseException:
+            await exchange.reset()
+            raise
+        await exchange.close()
+        self._peers.refresh(address)
+
+    async def request(
+        self,
+        address: str,
+        protocol: str,
+        data: bytes,
+        *,
+        frame_bytes_max: int,
+        timeout_s: float = 30.0,
+    ) -> bytes:
+        """Send one frame on a fresh ``protocol`` stream and return the one frame answered."""
+        async with self.open_exchange(
+            address, protocol, frame_bytes_max=frame_bytes_max, timeout_s=timeout_s
+        ) as exchange:
+            await exchange.send(data)
+            return await exchange.receive()
 
     # --- receiving -------------------------------------------------------------------------
 

@@ -366,7 +366,7 @@ class BuildService:
             for name in ("kernel_path", "initrd_path"):
                 path = getattr(result, name, None)
                 if path is not None and Path(path).exists():
-                    extra[name.removesuffix("_path")] = blobs.put_file(Path(path), move=True)
+                    extra[name.replace("_path", "_blob")] = blobs.put_file(Path(path), move=True)
             manifest = {
                 **result.manifest,
                 "build_id": build["build_id"],

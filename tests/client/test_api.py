@@ -271,7 +271,28 @@ def test_every_public_method_is_in_the_route_table() -> None:
         and callable(getattr(GatewayClient, name))
     }
     covered = {r[0] for r in ROUTES} | {"open_agent_hire", "open_agent_run_task"}
+    covered |= {"blobs_missing", "blob_put", "blob_get"}  # test_blob_methods_send_their_routes
     assert public <= covered, public - covered
+
+
+def test_blob_methods_send_their_routes() -> None:
+    digest = "ab" * 32
+    gateway = (
+        FakeGateway()
+        .on("POST", "/v1/blobs/missing", answer(200, {"missing": [digest]}))
+        .on("PUT", f"/v1/blobs/{digest}", answer(201, {"digest": digest, "size": 3}))
+        .on("GET", f"/v1/blobs/{digest}", httpx.Response(200, content=b"raw"))
+    )
+    with client(gateway) as c:
+        assert c.blobs_missing([digest]) == [digest]
+        assert gateway.last.json == {"digests": [digest]}
+        assert c.blob_put(digest, b"zst", encoding="zstd") == {"digest": digest, "size": 3}
+        seen = gateway.last
+        assert (seen.method, seen.body, seen.signer) == ("PUT", b"zst", ALICE.address)
+        assert seen.headers["content-encoding"] == "zstd"
+        assert seen.headers["content-type"] == "application/octet-stream"
+        assert c.blob_get(digest) == b"raw"
+        assert gateway.last.signer == ALICE.address
 
 
 def test_a_delegate_names_the_account_it_acts_for() -> None:

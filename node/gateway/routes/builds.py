@@ -108,9 +108,13 @@ async def build_pull(app: GatewayApp, request: Request) -> Response:
         await have(build["manifest"])
         manifest = json.loads(blobs.get(build["manifest"]))
         digests = {
-            name: str(manifest[name])
-            for name in ("image", "kernel", "initrd")
-            if isinstance(manifest.get(name), str)
+            name: str(manifest[key])
+            for name, key in (
+                ("image", "image"),
+                ("kernel", "kernel_blob"),
+                ("initrd", "initrd_blob"),
+            )
+            if isinstance(manifest.get(key), str)
         }
         for digest in digests.values():
             await have(digest)

@@ -1,5 +1,9 @@
 """Apply a Formfile's steps to the cached base, layer by layer, and write a bootable qcow2 image.
 
+Long on purpose: the shell each step runs, the namespace runner that runs it and the image
+writer share one set of invariants (what is mounted where, who writes); apart they would be
+three modules that must change together.
+
 Theory of operation
 -------------------
 ``build`` is the I/O half of ``node.pack.plan``: the plan says which steps and which keys, this

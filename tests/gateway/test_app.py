@@ -513,12 +513,13 @@ def test_every_write_route_has_exactly_one_replicated_meaning() -> None:
     # every replica derives from a signed request). They must list the same routes.
     from node.ledger.request_op import ROUTES, route_of
 
-    # POST /blobs/missing is a read with a body (a list of digests); blobs are not state.
+    # POST /blobs/missing is a read with a body (a list of digests); blobs are not state, and
+    # POST /builds/{id}/pull copies blobs onto this node: no replicated meaning either.
     writes = [
         e
         for e in ENDPOINTS
         if e.method == "POST"
-        and not e.path.endswith(("/hire", "/run_task"))
+        and not e.path.endswith(("/hire", "/run_task", "/pull"))
         and not e.path.startswith("/blobs/")
     ]
     for endpoint in writes:

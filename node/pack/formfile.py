@@ -338,9 +338,11 @@ class _Parser:
                 out.append(current)
                 current = None
         if current is not None:
-            line, col = current.end
+            end_line, end_col = current.end
             self.error(
-                line, col, "the last line ends with '\\' but no line follows; remove the '\\'"
+                end_line,
+                end_col,
+                "the last line ends with '\\' but no line follows; remove the '\\'",
             )
             out.append(current)
         return out

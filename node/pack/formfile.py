@@ -1,41 +1,39 @@
-"""The Formfile parser: text (or bytes) into a ``node.pack.model.Formfile``, or every error at once.
+"""The Formfile parser: text (or bytes) in, a ``Formfile`` value or every error out.
 
 Theory of operation
 -------------------
-Parsing is pure (no I/O, no clock) and bounded, in three passes over the text:
+Pure and total: ``parse`` reads no file, no clock, and raises nothing but ``FormfileError``
+whatever the input. The text is checked in layers, each bounded so a hostile body costs little:
 
-1. *Decode and bound.* Bytes must be UTF-8 (a leading BOM is dropped); the text must be at most
-   ``Limits.text_bytes_max`` bytes and ``Limits.lines_max`` lines; control characters other than
-   tab are refused where they stand. A file that breaks a bound gets that one error and no
-   further work.
-2. *Logical lines.* Lines are split on ``\\n`` (a trailing ``\\r`` is dropped). Blank lines and
-   lines whose first non-blank character is ``#`` are skipped. A line ending in ``\\`` continues
-   on the next line (the backslash becomes a space; comment lines inside a continuation are
-   skipped, as Docker does). Every character of a logical line remembers its physical line and
-   column, so an error in a continued ``USER`` points at the right place.
-3. *Instructions.* The first word is the instruction (upper case; aliases VCPU/CPU/CORES,
-   MEM/MEMORY/MBS, DISK/STORAGE). Arguments are words split on blanks, where ``"..."`` (with
-   ``\\"`` and ``\\\\`` escapes) and ``'...'`` keep blanks, as in a shell; RUN and DESCRIPTION
-   take the rest of the line as it is. Every value is checked, and resources against a
-   ``Limits`` profile (a node checks against its network's). Unknown instructions are errors
-   (the upstream ignores them, which hides typos).
+1. Size and encoding: at most ``Limits.text_bytes_max`` bytes of UTF-8 (64 KiB, the cap the
+   ledger puts on a ``build.request``), at most ``lines_max`` lines, no control characters but
+   tab. A UTF-8 byte-order mark is skipped.
+2. Logical lines: a line ending in ``\\`` (trailing blanks allowed) continues on the next one,
+   as in a Dockerfile; comment lines (``#`` first) are skipped, also inside a continuation. Every
+   character of a logical line keeps its physical line and column, so an error inside the third
+   line of a ``USER ... \\`` points at that line.
+3. Instructions: the first word, upper case (``run`` is an error that suggests ``RUN``). Unknown
+   instructions are errors (the upstream ignores them silently, so a typo built an image that
+   lacked a step). Arguments are words split on blanks; ``"..."`` and ``'...'`` keep blanks
+   (inside double quotes ``\\"`` and ``\\\\`` escape), as in a shell.
+4. Values: each checked where it is read; resources against a ``Limits`` profile (``DEVNET``,
+   ``MAINNET``); checks that need the whole file (NAME present, an ``ENV --scope=user:NAME``
+   naming a declared USER) run last.
 
-Errors are ``Diagnostic(path, line, col, message)``; the parser collects all of them (up to
-``Limits.errors_max``, then one "and N more") and raises one ``FormfileError`` whose ``str`` is
-one ``PATH:LINE:COL: message`` per line, like a compiler. No input makes ``parse`` raise
-anything else.
+Every error becomes a ``Diagnostic(path, line, col)`` (1-based, columns in characters) and the
+parser keeps going, so one run lists all of a file's errors (at most ``errors_max``, then one
+"and N more"). ``str(FormfileError)`` is one ``PATH:LINE:COL: message`` per line, the form
+compilers and editors understand.
 
-``canonical`` writes the one text of a ``Formfile``: no comments, no continuations, every
-resource explicit, values quoted only where needed, so ``parse(canonical(f)) == f``. The build id
-is a digest of that text, so two Formfiles that mean the same build the same.
+``canonical`` prints a ``Formfile`` back as text with one instruction per line in a fixed order
+(NAME, DESCRIPTION, MODEL, resources, GPU, USER, the steps in order, EXPOSE, ENTRYPOINT), all
+resources explicit, no comments or continuations: ``parse(canonical(f)) == f``.
 
-Choices where the upstream is silent or loose: NAME is required (the upstream fails without it;
-the README's "auto-generated" never happened) and follows the build record's name rule; USER
-needs username and passwd; ``root`` is not a USER; COPY takes exactly a source inside the
-context and an absolute destination; WORKDIR may repeat (the last one is the image's);
-ENTRYPOINT and MODEL at most once; ENV ``--scope=user:NAME`` must name a USER of the file;
-an unknown network gets the mainnet limits (the strict profile is devnet's, but an unknown name
-is more likely a new public network than a test one; ``limits_for_network`` documents it).
+Decisions (see docs/formats.md): NAME is required, as upstream (it names the build), and uses
+the ledger's build-name alphabet; unknown network names get the ``MAINNET`` limits (a network
+the node does not know as a development one is treated as production); COPY destinations and
+WORKDIR are absolute; a file's first error for bad bytes stops the parse (nothing after it can
+be located reliably).
 """
 
 from __future__ import annotations
@@ -43,9 +41,8 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import unicodedata
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from node.pack.model import (
     Copy,
@@ -64,6 +61,7 @@ from node.pack.model import (
 __all__ = [
     "DEVNET",
     "GPU_MODELS",
+    "INSTRUCTIONS",
     "LIMITS",
     "MAINNET",
     "Diagnostic",
@@ -72,12 +70,13 @@ __all__ = [
     "canonical",
     "limits_for_network",
     "parse",
+    "quote",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What a Formfile may ask for on one network, and how much text the parser will read."""
+    """A limits profile: what a network's nodes accept (resources) and what any parse costs."""
 
     name: str
     vcpus_min: int
@@ -86,43 +85,30 @@ class Limits:
     memory_mb_max: int
     disk_gb_min: int
     disk_gb_max: int
-    gpus_max: int = 8
-    text_bytes_max: int = 64 * 1024  # the build record's bound on its formfile field
-    lines_max: int = 4096
+    # The ledger caps a build.request's Formfile at 64 KiB; accepting more here would only
+    # produce a Formfile that cannot be sent.
+    text_bytes_max: int = 64 * 1024
+    lines_max: int = 10_000
     errors_max: int = 100
+    steps_max: int = 1_000
     users_max: int = 32
-    steps_max: int = 512
     ports_max: int = 64
+    gpus_max: int = 8
+    value_chars_max: int = 8_192
 
 
-DEVNET: Final = Limits(
-    name="devnet",
-    vcpus_min=1,
-    vcpus_max=2,
-    memory_mb_min=512,
-    memory_mb_max=4096,
-    disk_gb_min=1,
-    disk_gb_max=5,
-)
-MAINNET: Final = Limits(
-    name="mainnet",
-    vcpus_min=1,
-    vcpus_max=128,
-    memory_mb_min=512,
-    memory_mb_max=256000,
-    disk_gb_min=5,
-    disk_gb_max=65535,
-)
-LIMITS: Final[dict[str, Limits]] = {"devnet": DEVNET, "mainnet": MAINNET}
-
-GPU_MODELS: Final = ("RTX5090", "H100", "H200", "B200")
-_GPU_COUNT_MAX: Final = 8
+# The seed README's development-network limits (the upstream "treehacks" feature).
+DEVNET: Final = Limits("devnet", 1, 2, 512, 4096, 1, 5)
+# The upstream's general ranges (form-pack/src/formfile.rs).
+MAINNET: Final = Limits("mainnet", 1, 128, 512, 256_000, 5, 65_535)
+LIMITS: Final = {"devnet": DEVNET, "mainnet": MAINNET}
+# Networks that are development fogs: a node's default network is "local".
+_DEV_NETWORKS: Final = frozenset({"devnet", "local"})
 
 
 def limits_for_network(network: str) -> Limits:
-    """The limits a node of ``network`` checks: ``devnet`` and ``local`` get DEVNET, ``mainnet``
-    and any other name MAINNET (a network this code does not know is treated as a public one)."""
-    return DEVNET if network.strip().lower() in ("devnet", "local") else MAINNET
+    """``DEVNET`` for "devnet" and "local", ``MAINNET`` for any other network (production)."""
+    return DEVNET if network in _DEV_NETWORKS else MAINNET
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,308 +121,70 @@ class Diagnostic:
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.col}: {self.message}"
 
-    def to_json(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, object]:
         return {"path": self.path, "line": self.line, "col": self.col, "message": self.message}
 
 
 class FormfileError(ValueError):
-    """Every problem of one Formfile; ``str`` is one ``PATH:LINE:COL: message`` per line."""
+    """All the errors of one Formfile; ``str()`` is one ``PATH:LINE:COL: message`` per line."""
 
     def __init__(self, diagnostics: tuple[Diagnostic, ...]) -> None:
+        assert diagnostics
         self.diagnostics = diagnostics
         super().__init__("\n".join(str(d) for d in diagnostics))
 
 
-# --- lexing ---------------------------------------------------------------------------------
-
-_BLANK: Final = " \t"
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-_USERNAME_RE: Final = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SERVICE_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}")
-_PACKAGE_RE: Final = re.compile(
-    r"[a-z0-9][a-z0-9+.-]{0,127}(:[a-z0-9-]{1,32})?(=[A-Za-z0-9.+:~-]{1,128})?"
-)
-_MODEL_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}")
-_SSH_KEY_RE: Final = re.compile(r"(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ \S.*")
-_TRUE: Final = ("true", "yes", "1", "on")
-_FALSE: Final = ("false", "no", "0", "off")
-_VALUE_MAX: Final = 8192
-
-
-@dataclass(frozen=True, slots=True)
-class _Word:
-    text: str
-    line: int
-    col: int
-
-
-@dataclass(slots=True)
-class _Logical:
-    """One instruction's text; ``pos[i]`` is where character ``i`` stood (line, col)."""
-
-    text: str
-    pos: list[tuple[int, int]]
-    line: int
-
-    def at(self, i: int) -> tuple[int, int]:
-        if not self.pos:
-            return (self.line, 1)
-        return self.pos[min(max(i, 0), len(self.pos) - 1)]
-
-
-@dataclass(slots=True)
-class _Errors:
-    path: str
-    limit: int
-    items: list[Diagnostic] = field(default_factory=list)
-    dropped: int = 0
-    dropped_line: int = 0
-
-    def add(self, line: int, col: int, message: str) -> None:
-        if len(self.items) < self.limit:
-            self.items.append(Diagnostic(self.path, line, col, message))
-        else:
-            if not self.dropped:
-                self.dropped_line = line
-            self.dropped += 1
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        items = sorted(self.items, key=lambda d: (d.line, d.col))
-        if self.dropped:
-            items.append(
-                Diagnostic(
-                    self.path,
-                    self.dropped_line,
-                    1,
-                    f"and {self.dropped} more errors (only the first {self.limit} are listed)",
-                )
-            )
-        raise FormfileError(tuple(items))
-
-
-def _decode(data: str | bytes, errors: _Errors, limits: Limits) -> str | None:
-    if isinstance(data, bytes):
-        if len(data) > limits.text_bytes_max:
-            errors.add(1, 1, f"file is {len(data)} bytes; at most {limits.text_bytes_max} allowed")
-            return None
-        if data.startswith(b"\xef\xbb\xbf"):
-            data = data[3:]
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            before = data[: exc.start]
-            line = before.count(b"\n") + 1
-            col = len(before) - (before.rfind(b"\n") + 1) + 1
-            errors.add(
-                line, col, f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8"
-            )
-            return None
-    text = data[1:] if data.startswith("\ufeff") else data
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > limits.text_bytes_max:
-        errors.add(1, 1, f"file is {size} bytes; at most {limits.text_bytes_max} allowed")
-        return None
-    return text
-
-
-def _bad_char(ch: str) -> bool:
-    if ch == "\t":
-        return False
-    return unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029\x85"
-
-
-def _logical_lines(text: str, errors: _Errors, limits: Limits) -> list[_Logical]:
-    physical = text.split("\n")
-    if text.endswith("\n"):
-        physical.pop()
-    if len(physical) > limits.lines_max:
-        errors.add(limits.lines_max + 1, 1, f"more than {limits.lines_max} lines")
-        return []
-    out: list[_Logical] = []
-    current: _Logical | None = None
-    for index, raw in enumerate(physical):
-        number = index + 1
-        line = raw[:-1] if raw.endswith("\r") else raw
-        bad = next((i for i, ch in enumerate(line) if _bad_char(ch)), None)
-        if bad is not None:
-            errors.add(
-                number,
-                bad + 1,
-                f"control character U+{ord(line[bad]):04X} not allowed; remove it",
-            )
-            line = "".join(" " if _bad_char(ch) else ch for ch in line)
-        stripped = line.strip(_BLANK)
-        if not stripped:
-            if current is not None:  # a blank line ends a continuation
-                out.append(current)
-                current = None
-            continue
-        if stripped.startswith("#"):
-            continue
-        start = len(line) - len(line.lstrip(_BLANK))
-        body = line.rstrip(_BLANK)
-        continues = body.endswith("\\")
-        if continues:
-            body = body[:-1]
-        piece = body[start:] if current is None else body
-        offset = start if current is None else 0
-        pos = [(number, offset + i + 1) for i in range(len(piece))]
-        if current is None:
-            current = _Logical(piece, pos, number)
-        else:
-            current.text += " " + piece
-            current.pos.append((number, 1))
-            current.pos.extend(pos)
-        if not continues:
-            out.append(current)
-            current = None
-    if current is not None:
-        out.append(current)
-    return out
-
-
-def _split_words(logical: _Logical, start: int, errors: _Errors) -> list[_Word] | None:
-    """Shell-like words from ``logical.text[start:]``; None (and an error) on an open quote."""
-    text = logical.text
-    words: list[_Word] = []
-    i = start
-    n = len(text)
-    while i < n:
-        while i < n and text[i] in _BLANK:
-            i += 1
-        if i >= n:
-            break
-        word_start = i
-        buf: list[str] = []
-        while i < n and text[i] not in _BLANK:
-            ch = text[i]
-            if ch in "\"'":
-                quote_at = i
-                i += 1
-                while i < n and text[i] != ch:
-                    if ch == '"' and text[i] == "\\" and i + 1 < n and text[i + 1] in '"\\':
-                        i += 1
-                    buf.append(text[i])
-                    i += 1
-                if i >= n:
-                    line, col = logical.at(quote_at)
-                    errors.add(line, col, f"unclosed {ch} quote; close it with {ch}")
-                    return None
-                i += 1
-            else:
-                buf.append(ch)
-                i += 1
-        line, col = logical.at(word_start)
-        words.append(_Word("".join(buf), line, col))
-    return words
-
-
-# --- canonical text -------------------------------------------------------------------------
-
-_SAFE_RE: Final = re.compile(r"[^\s\"'\\\[#]+|[^\s\"'\\\[#][^\s\"'\\]*")
-
-
-def _quote(value: str) -> str:
-    if value and _SAFE_RE.fullmatch(value) and not any(ch in value for ch in _BLANK):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _bool(value: bool) -> str:
-    return "true" if value else "false"
-
-
-_USER_DEFAULTS: Final = User(username="_", passwd="_")
-
-
-def _user_line(user: User) -> str:
-    parts = [f"username:{_quote(user.username)}", f"passwd:{_quote(user.passwd)}"]
-    if user.ssh_authorized_keys:
-        parts.append(f"ssh_authorized_keys:{_quote(','.join(user.ssh_authorized_keys))}")
-    for name in ("lock_passwd", "sudo", "ssh_pwauth", "disable_root", "chpasswd_expire"):
-        value = getattr(user, name)
-        if value != getattr(_USER_DEFAULTS, name):
-            parts.append(f"{name}:{_bool(value)}")
-    if user.shell != _USER_DEFAULTS.shell:
-        parts.append(f"shell:{_quote(user.shell)}")
-    if user.groups:
-        parts.append(f"groups:{_quote(','.join(user.groups))}")
-    return "USER " + " ".join(parts)
-
-
-def _raw_text(value: str) -> str:
-    """RUN/DESCRIPTION text as written, unless it would read back differently."""
-    if value[:1] in ("'", '"'):
-        return _quote(value)
-    return value
-
-
-def canonical(formfile: Formfile) -> str:
-    """The one text of ``formfile``: ``parse(canonical(f)) == f`` for every valid ``f``."""
-    lines = [f"NAME {formfile.name}"]
-    if formfile.description:
-        lines.append(f"DESCRIPTION {_raw_text(formfile.description)}")
-    if formfile.model is not None:
-        kind = "required" if formfile.model.required else "preferred"
-        lines.append(f"MODEL {kind}:{formfile.model.model_id}")
-    lines.append(f"VCPU {formfile.vcpus}")
-    lines.append(f"MEM {formfile.memory_mb}")
-    lines.append(f"DISK {formfile.disk_gb}")
-    lines.extend(f"GPU {gpu.model}:{gpu.count}" for gpu in formfile.gpus)
-    lines.extend(_user_line(user) for user in formfile.users)
-    for step in formfile.steps:
-        if isinstance(step, Run):
-            lines.append(f"RUN {_raw_text(step.command)}")
-        elif isinstance(step, Copy):
-            lines.append(f"COPY {_quote(step.source)} {_quote(step.dest)}")
-        elif isinstance(step, Install):
-            lines.append("INSTALL " + " ".join(step.packages))
-        elif isinstance(step, Env):
-            scope = "" if step.scope == "system" else f"--scope={step.scope}:{step.scope_name} "
-            lines.append(f"ENV {scope}{step.key}={_quote(step.value)}")
-        else:
-            lines.append(f"WORKDIR {_quote(step.path)}")
-    if formfile.expose:
-        lines.append("EXPOSE " + " ".join(str(port) for port in formfile.expose))
-    if formfile.entrypoint is not None:
-        argv = formfile.entrypoint.argv
-        if formfile.entrypoint.shell_form:
-            lines.append("ENTRYPOINT " + " ".join(_quote(arg) for arg in argv))
-        else:
-            lines.append("ENTRYPOINT " + json.dumps(list(argv), ensure_ascii=False))
-    return "\n".join(lines) + "\n"
-
-
-# --- parsing --------------------------------------------------------------------------------
-
-_ALIASES: Final = {
-    "CPU": "VCPU",
-    "CORES": "VCPU",
-    "MEMORY": "MEM",
-    "MBS": "MEM",
-    "STORAGE": "DISK",
-}
-_INSTRUCTIONS: Final = (
+GPU_MODELS: Final = ("RTX5090", "H100", "H200", "B200")
+_GPU_COUNT_MAX: Final = 8
+INSTRUCTIONS: Final = (
     "NAME",
     "DESCRIPTION",
-    "USER",
-    "VCPU",
-    "MEM",
-    "DISK",
-    "GPU",
     "MODEL",
-    "COPY",
+    "VCPU",
+    "CPU",
+    "CORES",
+    "MEM",
+    "MEMORY",
+    "MBS",
+    "DISK",
+    "STORAGE",
+    "GPU",
+    "USER",
     "RUN",
+    "COPY",
     "INSTALL",
     "ENV",
     "WORKDIR",
     "ENTRYPOINT",
     "EXPOSE",
 )
-_ONCE: Final = ("NAME", "DESCRIPTION", "VCPU", "MEM", "DISK", "MODEL", "ENTRYPOINT")
+_RESOURCE: Final = {
+    "VCPU": "vcpus",
+    "CPU": "vcpus",
+    "CORES": "vcpus",
+    "MEM": "memory_mb",
+    "MEMORY": "memory_mb",
+    "MBS": "memory_mb",
+    "DISK": "disk_gb",
+    "STORAGE": "disk_gb",
+}
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_USERNAME_RE: Final = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_GROUP_RE: Final = _USERNAME_RE
+_SERVICE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_PACKAGE_RE: Final = re.compile(r"[a-z0-9][a-z0-9+.-]{0,127}(=[A-Za-z0-9.+~:-]{1,64})?")
+_MODEL_ID_RE: Final = re.compile(r"[^\s:]{1,256}")
+_BOOLS: Final = {
+    "true": True,
+    "yes": True,
+    "1": True,
+    "on": True,
+    "false": False,
+    "no": False,
+    "0": False,
+    "off": False,
+}
 _USER_FIELDS: Final = (
     "username",
     "passwd",
@@ -449,534 +197,790 @@ _USER_FIELDS: Final = (
     "chpasswd_expire",
     "groups",
 )
+_BLANKS: Final = " \t"
+_RESERVED_USERS: Final = frozenset({"root"})
 
 
-def _abs_path_problem(path: str) -> str | None:
-    if not path.startswith("/"):
-        return "must be an absolute path (starting with /)"
-    if any(ch in path for ch in _BLANK) or "\x00" in path:
-        return "must not contain blanks"
-    parts = path.split("/")
-    if any(part in (".", "..") for part in parts):
-        return "must not contain . or .. components"
-    if len(path) > 4096:
-        return "is longer than 4096 characters"
-    return None
+class _Stop(Exception):
+    """Internal: too many errors; the collected ones are reported."""
 
 
+class _Unclosed(Exception):
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+@dataclass(slots=True)
+class _Logical:
+    """One logical line: its text and, per character, where it came from."""
+
+    text: str
+    lines: list[int]
+    cols: list[int]
+    end: tuple[int, int]  # where to point at for "missing" errors
+
+    def at(self, offset: int) -> tuple[int, int]:
+        if 0 <= offset < len(self.text):
+            return self.lines[offset], self.cols[offset]
+        return self.end
+
+
+def _tokens(text: str) -> list[tuple[str, int]]:
+    """Blank-separated words with shell-like quotes; each with the offset it starts at."""
+    out: list[tuple[str, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i] in _BLANKS:
+            i += 1
+        if i >= n:
+            break
+        start = i
+        buf: list[str] = []
+        while i < n and text[i] not in _BLANKS:
+            c = text[i]
+            if c in "\"'":
+                opened = i
+                i += 1
+                while i < n and text[i] != c:
+                    if c == '"' and text[i] == "\\" and i + 1 < n and text[i + 1] in '"\\':
+                        buf.append(text[i + 1])
+                        i += 2
+                        continue
+                    buf.append(text[i])
+                    i += 1
+                if i >= n:
+                    raise _Unclosed(opened)
+                i += 1
+            else:
+                buf.append(c)
+                i += 1
+        out.append(("".join(buf), start))
+    return out
+
+
+def quote(word: str) -> str:
+    """``word`` as the tokenizer reads it back: bare when it can be, else double-quoted."""
+    if word and not any(c in word for c in " \t\"'\\") and not word.startswith("["):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
 class _Parser:
-    def __init__(self, path: str, limits: Limits, errors: _Errors) -> None:
-        self.path = path
-        self.limits = limits
-        self.errors = errors
-        self.seen: dict[str, int] = {}
-        self.name: str | None = None
-        self.description = ""
-        self.model: Model | None = None
-        self.vcpus = 1
-        self.memory_mb = 512
-        self.disk_gb = 5
-        self.gpus: list[Gpu] = []
-        self.users: list[User] = []
-        self.steps: list[Step] = []
-        self.entrypoint: Entrypoint | None = None
-        self.expose: list[int] = []
-        self.expose_lines: dict[int, int] = {}
-        self.user_envs: list[tuple[str, _Word]] = []
+    path: str
+    limits: Limits
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    dropped: int = 0
+    seen: dict[str, int] = field(default_factory=dict)
+    name: str | None = None
+    description: str = ""
+    model: Model | None = None
+    resources: dict[str, int] = field(default_factory=dict)
+    gpus: list[Gpu] = field(default_factory=list)
+    users: list[User] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    entrypoint: Entrypoint | None = None
+    expose: list[int] = field(default_factory=list)
+    workdir: str = "/"
+    user_scopes: list[tuple[str, int, int]] = field(default_factory=list)
 
-    def err(self, at: _Word | tuple[int, int], message: str) -> None:
-        line, col = (at.line, at.col) if isinstance(at, _Word) else at
-        self.errors.add(line, col, message)
+    def error(self, line: int, col: int, message: str) -> None:
+        if len(self.diagnostics) >= self.limits.errors_max:
+            self.dropped += 1
+            return
+        self.diagnostics.append(Diagnostic(self.path, line, col, message))
 
-    # one instruction ----------------------------------------------------------------------
+    def err(self, logical: _Logical, offset: int, message: str) -> None:
+        line, col = logical.at(offset)
+        self.error(line, col, message)
+
+    # -- layers 1 and 2 -------------------------------------------------------------------------
+
+    def logical_lines(self, text: str) -> list[_Logical]:
+        physical = text.split("\n")
+        if len(physical) > self.limits.lines_max:
+            self.error(
+                self.limits.lines_max + 1,
+                1,
+                f"the file has {len(physical)} lines; at most {self.limits.lines_max} are allowed",
+            )
+            raise _Stop
+        out: list[_Logical] = []
+        current: _Logical | None = None
+        for number, raw in enumerate(physical, start=1):
+            line = raw[:-1] if raw.endswith("\r") else raw
+            bad = next((i for i, c in enumerate(line) if _control(c)), None)
+            if bad is not None:
+                self.error(
+                    number,
+                    bad + 1,
+                    f"control character U+{ord(line[bad]):04X} is not allowed; "
+                    "use plain text (tabs and spaces)",
+                )
+                line = "".join(" " if _control(c) else c for c in line)
+            stripped = line.strip(_BLANKS)
+            if stripped.startswith("#"):
+                continue  # a comment, also inside a continuation (as in a Dockerfile)
+            body = line.rstrip(_BLANKS)
+            continues = body.endswith("\\")
+            if continues:
+                body = body[:-1]
+            if current is None:
+                if not continues and not stripped:
+                    continue
+                current = _Logical("", [], [], (number, len(line) + 1))
+            current.text += body
+            current.lines.extend([number] * len(body))
+            current.cols.extend(range(1, len(body) + 1))
+            current.end = (number, len(body) + 1)
+            if not continues:
+                out.append(current)
+                current = None
+        if current is not None:
+            end_line, end_col = current.end
+            self.error(
+                end_line,
+                end_col,
+                "the last line ends with '\\' but no line follows; remove the '\\'",
+            )
+            out.append(current)
+        return out
+
+    # -- layer 3 --------------------------------------------------------------------------------
 
     def instruction(self, logical: _Logical) -> None:
         text = logical.text
-        end = 0
-        while end < len(text) and text[end] not in _BLANK:
+        start = len(text) - len(text.lstrip(_BLANKS))
+        end = start
+        while end < len(text) and text[end] not in _BLANKS:
             end += 1
-        word = text[:end]
-        head = _Word(word, *logical.at(0))
-        rest_start = end
-        while rest_start < len(text) and text[rest_start] in _BLANK:
-            rest_start += 1
-        rest = text[rest_start:].rstrip(_BLANK)
-        rest_at = logical.at(rest_start) if rest else logical.at(len(text))
-        name = _ALIASES.get(word, word)
-        if name not in _INSTRUCTIONS:
-            upper = _ALIASES.get(word.upper(), word.upper())
-            if upper in _INSTRUCTIONS:
-                self.err(head, f"instructions are upper case: write {word.upper()}, not {word}")
+        word = text[start:end]
+        args_start = end
+        while args_start < len(text) and text[args_start] in _BLANKS:
+            args_start += 1
+        args = text[args_start:].rstrip(_BLANKS)
+        if word not in INSTRUCTIONS:
+            if word.upper() in INSTRUCTIONS:
+                hint = f"instructions are upper case: write {word.upper()}"
+            elif word.upper() == "FROM":
+                hint = "FROM is not supported: every image starts from the node's Debian base"
+            elif word.upper() in ("CMD", "ARG", "LABEL", "ADD", "VOLUME"):
+                hint = "this is Dockerfile syntax, not a Formfile instruction"
             else:
-                self.err(
-                    head,
-                    f"unknown instruction {word!r}; expected one of "
-                    + ", ".join(_INSTRUCTIONS)
-                    + " (or the aliases CPU, CORES, MEMORY, MBS, STORAGE)",
-                )
+                hint = "expected one of " + ", ".join(INSTRUCTIONS)
+            self.err(logical, start, f"unknown instruction {word[:40]!r}; {hint}")
             return
-        if not rest:
-            self.err(rest_at, f"{word} needs {self._wants(name)}")
+        if not args:
+            self.err(logical, end, f"{word} needs a value: {_USAGE[word]}")
             return
-        if name in _ONCE:
-            if name in self.seen:
-                self.err(head, f"{word} given twice (first on line {self.seen[name]}); keep one")
-                return
-            self.seen[name] = head.line
-        if name in ("RUN", "DESCRIPTION", "NAME"):
-            self._raw(name, word, head, rest, _Word(rest, *rest_at), logical, rest_start)
+        if len(args) > self.limits.value_chars_max:
+            self.err(
+                logical,
+                args_start,
+                f"{word}'s value is {len(args)} characters; at most "
+                f"{self.limits.value_chars_max} are allowed",
+            )
             return
-        if name == "ENTRYPOINT" and rest.startswith("["):
-            self._entrypoint_json(head, rest, _Word(rest, *rest_at))
-            return
-        words = _split_words(logical, rest_start, self.errors)
-        if words is None:
-            return
-        getattr(self, f"_do_{name.lower()}")(head, words)
+        sub = _Sub(logical, args_start)
+        getattr(self, "_" + word.lower())(word, args, sub)
 
-    @staticmethod
-    def _wants(name: str) -> str:
-        return {
-            "NAME": "a name (1-63 letters, digits, '.', '_' or '-')",
-            "DESCRIPTION": "some text",
-            "USER": "username:NAME passwd:PASSWORD [options]",
-            "VCPU": "a number of vCPUs",
-            "MEM": "a memory size in MB",
-            "DISK": "a disk size in GB",
-            "GPU": "MODEL[:COUNT]",
-            "MODEL": "required:MODEL_ID or preferred:MODEL_ID",
-            "COPY": "SOURCE DEST",
-            "RUN": "a command",
-            "INSTALL": "one or more Debian package names",
-            "ENV": "KEY=value",
-            "WORKDIR": "an absolute path",
-            "ENTRYPOINT": 'a command: ["cmd", "arg"] or cmd arg',
-            "EXPOSE": "one or more ports (1-65535)",
-        }[name]
+    def once(self, key: str, word: str, sub: _Sub) -> bool:
+        line = sub.logical.at(sub.base)[0]
+        first = self.seen.get(key)
+        if first is not None:
+            self.err(sub.logical, sub.base, f"{word} is already set on line {first}; keep one")
+            return False
+        self.seen[key] = line
+        return True
 
-    def _raw(
-        self,
-        name: str,
-        word: str,
-        head: _Word,
-        rest: str,
-        at: _Word,
-        logical: _Logical,
-        rest_start: int,
-    ) -> None:
-        value = rest
-        if rest[:1] in ("'", '"'):
-            words = _split_words(logical, rest_start, self.errors)
-            if words is None:
-                return
-            if len(words) != 1:
-                self.err(
-                    words[1] if len(words) > 1 else at,
-                    f"{word}: text after the closing quote; quote the whole value or none of it",
-                )
-                return
-            value = words[0].text
-        if len(value) > _VALUE_MAX:
-            self.err(at, f"{word} is {len(value)} characters; at most {_VALUE_MAX}")
-            return
-        if name == "NAME":
-            if not _NAME_RE.fullmatch(value):
-                self.err(
-                    at,
-                    f"NAME {value!r} is not a valid name; use 1-63 letters, digits, '.', '_' or '-', "
-                    "starting with a letter or digit",
-                )
-                return
-            self.name = value
-            return
-        if not value.strip(_BLANK):
-            self.err(at, f"{word} needs {self._wants(name)}")
-            return
-        if value.endswith("\\"):
-            self.err(at, f"{word} ends with a backslash that continues nothing; remove it")
-            return
-        if name == "DESCRIPTION":
-            self.description = value
-        else:
-            self.add_step(head, Run(value, line=head.line))
-
-    def add_step(self, head: _Word, step: Step) -> None:
+    def step(self, step: Step, sub: _Sub) -> None:
         if len(self.steps) >= self.limits.steps_max:
-            self.err(head, f"more than {self.limits.steps_max} build steps; merge some RUN lines")
+            self.err(
+                sub.logical, sub.base, f"more than {self.limits.steps_max} build steps; merge some"
+            )
             return
         self.steps.append(step)
 
-    def _one(self, head: _Word, words: list[_Word], what: str) -> _Word | None:
-        if len(words) != 1:
-            self.err(words[1], f"{head.text} takes one value ({what}); remove {words[1].text!r}")
-            return None
-        return words[0]
-
-    def _number(
-        self, head: _Word, words: list[_Word], unit: str, low: int, high: int
-    ) -> int | None:
-        word = self._one(head, words, f"a number of {unit}")
-        if word is None:
-            return None
-        if not word.text.isascii() or not word.text.isdigit() or len(word.text) > 9:
-            self.err(word, f"{head.text} expects a whole number of {unit}, got {word.text!r}")
-            return None
-        value = int(word.text)
-        if not low <= value <= high:
+    def _name(self, word: str, args: str, sub: _Sub) -> None:
+        if not self.once("NAME", word, sub):
+            return
+        if _NAME_RE.fullmatch(args) is None:
             self.err(
-                word,
-                f"{head.text} {value} is outside {low}-{high} {unit} "
-                f"(the {self.limits.name} limits)",
-            )
-            return None
-        return value
-
-    def _do_vcpu(self, head: _Word, words: list[_Word]) -> None:
-        value = self._number(head, words, "vCPUs", self.limits.vcpus_min, self.limits.vcpus_max)
-        if value is not None:
-            self.vcpus = value
-
-    def _do_mem(self, head: _Word, words: list[_Word]) -> None:
-        lim = self.limits
-        value = self._number(head, words, "MB", lim.memory_mb_min, lim.memory_mb_max)
-        if value is not None:
-            self.memory_mb = value
-
-    def _do_disk(self, head: _Word, words: list[_Word]) -> None:
-        value = self._number(head, words, "GB", self.limits.disk_gb_min, self.limits.disk_gb_max)
-        if value is not None:
-            self.disk_gb = value
-
-    def _do_gpu(self, head: _Word, words: list[_Word]) -> None:
-        word = self._one(head, words, "MODEL[:COUNT]")
-        if word is None:
-            return
-        model, _, count_text = word.text.partition(":")
-        if model not in GPU_MODELS:
-            self.err(word, f"GPU model {model!r} unknown; expected one of {', '.join(GPU_MODELS)}")
-            return
-        count = 1
-        if count_text or word.text.endswith(":"):
-            if not (count_text.isascii() and count_text.isdigit()) or not (
-                1 <= int(count_text[:3] or "0") <= _GPU_COUNT_MAX and len(count_text) <= 3
-            ):
-                self.err(word, f"GPU count must be 1-{_GPU_COUNT_MAX}, got {count_text!r}")
-                return
-            count = int(count_text)
-        if sum(g.count for g in self.gpus) + count > self.limits.gpus_max:
-            self.err(word, f"more than {self.limits.gpus_max} GPUs in all")
-            return
-        self.gpus.append(Gpu(model, count))
-
-    def _do_model(self, head: _Word, words: list[_Word]) -> None:
-        word = self._one(head, words, "required:ID or preferred:ID")
-        if word is None:
-            return
-        kind, sep, model_id = word.text.partition(":")
-        if not sep or kind not in ("required", "preferred"):
-            self.err(
-                word, f"MODEL expects required:MODEL_ID or preferred:MODEL_ID, got {word.text!r}"
+                sub.logical,
+                sub.base,
+                f"NAME {args[:64]!r} is not a valid name; use 1-63 letters, digits, '.', '_' or "
+                "'-', starting with a letter or digit",
             )
             return
-        if not _MODEL_ID_RE.fullmatch(model_id):
+        self.name = args
+
+    def _description(self, word: str, args: str, sub: _Sub) -> None:
+        if self.once("DESCRIPTION", word, sub):
+            self.description = args
+
+    def _model(self, word: str, args: str, sub: _Sub) -> None:
+        if not self.once("MODEL", word, sub):
+            return
+        kind, colon, model_id = args.partition(":")
+        if not colon or kind not in ("required", "preferred"):
+            self.err(sub.logical, sub.base, "MODEL expects required:MODEL_ID or preferred:MODEL_ID")
+            return
+        if _MODEL_ID_RE.fullmatch(model_id) is None:
             self.err(
-                word,
-                f"MODEL id {model_id!r} is not valid; use letters, digits and _ . : / @ + -",
+                sub.logical,
+                sub.base + len(kind) + 1,
+                "MODEL's id must be 1-256 characters without blanks or ':'",
             )
             return
         self.model = Model(model_id, kind == "required")
 
-    def _do_copy(self, head: _Word, words: list[_Word]) -> None:
-        if len(words) != 2:
-            at = words[2] if len(words) > 2 else words[0]
-            self.err(at, f"COPY takes SOURCE DEST (two values), got {len(words)}")
+    def _resource(self, word: str, args: str, sub: _Sub) -> None:
+        key = _RESOURCE[word]
+        if not self.once(key, word, sub):
             return
-        src, dest = words
-        source = src.text
-        ok = True
-        if not source or source.startswith("/"):
+        lim = self.limits
+        low, high, unit = {
+            "vcpus": (lim.vcpus_min, lim.vcpus_max, "vCPUs"),
+            "memory_mb": (lim.memory_mb_min, lim.memory_mb_max, "MB"),
+            "disk_gb": (lim.disk_gb_min, lim.disk_gb_max, "GB"),
+        }[key]
+        if re.fullmatch(r"[0-9]{1,9}", args) is None:
+            what = {"vcpus": "a number of vCPUs", "memory_mb": "megabytes", "disk_gb": "gigabytes"}
             self.err(
-                src, f"COPY source {source!r} must be relative to the build context, not absolute"
+                sub.logical,
+                sub.base,
+                f"{word} expects a whole number of {what[key].removeprefix('a number of ')}, "
+                f"{low}-{high} here, not {args[:32]!r}",
+            )
+            return
+        value = int(args)
+        if not low <= value <= high:
+            self.err(
+                sub.logical,
+                sub.base,
+                f"{word} {value} is outside the {lim.name} limits: {low}-{high} {unit}",
+            )
+            return
+        self.resources[key] = value
+
+    _vcpu = _cpu = _cores = _mem = _memory = _mbs = _disk = _storage = _resource
+
+    def _gpu(self, word: str, args: str, sub: _Sub) -> None:
+        gpu_model, colon, count_text = args.partition(":")
+        if gpu_model not in GPU_MODELS:
+            self.err(
+                sub.logical,
+                sub.base,
+                f"GPU model {gpu_model[:32]!r} is unknown; expected one of "
+                + ", ".join(GPU_MODELS)
+                + " (GPU MODEL[:COUNT])",
+            )
+            return
+        count = 1
+        if colon:
+            if re.fullmatch(r"[0-9]{1,3}", count_text) is None or not (
+                1 <= int(count_text) <= _GPU_COUNT_MAX
+            ):
+                self.err(
+                    sub.logical,
+                    sub.base + len(gpu_model) + 1,
+                    f"GPU count must be 1-{_GPU_COUNT_MAX}, not {count_text[:16]!r}",
+                )
+                return
+            count = int(count_text)
+        if sum(g.count for g in self.gpus) + count > self.limits.gpus_max:
+            self.err(sub.logical, sub.base, f"more than {self.limits.gpus_max} GPUs in all")
+            return
+        self.gpus.append(Gpu(gpu_model, count))
+
+    def _run(self, word: str, args: str, sub: _Sub) -> None:
+        self.step(Run(args, line=sub.line), sub)
+
+    def _copy(self, word: str, args: str, sub: _Sub) -> None:
+        words = sub.tokens(self, args, word)
+        if words is None:
+            return
+        if len(words) != 2:
+            self.err(
+                sub.logical,
+                sub.base,
+                f"COPY expects a source and a destination (COPY ./app /app), got {len(words)} word(s)",
+            )
+            return
+        (source, s_off), (dest, d_off) = words
+        ok = True
+        if source.startswith("/"):
+            self.err(
+                sub.logical,
+                sub.base + s_off,
+                f"COPY source {source[:64]!r} is absolute; name a path inside the build context "
+                "(the Formfile's directory), e.g. ./app",
             )
             ok = False
         else:
-            norm = posixpath.normpath(source)
-            if norm == ".." or norm.startswith("../"):
-                self.err(src, f"COPY source {source!r} leaves the build context; remove the '..'")
-                ok = False
-            elif "\x00" in norm or "\\" in norm:
-                self.err(src, f"COPY source {source!r} contains a backslash; use / between names")
+            normal = posixpath.normpath(source) if source else ""
+            if not source or normal == ".." or normal.startswith("../"):
+                self.err(
+                    sub.logical,
+                    sub.base + s_off,
+                    f"COPY source {source[:64]!r} leaves the build context; "
+                    "name a path inside the Formfile's directory",
+                )
                 ok = False
             else:
-                source = norm
-        problem = _abs_path_problem(dest.text)
-        if problem:
-            self.err(dest, f"COPY destination {dest.text!r} {problem}")
-            ok = False
-        if ok:
-            self.add_step(head, Copy(source, dest.text, line=head.line))
-
-    def _do_install(self, head: _Word, words: list[_Word]) -> None:
-        bad = [w for w in words if not _PACKAGE_RE.fullmatch(w.text)]
-        for word in bad:
+                source = normal
+        dest_path = _absolute(dest)
+        if dest_path is None:
             self.err(
-                word,
-                f"{word.text!r} is not a Debian package name (lowercase letters, digits, + . -, "
-                "optionally :ARCH and =VERSION)",
+                sub.logical,
+                sub.base + d_off,
+                f"COPY destination {dest[:64]!r} must be an absolute path without '.' or '..' "
+                "parts, e.g. /app",
             )
-        if not bad:
-            self.add_step(head, Install(tuple(w.text for w in words), line=head.line))
+            ok = False
+        if ok and dest_path is not None:
+            self.step(Copy(source, dest_path, line=sub.line), sub)
 
-    def _do_env(self, head: _Word, words: list[_Word]) -> None:
-        scope = "system"
+    def _install(self, word: str, args: str, sub: _Sub) -> None:
+        words = sub.tokens(self, args, word)
+        if words is None:
+            return
+        ok = True
+        for package, offset in words:
+            if _PACKAGE_RE.fullmatch(package) is None:
+                self.err(
+                    sub.logical,
+                    sub.base + offset,
+                    f"{package[:64]!r} is not a Debian package name (lower case letters, digits, "
+                    "'+', '-', '.'; optionally =VERSION)",
+                )
+                ok = False
+        if ok:
+            self.step(Install(tuple(p for p, _ in words), line=sub.line), sub)
+
+    def _env(self, word: str, args: str, sub: _Sub) -> None:
+        words = sub.tokens(self, args, word)
+        if words is None:
+            return
+        scope: Literal["system", "user", "service"] = "system"
         scope_name = ""
-        if words[0].text.startswith("--"):
-            option = words.pop(0)
-            key_, sep, value = option.text.partition("=")
-            if key_ != "--scope" or not sep:
-                self.err(option, f"ENV option {option.text!r} unknown; expected --scope=SCOPE")
+        if words and words[0][0].startswith("--"):
+            flag, offset = words.pop(0)
+            option, eq, value = flag.partition("=")
+            if option != "--scope" or not eq:
+                self.err(
+                    sub.logical,
+                    sub.base + offset,
+                    f"ENV takes only --scope=system|user:NAME|service:NAME, not {flag[:32]!r}",
+                )
                 return
-            kind, _, name = value.partition(":")
-            if value == "system":
+            kind, colon, name = value.partition(":")
+            if kind == "system" and not colon:
                 pass
-            elif kind == "user" and _USERNAME_RE.fullmatch(name):
+            elif kind == "user" and colon and _USERNAME_RE.fullmatch(name):
                 scope, scope_name = "user", name
-                self.user_envs.append((name, option))
-            elif kind == "service" and _SERVICE_RE.fullmatch(name):
+                self.user_scopes.append((name, *sub.logical.at(sub.base + offset)))
+            elif kind == "service" and colon and _SERVICE_RE.fullmatch(name):
                 scope, scope_name = "service", name
             else:
                 self.err(
-                    option,
-                    f"ENV scope {value!r} invalid; expected system, user:USERNAME or service:NAME",
+                    sub.logical,
+                    sub.base + offset,
+                    f"ENV scope {value[:40]!r} is not system, user:USERNAME or "
+                    "service:NAME (a unit name: letters, digits, '.', '_', '@', '-')",
                 )
-                return
-            if not words:
-                self.err((option.line, option.col + len(option.text) + 1), "ENV needs KEY=value")
                 return
         if len(words) != 1:
-            self.err(words[1], "ENV takes one KEY=value; quote a value with blanks in it")
-            return
-        word = words[0]
-        key, sep, value = word.text.partition("=")
-        if not sep or not _ENV_KEY_RE.fullmatch(key):
+            where = words[1][1] if len(words) > 1 else len(args)
             self.err(
-                word,
-                f"ENV expects KEY=value with KEY of letters, digits and _ (not first a digit), "
-                f"got {word.text!r}",
+                sub.logical,
+                sub.base + where,
+                'ENV expects one KEY=value (quote a value with blanks: KEY="a b")',
             )
             return
-        if len(value) > _VALUE_MAX:
-            self.err(word, f"ENV value is {len(value)} characters; at most {_VALUE_MAX}")
-            return
-        self.add_step(head, Env(key, value, scope, scope_name, line=head.line))  # type: ignore[arg-type]
-
-    def _do_workdir(self, head: _Word, words: list[_Word]) -> None:
-        word = self._one(head, words, "an absolute path")
-        if word is None:
-            return
-        problem = _abs_path_problem(word.text)
-        if problem:
-            self.err(word, f"WORKDIR {word.text!r} {problem}")
-            return
-        self.add_step(head, Workdir(word.text, line=head.line))
-
-    def _entrypoint_json(self, head: _Word, rest: str, at: _Word) -> None:
-        try:
-            value = json.loads(rest)
-        except (ValueError, RecursionError) as exc:
-            self.err(at, f'ENTRYPOINT is not a JSON array of strings ({exc}); write ["cmd", "arg"]')
-            return
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(item, str) for item in value)
-        ):
+        pair, offset = words[0]
+        key, eq, value = pair.partition("=")
+        if not eq or _ENV_KEY_RE.fullmatch(key) is None:
             self.err(
-                at, 'ENTRYPOINT JSON must be a non-empty array of strings, like ["cmd", "arg"]'
+                sub.logical,
+                sub.base + offset,
+                f"ENV expects KEY=value with KEY a letter or '_' then letters, digits or '_', "
+                f"not {pair[:40]!r}",
             )
             return
-        self._set_entrypoint(head, at, tuple(value), shell_form=False)
+        self.step(Env(key, value, scope, scope_name, line=sub.line), sub)
 
-    def _do_entrypoint(self, head: _Word, words: list[_Word]) -> None:
-        self._set_entrypoint(head, words[0], tuple(w.text for w in words), shell_form=True)
-
-    def _set_entrypoint(
-        self, head: _Word, at: _Word, argv: tuple[str, ...], *, shell_form: bool
-    ) -> None:
-        if not argv[0] or any(ch in argv[0] for ch in _BLANK):
-            self.err(at, "ENTRYPOINT's command (its first word) must be non-empty, without blanks")
+    def _workdir(self, word: str, args: str, sub: _Sub) -> None:
+        words = sub.tokens(self, args, word)
+        if words is None:
             return
-        if any("\x00" in a or "\n" in a or "\r" in a for a in argv):
-            self.err(at, "ENTRYPOINT arguments cannot hold NUL or line breaks")
+        path = _absolute(words[0][0]) if len(words) == 1 else None
+        if path is None:
+            self.err(
+                sub.logical,
+                sub.base,
+                "WORKDIR expects one absolute path without '.' or '..' parts, e.g. /app",
+            )
             return
-        if sum(len(a) for a in argv) > _VALUE_MAX:
-            self.err(at, f"ENTRYPOINT is longer than {_VALUE_MAX} characters")
+        self.workdir = path
+        self.step(Workdir(path, line=sub.line), sub)
+
+    def _entrypoint(self, word: str, args: str, sub: _Sub) -> None:
+        if not self.once("ENTRYPOINT", word, sub):
             return
-        self.entrypoint = Entrypoint(argv, shell_form=shell_form, line=head.line)
-
-    def _do_expose(self, head: _Word, words: list[_Word]) -> None:
-        for word in words:
-            text = word.text
-            if not (text.isascii() and text.isdigit() and len(text) <= 5) or not (
-                1 <= int(text) <= 65535
-            ):
-                self.err(word, f"EXPOSE port {text!r} invalid; expected a number 1-65535")
-                continue
-            port = int(text)
-            if port in self.expose_lines:
-                self.err(word, f"port {port} already exposed on line {self.expose_lines[port]}")
-                continue
-            if len(self.expose) >= self.limits.ports_max:
-                self.err(word, f"more than {self.limits.ports_max} exposed ports")
-                return
-            self.expose_lines[port] = word.line
-            self.expose.append(port)
-
-    def _do_user(self, head: _Word, words: list[_Word]) -> None:
-        values: dict[str, tuple[str, _Word]] = {}
-        ok = True
-        for word in words:
-            cut = min((i for i in (word.text.find(":"), word.text.find("=")) if i >= 0), default=-1)
-            name = word.text[:cut] if cut >= 0 else word.text
-            if cut < 0 or name not in _USER_FIELDS:
+        argv: list[str]
+        shell_form = not args.startswith("[")
+        if not shell_form:
+            try:
+                value = json.loads(args)
+            except ValueError as exc:
                 self.err(
-                    word,
-                    f"USER option {name!r} unknown; expected field:value with field one of "
-                    + ", ".join(_USER_FIELDS),
+                    sub.logical,
+                    sub.base + getattr(exc, "pos", 0),
+                    'ENTRYPOINT\'s JSON array is malformed; write ["program", "arg", ...]',
+                )
+                return
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                self.err(
+                    sub.logical, sub.base, "ENTRYPOINT's JSON form must be an array of strings"
+                )
+                return
+            argv = value
+        else:
+            words = sub.tokens(self, args, word)
+            if words is None:
+                return
+            argv = [w for w, _ in words]
+        if not argv or not argv[0]:
+            self.err(sub.logical, sub.base, "ENTRYPOINT needs a program to run")
+            return
+        if any(_control(c) for a in argv for c in a):
+            self.err(
+                sub.logical, sub.base, "ENTRYPOINT arguments cannot contain control characters"
+            )
+            return
+        self.entrypoint = Entrypoint(tuple(argv), shell_form, line=sub.line)
+
+    def _expose(self, word: str, args: str, sub: _Sub) -> None:
+        words = sub.tokens(self, args, word)
+        if words is None:
+            return
+        for port_text, offset in words:
+            if re.fullmatch(r"[0-9]{1,5}", port_text) is None or not 1 <= int(port_text) <= 65535:
+                hint = " (no /tcp or /udp suffix)" if "/" in port_text else ""
+                self.err(
+                    sub.logical,
+                    sub.base + offset,
+                    f"EXPOSE expects port numbers 1-65535, not {port_text[:16]!r}{hint}",
+                )
+                continue
+            port = int(port_text)
+            if port in self.expose:
+                self.err(sub.logical, sub.base + offset, f"port {port} is exposed twice")
+            elif len(self.expose) >= self.limits.ports_max:
+                self.err(
+                    sub.logical,
+                    sub.base + offset,
+                    f"more than {self.limits.ports_max} exposed ports",
+                )
+            else:
+                self.expose.append(port)
+
+    def _user(self, word: str, args: str, sub: _Sub) -> None:
+        words = sub.tokens(self, args, word)
+        if words is None:
+            return
+        values: dict[str, tuple[str, int]] = {}
+        ok = True
+        for token, offset in words:
+            cut = min((i for i in (token.find(":"), token.find("=")) if i >= 0), default=-1)
+            key, value = (token[:cut], token[cut + 1 :]) if cut >= 0 else (token, "")
+            at = sub.base + offset
+            if cut < 0 or key not in _USER_FIELDS:
+                self.err(
+                    sub.logical,
+                    at,
+                    f"USER expects field:value words with a field among "
+                    f"{', '.join(_USER_FIELDS)}; got {token[:40]!r}",
                 )
                 ok = False
-                continue
-            if name in values:
-                self.err(word, f"USER option {name} given twice")
+            elif key in values:
+                self.err(sub.logical, at, f"USER sets {key} twice")
                 ok = False
-                continue
-            values[name] = (word.text[cut + 1 :], word)
+            else:
+                values[key] = (value, at + len(key) + 1)
+        user = self.user_value(values, sub) if ok else None
+        if user is None:
+            return
+        if any(u.username == user.username for u in self.users):
+            self.err(sub.logical, sub.base, f"USER {user.username} is declared twice")
+        elif len(self.users) >= self.limits.users_max:
+            self.err(sub.logical, sub.base, f"more than {self.limits.users_max} users")
+        else:
+            self.users.append(user)
+
+    def user_value(self, values: dict[str, tuple[str, int]], sub: _Sub) -> User | None:
+        ok = True
+
+        def bad(key: str, message: str) -> None:
+            nonlocal ok
+            ok = False
+            self.err(sub.logical, values[key][1], message)
+
         for required in ("username", "passwd"):
             if required not in values:
-                self.err(head, f"USER needs {required}:VALUE")
+                self.err(sub.logical, sub.base, f"USER needs {required}:VALUE")
                 ok = False
-        username = values.get("username", ("", head))
+        username = values.get("username", ("", 0))[0]
         if "username" in values:
-            if not _USERNAME_RE.fullmatch(username[0]):
-                self.err(
-                    username[1],
-                    f"username {username[0]!r} invalid: start with a lowercase letter or _, then "
-                    "lowercase letters, digits, _ or -, at most 32 characters",
+            if _USERNAME_RE.fullmatch(username) is None:
+                bad(
+                    "username",
+                    f"username {username[:40]!r} is not valid: start with a lower case letter or "
+                    "'_', then lower case letters, digits, '_' or '-', at most 32 characters",
                 )
-                ok = False
-            elif username[0] == "root":
-                self.err(username[1], "USER cannot be root; root stays locked (use sudo:true)")
-                ok = False
-            elif any(u.username == username[0] for u in self.users):
-                self.err(username[1], f"USER {username[0]} defined twice")
-                ok = False
-        passwd = values.get("passwd", ("", head))
-        if "passwd" in values and not passwd[0]:
-            self.err(passwd[1], "passwd is empty; give a password or a $6$ crypt hash")
-            ok = False
-        if len(passwd[0]) > 1024:
-            self.err(passwd[1], "passwd longer than 1024 characters")
-            ok = False
+            elif username in _RESERVED_USERS:
+                bad("username", f"username {username!r} is reserved; choose another")
+        passwd = values.get("passwd", ("", 0))[0]
+        if "passwd" in values and not passwd:
+            bad("passwd", "passwd needs a value (a password or a $6$ crypt hash)")
         flags: dict[str, bool] = {}
-        for name in ("lock_passwd", "sudo", "ssh_pwauth", "disable_root", "chpasswd_expire"):
-            if name in values:
-                text, word = values[name]
-                if text.lower() in _TRUE:
-                    flags[name] = True
-                elif text.lower() in _FALSE:
-                    flags[name] = False
+        for key in ("lock_passwd", "sudo", "ssh_pwauth", "disable_root", "chpasswd_expire"):
+            if key in values:
+                text = values[key][0].lower()
+                if text not in _BOOLS:
+                    bad(key, f"{key} expects true or false (or yes/no, on/off, 1/0)")
                 else:
-                    self.err(
-                        word, f"{name} expects true or false (or yes/no, 1/0, on/off), got {text!r}"
-                    )
-                    ok = False
-        shell = values.get("shell", ("/bin/bash", head))
-        if "shell" in values:
-            problem = _abs_path_problem(shell[0])
-            if problem:
-                self.err(shell[1], f"shell {shell[0]!r} {problem}")
-                ok = False
+                    flags[key] = _BOOLS[text]
+        shell = values.get("shell", ("/bin/bash", 0))[0]
+        if "shell" in values and (_absolute(shell) != shell or any(c in shell for c in _BLANKS)):
+            bad("shell", f"shell {shell[:40]!r} must be an absolute path, e.g. /bin/bash")
         keys: tuple[str, ...] = ()
         if "ssh_authorized_keys" in values:
-            text, word = values["ssh_authorized_keys"]
-            keys = tuple(k.strip(_BLANK) for k in text.split(","))
-            for key in keys:
-                if not _SSH_KEY_RE.fullmatch(key):
-                    self.err(
-                        word,
-                        f"ssh key {key[:40]!r} is not an OpenSSH public key (TYPE BASE64 [comment]); "
-                        "separate keys with commas",
-                    )
-                    ok = False
+            keys = tuple(k.strip(_BLANKS) for k in values["ssh_authorized_keys"][0].split(","))
+            if not all(keys):
+                bad(
+                    "ssh_authorized_keys",
+                    "ssh_authorized_keys expects comma-separated public keys, none empty",
+                )
         groups: tuple[str, ...] = ()
         if "groups" in values:
-            text, word = values["groups"]
-            groups = tuple(text.split(","))
-            for group in groups:
-                if not _USERNAME_RE.fullmatch(group):
-                    self.err(word, f"group {group!r} invalid (lowercase letters, digits, _ or -)")
-                    ok = False
-        if len(self.users) >= self.limits.users_max:
-            self.err(head, f"more than {self.limits.users_max} USER lines")
-            ok = False
-        if ok:
-            self.users.append(
-                User(
-                    username=username[0],
-                    passwd=passwd[0],
-                    ssh_authorized_keys=keys,
-                    shell=shell[0],
-                    groups=groups,
-                    line=head.line,
-                    **flags,
+            groups = tuple(values["groups"][0].split(","))
+            wrong = [g for g in groups if _GROUP_RE.fullmatch(g) is None]
+            if wrong:
+                bad(
+                    "groups",
+                    f"groups expects comma-separated group names; {wrong[0][:32]!r} is not one",
                 )
-            )
-
-    def finish(self, last_line: int) -> Formfile | None:
-        if "NAME" not in self.seen:
-            self.err((1, 1), "no NAME; add a line like: NAME my-agent")
-        declared = {u.username for u in self.users}
-        for name, word in self.user_envs:
-            if name not in declared:
-                self.err(word, f"ENV scope user:{name} names no USER of this Formfile")
-        if self.errors.items or self.name is None:
+        if not ok:
             return None
-        workdirs = [s.path for s in self.steps if isinstance(s, Workdir)]
+        return User(
+            username=username,
+            passwd=passwd,
+            ssh_authorized_keys=keys,
+            shell=shell,
+            groups=groups,
+            line=sub.line,
+            **flags,
+        )
+
+    # -- layer 4 --------------------------------------------------------------------------------
+
+    def finish(self) -> Formfile:
+        if self.name is None and "NAME" not in self.seen:
+            self.error(1, 1, "NAME is required: add a line such as NAME my-agent")
+        declared = {u.username for u in self.users}
+        for username, line, col in self.user_scopes:
+            if username not in declared:
+                self.error(
+                    line,
+                    col,
+                    f"ENV scope user:{username} names no USER of this Formfile; "
+                    f"add USER username:{username} ... or fix the name",
+                )
+        if self.diagnostics:
+            raise _Stop
+        assert self.name is not None
         return Formfile(
             name=self.name,
             description=self.description,
             model=self.model,
-            vcpus=self.vcpus,
-            memory_mb=self.memory_mb,
-            disk_gb=self.disk_gb,
+            vcpus=self.resources.get("vcpus", 1),
+            memory_mb=self.resources.get("memory_mb", 512),
+            disk_gb=self.resources.get("disk_gb", 5),
             gpus=tuple(self.gpus),
             users=tuple(self.users),
             steps=tuple(self.steps),
             entrypoint=self.entrypoint,
             expose=tuple(self.expose),
-            workdir=workdirs[-1] if workdirs else "/",
+            workdir=self.workdir,
             source_path=self.path,
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Sub:
+    """The arguments of one instruction: offsets into them map back to the file."""
+
+    logical: _Logical
+    base: int
+
+    @property
+    def line(self) -> int:
+        return self.logical.at(self.base)[0]
+
+    def tokens(self, parser: _Parser, args: str, word: str) -> list[tuple[str, int]] | None:
+        try:
+            return _tokens(args)
+        except _Unclosed as exc:
+            parser.err(
+                self.logical,
+                self.base + exc.offset,
+                f"{word}: this quote ({args[exc.offset]}) is never closed",
+            )
+            return None
+
+
+_USAGE: Final = {
+    "NAME": "NAME my-agent",
+    "DESCRIPTION": "DESCRIPTION some text",
+    "MODEL": "MODEL required:MODEL_ID or MODEL preferred:MODEL_ID",
+    "VCPU": "VCPU 2",
+    "CPU": "CPU 2",
+    "CORES": "CORES 2",
+    "MEM": "MEM 2048 (megabytes)",
+    "MEMORY": "MEMORY 2048 (megabytes)",
+    "MBS": "MBS 2048 (megabytes)",
+    "DISK": "DISK 5 (gigabytes)",
+    "STORAGE": "STORAGE 5 (gigabytes)",
+    "GPU": "GPU H100:2",
+    "USER": "USER username:NAME passwd:PASSWORD ...",
+    "RUN": "RUN a shell command",
+    "COPY": "COPY ./src /dest",
+    "INSTALL": "INSTALL package ...",
+    "ENV": "ENV [--scope=system|user:NAME|service:NAME] KEY=value",
+    "WORKDIR": "WORKDIR /app",
+    "ENTRYPOINT": 'ENTRYPOINT ["program", "arg"] or ENTRYPOINT program arg',
+    "EXPOSE": "EXPOSE 80 443",
+}
+
+
+def _control(c: str) -> bool:
+    o = ord(c)
+    return (o < 32 and c != "\t") or 0x7F <= o < 0xA0
+
+
+def _absolute(path: str) -> str | None:
+    """``path`` normalised (``//`` and trailing ``/`` folded) if absolute without . or ..."""
+    if not path.startswith("/"):
+        return None
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        return None
+    return "/" + "/".join(parts)
+
+
+def _decode(data: str | bytes, parser: _Parser) -> str | None:
+    if isinstance(data, str):
+        try:
+            raw = data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            before = data[: exc.start]
+            parser.error(
+                before.count("\n") + 1,
+                exc.start - (before.rfind("\n") + 1) + 1,
+                "the text holds a lone surrogate character; save the file as UTF-8",
+            )
+            return None
+    else:
+        raw = bytes(data)
+    if len(raw) > parser.limits.text_bytes_max:
+        parser.error(
+            1,
+            1,
+            f"the Formfile is {len(raw)} bytes; at most {parser.limits.text_bytes_max} are allowed",
+        )
+        return None
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            head = raw[: exc.start]
+            line_start = head.rfind(b"\n") + 1
+            col = len(head[line_start:].decode("utf-8", "replace")) + 1
+            parser.error(
+                head.count(b"\n") + 1,
+                col,
+                f"byte 0x{raw[exc.start]:02x} is not UTF-8; save the file as UTF-8",
+            )
+            return None
+    return text.removeprefix("\ufeff")
+
+
 def parse(text: str | bytes, *, path: str = "Formfile", limits: Limits = MAINNET) -> Formfile:
-    """Parse and check a Formfile; raise ``FormfileError`` with every problem found."""
-    errors = _Errors(path, max(limits.errors_max, 1))
+    """Parse a Formfile; raises ``FormfileError`` with every error found, and nothing else."""
+    parser = _Parser(path, limits)
     try:
-        decoded = _decode(text, errors, limits)
-        formfile: Formfile | None = None
+        decoded = _decode(text, parser)
         if decoded is not None:
-            logical = _logical_lines(decoded, errors, limits)
-            parser = _Parser(path, limits, errors)
-            for item in logical:
-                parser.instruction(item)
-            formfile = parser.finish(logical[-1].line if logical else 1)
-    except FormfileError:
-        raise
-    except Exception as exc:  # pragma: no cover - a parser bug must still read as a Formfile error
-        errors.add(1, 1, f"internal parser error ({type(exc).__name__}); please report this file")
-        formfile = None
-    errors.raise_if_any()
-    if formfile is None:  # pragma: no cover - finish() returns None only with errors
-        raise FormfileError((Diagnostic(path, 1, 1, "no NAME; add a line like: NAME my-agent"),))
-    return formfile
+            for logical in parser.logical_lines(decoded):
+                parser.instruction(logical)
+            return parser.finish()
+    except _Stop:
+        pass
+    diagnostics = sorted(parser.diagnostics, key=lambda d: (d.line, d.col))
+    if parser.dropped:
+        last = diagnostics[-1]
+        diagnostics.append(
+            Diagnostic(path, last.line, last.col, f"and {parser.dropped} more errors")
+        )
+    raise FormfileError(tuple(diagnostics))
+
+
+def canonical(formfile: Formfile) -> str:
+    """The Formfile as text in the fixed form; ``parse(canonical(f)) == f``."""
+    f = formfile
+    lines = [f"NAME {f.name}"]
+    if f.description:
+        lines.append(f"DESCRIPTION {f.description}")
+    if f.model is not None:
+        lines.append(f"MODEL {'required' if f.model.required else 'preferred'}:{f.model.model_id}")
+    lines += [f"VCPU {f.vcpus}", f"MEM {f.memory_mb}", f"DISK {f.disk_gb}"]
+    lines += [f"GPU {g.model}:{g.count}" for g in f.gpus]
+    for u in f.users:
+        words = [f"username:{u.username}", f"passwd:{quote(u.passwd)}"]
+        if u.ssh_authorized_keys:
+            words.append(f"ssh_authorized_keys:{quote(','.join(u.ssh_authorized_keys))}")
+        default = User(username="", passwd="")
+        for key in ("lock_passwd", "sudo", "ssh_pwauth", "disable_root", "chpasswd_expire"):
+            if getattr(u, key) != getattr(default, key):
+                words.append(f"{key}:{'true' if getattr(u, key) else 'false'}")
+        if u.shell != default.shell:
+            words.append(f"shell:{quote(u.shell)}")
+        if u.groups:
+            words.append(f"groups:{quote(','.join(u.groups))}")
+        lines.append("USER " + " ".join(words))
+    for step in f.steps:
+        if isinstance(step, Run):
+            lines.append(f"RUN {step.command}")
+        elif isinstance(step, Copy):
+            lines.append(f"COPY {quote(step.source)} {quote(step.dest)}")
+        elif isinstance(step, Install):
+            lines.append("INSTALL " + " ".join(step.packages))
+        elif isinstance(step, Env):
+            scope = "" if step.scope == "system" else f"--scope={step.scope}:{step.scope_name} "
+            lines.append(f"ENV {scope}{quote(step.key + '=' + step.value)}")
+        else:
+            lines.append(f"WORKDIR {quote(step.path)}")
+    if f.expose:
+        lines.append("EXPOSE " + " ".join(str(p) for p in f.expose))
+    if f.entrypoint is not None:
+        argv = f.entrypoint.argv
+        if f.entrypoint.shell_form:
+            lines.append("ENTRYPOINT " + " ".join(quote(a) for a in argv))
+        else:
+            lines.append("ENTRYPOINT " + json.dumps(list(argv), ensure_ascii=False))
+    return "\n".join(lines) + "\n"

@@ -132,7 +132,9 @@ def test_full_example_values() -> None:
 def test_defaults() -> None:
     f = parse("NAME n\n")
     assert (f.vcpus, f.memory_mb, f.disk_gb, f.workdir) == (1, 512, 5, "/")
-    assert f.users == () and f.steps == () and f.entrypoint is None
+    assert f.users == ()
+    assert f.steps == ()
+    assert f.entrypoint is None
     assert canonical(f) == "NAME n\nVCPU 1\nMEM 512\nDISK 5\n"
 
 

@@ -236,3 +236,37 @@ def test_trailing_backslash_at_end_of_file() -> None:
     assert _errors("NAME n\nRUN echo \\") == [
         "F:2:10: the last line ends with '\\' but no line follows; remove the '\\'"
     ]
+
+
+def test_bounded_counts() -> None:
+    tight = Limits("t", 1, 2, 512, 4096, 1, 5, users_max=1, ports_max=2, steps_max=2, gpus_max=3)
+    text = (
+        "NAME n\n"
+        "USER username:a passwd:x\nUSER username:b passwd:x\n"
+        "EXPOSE 1 2 3\n"
+        "RUN a\nRUN b\nRUN c\n"
+        "GPU H100:2\nGPU H200:2\n"
+    )
+    assert _errors(text, tight) == [
+        "F:3:6: more than 1 users",
+        "F:4:12: more than 2 exposed ports",
+        "F:7:5: more than 2 build steps; merge some",
+        "F:9:5: more than 3 GPUs in all",
+    ]
+
+
+def test_a_value_longer_than_the_cap_is_refused() -> None:
+    long = "x" * (MAINNET.value_chars_max + 1)
+    assert _errors(f"NAME n\nRUN {long}\n") == [
+        f"F:2:5: RUN's value is {len(long)} characters; at most {MAINNET.value_chars_max} are allowed"
+    ]
+
+
+def test_public_names() -> None:
+    import node.pack.formfile as module
+
+    public = {n for n in vars(module) if not n.startswith("_")} - {"annotations"}
+    exported = set(module.__all__)
+    assert exported <= public
+    assert {"parse", "canonical", "Limits", "DEVNET", "MAINNET", "LIMITS"} <= exported
+    assert {"limits_for_network", "FormfileError", "Diagnostic"} <= exported

@@ -16,6 +16,7 @@ CASES = [
     ("a much longer password that is over sixty-four bytes long, to cover the P loop!", "x", None),
     ("ünïcödé", "./09AZaz", None),
     ("pw", "saltsalt", 1000),
+    ("pw", "abc", 5000),
     ("pw", "saltsalt", 12345),
     ("", "empty", None),
 ]

@@ -215,7 +215,7 @@ async def test_refused_requests_get_401_or_403_json_and_change_nothing(gateway: 
 
 async def test_validation_errors_name_the_field_and_routes_answer_json(gateway: Gateway) -> None:
     reply = await gateway.send(
-        "POST", "/v1/instance/create", {"name": "ok", "formfile": "x", "gpu": 1}, key=ALICE
+        "POST", "/v1/instance/create", {"name": "ok", "formfile": "NAME ok\n", "gpu": 1}, key=ALICE
     )
     assert (reply.status_code, reply.json()["error"], reply.json()["field"]) == (
         400,
@@ -294,7 +294,7 @@ async def test_private_agents_are_listed_only_to_owner_and_allowed(gateway: Gate
 
 async def test_a_delegated_key_acts_within_its_grant_until_revoked(gateway: Gateway) -> None:
     acting = {"X-Act-As": ALICE.address}
-    job = {"name": "job", "formfile": "x"}
+    job = {"name": "job", "formfile": "NAME job\n"}
     refused = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, headers=acting)
     assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
     grant = {
@@ -482,7 +482,7 @@ async def test_an_agent_without_an_endpoint_is_reached_at_its_started_instance(
     not_yet = await gateway.send("POST", f"/v1/agents/{agent_id}/hire", {}, key=BOB)
     assert (not_yet.status_code, not_yet.json()["error"]) == (409, "no_endpoint")
     made = await gateway.send(
-        "POST", "/v1/instance/create", {"name": "svc", "formfile": "x"}, key=ALICE
+        "POST", "/v1/instance/create", {"name": "svc", "formfile": "NAME svc\n"}, key=ALICE
     )
     instance_id = made.json()["instance_id"]
     assert made.json()["build_id"] == agent_id

@@ -17,11 +17,43 @@ from typing import TYPE_CHECKING, Any
 from node.gateway.endpoint import Endpoint, kind_schema
 from node.gateway.http import HttpError, Request, Response
 from node.ledger.builds import build_digest
+from node.pack.formfile import FormfileError, limits_for_network, parse
 
 if TYPE_CHECKING:
     from node.gateway.app import GatewayApp
 
-__all__ = ["ROWS"]
+__all__ = ["ROWS", "formfile_refusal"]
+
+
+def formfile_refusal(app: GatewayApp, request: Request) -> Response | None:
+    """A 400 listing every problem of the body's ``formfile``, checked with the limits of this
+    node's network, or None when it parses (or is absent or not a string: the op's own checks
+    name that). Called before anything is submitted, so a refused Formfile changes nothing."""
+    try:
+        body = json.loads(request.body.decode("utf-8") or "{}")
+    except (UnicodeDecodeError, ValueError):
+        return None  # mutate() answers invalid_json
+    text = body.get("formfile") if isinstance(body, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        parse(text, path="Formfile", limits=limits_for_network(app.replica.network))
+    except FormfileError as exc:
+        errors = [
+            {"path": d.path, "line": d.line, "col": d.col, "message": d.message}
+            for d in exc.diagnostics
+        ]
+        first = exc.diagnostics[0]
+        return Response(
+            400,
+            {
+                "error": "invalid_formfile",
+                "message": str(first),
+                "field": "formfile",
+                "errors": errors,
+            },
+        )
+    return None
 
 
 def _owned_build(app: GatewayApp, request: Request, build_id: str) -> dict[str, Any]:
@@ -35,6 +67,9 @@ def _owned_build(app: GatewayApp, request: Request, build_id: str) -> dict[str, 
 
 
 async def build_create(app: GatewayApp, request: Request) -> Response:
+    refusal = formfile_refusal(app, request)
+    if refusal is not None:
+        return refusal
     done = await app.mutate(request)
     build_id = build_digest(done.author, done.payload["formfile"], done.payload.get("context", ""))
     build = app.view(lambda: app.state.build(build_id))

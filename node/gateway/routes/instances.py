@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.gateway.endpoint import EMPTY_BODY, Endpoint, kind_schema
 from node.gateway.http import HttpError, Request, Response
+from node.gateway.routes.builds import formfile_refusal
 from node.ledger.state import build_id_of, instance_id_of
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ def _owned_instance(app: GatewayApp, request: Request, instance_id: str) -> dict
 
 
 async def instance_create(app: GatewayApp, request: Request) -> Response:
+    refusal = formfile_refusal(app, request)
+    if refusal is not None:
+        return refusal
     done = await app.mutate(request)
     instance_id = instance_id_of(done.author, done.payload["name"])
     instance = app.view(lambda: app.state.instance(instance_id))

@@ -1,5 +1,8 @@
 """The Formfile parser: text (or bytes) in, a ``Formfile`` value or every error out.
 
+Long on purpose: one parser for one grammar; each instruction's checker is small, and they share
+the lexer, the error list and the limits.
+
 Theory of operation
 -------------------
 Pure and total: ``parse`` reads no file, no clock, and raises nothing but ``FormfileError``

@@ -80,3 +80,32 @@ async def test_the_limits_are_the_nodes_networks(
     assert [e["line"] for e in reply.json()["errors"]] == [d.line for d in caught.value.diagnostics]
     assert len(reply.json()["errors"]) == 3
     assert gateway.replica.state.instances(ALICE.address) == []
+
+
+async def test_a_formfile_that_is_not_a_string_is_left_to_the_payload_checks(
+    gateway: Gateway,
+) -> None:
+    reply = await gateway.send(
+        "POST", "/v1/instance/create", {"name": "web", "formfile": 5}, key=ALICE
+    )
+    assert (reply.status_code, reply.json()["error"], reply.json()["field"]) == (
+        400,
+        "invalid_payload",
+        "formfile",
+    )
+    assert gateway.ops == 0
+
+
+async def test_a_formfile_with_hundreds_of_errors_lists_the_first_100_then_a_count(
+    gateway: Gateway,
+) -> None:
+    text = "NAME web\n" + "NOPE x\n" * 150
+    reply = await gateway.send(
+        "POST", "/v1/instance/create", {"name": "web", "formfile": text}, key=ALICE
+    )
+    assert reply.status_code == 400, reply.text
+    errors = reply.json()["errors"]
+    assert errors == _expected_errors(text)
+    assert len(errors) == 101
+    assert errors[-1]["message"] == "and 50 more errors"
+    assert gateway.ops == 0

@@ -31,7 +31,7 @@ def _owned_instance(app: GatewayApp, request: Request, instance_id: str) -> dict
 
 
 async def instance_create(app: GatewayApp, request: Request) -> Response:
-    refusal = formfile_refusal(app, request)
+    refusal = await formfile_refusal(app, request)
     if refusal is not None:
         return refusal
     done = await app.mutate(request)

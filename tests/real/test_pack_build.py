@@ -92,7 +92,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     (context / "app").mkdir(parents=True)
     (context / "app" / "index.html").write_text("<h1>hello from formation</h1>\n")
     password_hash = subprocess.run(
-        ["openssl", "passwd", "-6", "correct horse"], capture_output=True, text=True, check=True
+        # A fixed salt keeps the USER and INSTALL layers the same between runs (CI reuses them).
+        ["openssl", "passwd", "-6", "-salt", "formationtest", "correct horse"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     token = uuid.uuid4().hex
     formfile = small_formfile(password_hash, token)

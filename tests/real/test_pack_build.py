@@ -202,7 +202,9 @@ def test_second_build_is_all_cached_and_same_image(built: Built, tmp_path: Path)
 
 def test_last_line_change_reruns_only_the_tail(built: Built, tmp_path: Path) -> None:
     steps = built.formfile.steps
-    changed = replace(built.formfile, steps=(*steps[:-1], Run("echo changed > /app/built.txt")))
+    # The token: a line this cache has never seen, so the step really reruns.
+    command = f"echo changed-{built.token} > /app/built.txt"
+    changed = replace(built.formfile, steps=(*steps[:-1], Run(command)))
     events: list[StepEvent] = []
     again = build(
         changed,
@@ -213,13 +215,13 @@ def test_last_line_change_reruns_only_the_tail(built: Built, tmp_path: Path) -> 
     )
     rerun = [e.name for e in events if e.state == "done" and not e.cached]
     assert rerun == [
-        "RUN echo changed > /app/built.txt",
+        f"RUN {command}"[:69] + "..." if len(f"RUN {command}") > 72 else f"RUN {command}",
         "ENTRYPOINT python3 -m http.server 8000",
         "finalize",
     ]
     assert again.cached_steps == again.steps_total - 3
     raw = to_raw(again.image_path, tmp_path / "image.raw")
-    assert debugfs(raw, "cat /app/built.txt") == "changed\n"
+    assert debugfs(raw, "cat /app/built.txt") == f"changed-{built.token}\n"
 
 
 def test_failing_run_reports_step_line_and_tail(built: Built, tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -448,21 +449,36 @@ class _Runner:
             errors="replace",
         ) as proc:
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")[:LOG_LINE_CHARS_MAX]
-                if marks and line.startswith("FORMATION-") and "=" in line:
-                    k, _, v = line.partition("=")
-                    self.marks[k] = v
-                    continue
-                self.tail.append(line)
-                if self.on_log is not None:
-                    self.on_log(line)
-            try:
-                return proc.wait(timeout=_STEP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
+            # The deadline covers the whole step, also one that stops printing but keeps its
+            # output open: the watchdog kills unshare, whose --kill-child takes the namespace.
+            timed_out = threading.Event()
+
+            def kill() -> None:
+                timed_out.set()
                 proc.kill()
-                proc.wait()
-                return -9
+
+            watchdog = threading.Timer(_STEP_TIMEOUT_S, kill)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                self._lines(proc.stdout, marks)
+            finally:
+                watchdog.cancel()
+            rc = proc.wait()
+            if timed_out.is_set():
+                self.tail.append(f"formation: killed after {_STEP_TIMEOUT_S:.0f} s")
+            return rc
+
+    def _lines(self, stream: Any, marks: bool) -> None:
+        for raw in stream:
+            line = raw.rstrip("\n")[:LOG_LINE_CHARS_MAX]
+            if marks and line.startswith("FORMATION-") and "=" in line:
+                k, _, v = line.partition("=")
+                self.marks[k] = v
+                continue
+            self.tail.append(line)
+            if self.on_log is not None:
+                self.on_log(line)
 
 
 def _context_files(context_dir: Path) -> dict[str, str]:
@@ -583,7 +599,7 @@ def _apply_step(
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{step.key[:16]}-", dir=layers))
     (work / "upper").mkdir()
     (work / "work").mkdir()
-    ns = ["unshare", "-m", "-p", "-f", "--propagation", "private"]
+    ns = ["unshare", "-m", "-p", "-f", "--kill-child", "--propagation", "private"]
     if step.kind != "install":
         # Only INSTALL reaches the network (the Debian mirror); see the module docstring.
         ns.insert(1, "-n")

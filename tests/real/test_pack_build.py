@@ -92,7 +92,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     (context / "app").mkdir(parents=True)
     (context / "app" / "index.html").write_text("<h1>hello from formation</h1>\n")
     password_hash = subprocess.run(
-        ["openssl", "passwd", "-6", "correct horse"], capture_output=True, text=True, check=True
+        # A fixed salt keeps the USER and INSTALL layers the same between runs (CI reuses them).
+        ["openssl", "passwd", "-6", "-salt", "formationtest", "correct horse"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     token = uuid.uuid4().hex
     formfile = small_formfile(password_hash, token)
@@ -198,7 +202,9 @@ def test_second_build_is_all_cached_and_same_image(built: Built, tmp_path: Path)
 
 def test_last_line_change_reruns_only_the_tail(built: Built, tmp_path: Path) -> None:
     steps = built.formfile.steps
-    changed = replace(built.formfile, steps=(*steps[:-1], Run("echo changed > /app/built.txt")))
+    # The token: a line this cache has never seen, so the step really reruns.
+    command = f"echo changed-{built.token} > /app/built.txt"
+    changed = replace(built.formfile, steps=(*steps[:-1], Run(command)))
     events: list[StepEvent] = []
     again = build(
         changed,
@@ -209,13 +215,13 @@ def test_last_line_change_reruns_only_the_tail(built: Built, tmp_path: Path) -> 
     )
     rerun = [e.name for e in events if e.state == "done" and not e.cached]
     assert rerun == [
-        "RUN echo changed > /app/built.txt",
+        f"RUN {command}"[:69] + "..." if len(f"RUN {command}") > 72 else f"RUN {command}",
         "ENTRYPOINT python3 -m http.server 8000",
         "finalize",
     ]
     assert again.cached_steps == again.steps_total - 3
     raw = to_raw(again.image_path, tmp_path / "image.raw")
-    assert debugfs(raw, "cat /app/built.txt") == "changed\n"
+    assert debugfs(raw, "cat /app/built.txt") == f"changed-{built.token}\n"
 
 
 def test_failing_run_reports_step_line_and_tail(built: Built, tmp_path: Path) -> None:
@@ -250,3 +256,18 @@ def test_symlink_planted_by_run_cannot_redirect_copy_to_the_host(
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
     raw = to_raw(result.image_path, tmp_path / "image.raw")
     assert "hello from formation" in debugfs(raw, "cat /copied-through-link.html")
+
+
+def test_a_process_a_run_leaves_behind_dies_with_the_step(built: Built, tmp_path: Path) -> None:
+    # The step's PID namespace ends with its shell, and so does the background sleep, which
+    # would otherwise hold the output pipe open and hang the build.
+    steps = (Run("sleep 3600 > /dev/null 2>&1 & echo started", line=3),)
+    f = replace(built.formfile, users=(), steps=steps, entrypoint=None)
+    lines: list[str] = []
+    result = build(
+        f, built.context, work_dir=tmp_path, cache_dir=default_cache_dir(), on_log=lines.append
+    )
+    assert result.steps_total == 2
+    assert "started" in lines or result.cached_steps == 2
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert "sleep 3600" not in ps.stdout

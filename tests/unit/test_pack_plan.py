@@ -1,12 +1,24 @@
-"""node.pack.plan: step order, names, lines and the chained cache keys."""
+"""node.pack.plan: step order, names, lines and the chained cache keys; pure helpers of base/builder."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from node.pack.base import (
+    AptSource,
+    BaseError,
+    base_key,
+    default_cache_dir,
+    mirror_for,
+    parse_deb822_sources,
+    parse_one_line_sources,
+    release_sources,
+)
+from node.pack.builder import systemd_quote
 from node.pack.model import Copy, Entrypoint, Env, Formfile, Install, Run, Step, User, Workdir
 from node.pack.plan import PlanError, copied_files, plan
 
@@ -140,3 +152,88 @@ def test_copied_files() -> None:
     assert copied_files(".", CONTEXT) == sorted(CONTEXT)
     # "app" must not take "application/...".
     assert copied_files("app", {"application/x": "0"}) == []
+
+
+# -- the pure helpers of node.pack.base and node.pack.builder --
+
+DEB822 = """\
+Types: deb
+# a comment
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb deb-src
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main contrib
+
+Types: deb
+Enabled: no
+URIs: http://off.example/debian
+Suites: bookworm
+Components: main
+"""
+
+
+def test_parse_deb822_sources() -> None:
+    assert parse_deb822_sources(DEB822) == [
+        AptSource("http://mirror.example/debian", ("bookworm", "bookworm-updates"), ("main",)),
+        AptSource(
+            "http://mirror.example/debian-security", ("bookworm-security",), ("main", "contrib")
+        ),
+    ]
+
+
+def test_parse_one_line_sources() -> None:
+    text = (
+        "deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main contrib\n"
+        "deb-src http://m.example/debian bookworm main\n"
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb http://other.example/x cloud-sdk-bookworm main\n"
+    )
+    assert parse_one_line_sources(text) == [
+        AptSource("http://m.example/debian", ("bookworm",), ("main", "contrib")),
+        AptSource("http://other.example/x", ("cloud-sdk-bookworm",), ("main",)),
+    ]
+
+
+def test_release_sources_and_mirror() -> None:
+    sources = [
+        AptSource("http://other.example/x", ("cloud-sdk-bookworm",), ("main",)),
+        *parse_deb822_sources(DEB822),
+    ]
+    kept = release_sources(sources, "bookworm")
+    assert [s.uri for s in kept] == [
+        "http://mirror.example/debian",
+        "http://mirror.example/debian-security",
+    ]
+    assert mirror_for(sources, "bookworm") == "http://mirror.example/debian"
+    with pytest.raises(BaseError, match="no apt source serves 'trixie'"):
+        mirror_for(sources, "trixie")
+
+
+def test_base_key_depends_on_every_input() -> None:
+    k = base_key("bookworm", "amd64", ["udev", "sudo"], "http://m/debian")
+    assert k == base_key("bookworm", "amd64", ["sudo", "udev"], "http://m/debian")
+    others = {
+        base_key("trixie", "amd64", ["udev", "sudo"], "http://m/debian"),
+        base_key("bookworm", "arm64", ["udev", "sudo"], "http://m/debian"),
+        base_key("bookworm", "amd64", ["udev"], "http://m/debian"),
+        base_key("bookworm", "amd64", ["udev", "sudo"], "http://n/debian"),
+    }
+    assert k not in others
+    assert len(others) == 4
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FORMATION_CACHE_DIR", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+    monkeypatch.delenv("FORMATION_CACHE_DIR")
+    assert default_cache_dir() == Path.home() / ".cache" / "formation-node"
+
+
+def test_systemd_quote() -> None:
+    assert systemd_quote("python3") == '"python3"'
+    assert systemd_quote('say "hi" 100% $HOME\\') == '"say \\"hi\\" 100%% $$HOME\\\\"'

@@ -22,7 +22,9 @@ Start order, and why:
 * control socket: ``status`` reads what all of the above published (URLs included);
 * the ``node.announce`` op: written once every service serves, so peers that read it can
   reach the node at once;
-* heartbeat: a ``node.capacity`` op every ``heartbeat_s``.
+* heartbeat: a ``node.capacity`` op every ``heartbeat_s``;
+* builds: the build service (``node.pack.service``), once the node is announced (a build is
+  taken only by a node whose announce says it is a ``builder``).
 
 Stop order: ``node.stop()`` makes the node leave the membership (at most ``LEAVE_TIMEOUT_S``,
 while gossip can still send the news), then cancels every service at once; the transport
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
     from node.gateway.app import GatewayApp
     from node.ledger.op import Op
     from node.p2p.transport import Transport
+    from node.pack.service import BuildService
     from node.replica import SubmitResult
 
 __all__ = [
@@ -207,6 +210,7 @@ class Node:
     blobs: BlobStore  # content-addressed: build contexts and images (<data_dir>/blobs)
     metrics_url: str = ""
     gateway: Gateway | None = None
+    builds: BuildService | None = None  # None: this node does not build (tools missing)
     _stop: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
 
     def stop(self) -> None:
@@ -332,6 +336,7 @@ async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
         await nursery.start(run_control, node)
         await announce(node)
         await nursery.start(run_heartbeat, node)
+        node.builds = await nursery.start(run_builds, node)
         task_status.started(node)
         await node._stop.wait()
         with trio.move_on_after(LEAVE_TIMEOUT_S):
@@ -426,9 +431,51 @@ async def run_heartbeat(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNOR
 
 
 async def announce(node: Node) -> None:
-    """The node's own record: who it is and where to reach it, replicated to all."""
-    await node.gossip.write(
-        node.key,
-        "node.announce",
-        {"listen_addrs": node.transport.listen_addrs[:16], "version": __version__},
-    )
+    """The node's own record: who it is, where to reach it and what it does, replicated to all."""
+    from node.pack.service import builder_tools_missing
+
+    payload: dict[str, Any] = {
+        "listen_addrs": node.transport.listen_addrs[:16],
+        "version": __version__,
+    }
+    if not builder_tools_missing():
+        payload["roles"] = ["builder"]
+    await node.gossip.write(node.key, "node.announce", payload)
+
+
+@dataclass(frozen=True)
+class _BuildHost:
+    """The node as the build service sees it (``node.pack.service.BuildHost``)."""
+
+    node: Node
+
+    @property
+    def address(self) -> str:
+        return self.node.key.address
+
+    @property
+    def network(self) -> str:
+        return self.node.settings.network
+
+    def read(self, fn: Any) -> Any:
+        with self.node.replica.lock:  # worker threads apply ops meanwhile
+            return fn(self.node.replica.state)
+
+    async def write(self, kind: str, payload: dict[str, Any]) -> None:
+        await self.node.gossip.write(self.node.key, kind, payload)
+
+    async def fetch_blob(self, digest: str) -> None:
+        await self.node.fetch_blob(digest)
+
+
+async def run_builds(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Build the builds that are this node's turn (``node.pack.service``); publishes the
+    service, or None when this machine lacks the builder's tools (it then never announced
+    the ``builder`` role, so no build waits for it)."""
+    from node.pack.service import builder_tools_missing, open_build_service
+
+    if builder_tools_missing():
+        task_status.started(None)
+        return
+    service = open_build_service(_BuildHost(node), node.blobs, node.settings.data_dir)
+    await service.run(task_status=task_status)

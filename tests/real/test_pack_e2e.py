@@ -50,6 +50,7 @@ ENTRYPOINT ["python3", "-m", "http.server", "8000"]
 def fog(tmp_path: Path) -> Iterator[LocalFog]:
     missing = builder_tools_missing()
     assert not missing, f"the builder needs {missing}: run scripts/ensure-system-deps.sh run"
+    (tmp_path / "fog").mkdir()
     fog = LocalFog(tmp_path / "fog", extra_args=("--heartbeat-s", "0"))
     try:
         fog.start(0)
@@ -102,7 +103,7 @@ def test_a_build_on_one_node_is_pulled_and_verified_by_another(
     (context / "app").mkdir(parents=True)
     (context / "app" / "index.html").write_text("<h1>hello from the fog</h1>\n")
     (context / "app" / "notes.tmp").write_text("left out by .formignore\n")
-    (context / ".formignore").write_text("*.tmp\n")
+    (context / ".formignore").write_text("**/*.tmp\n")  # as .dockerignore: anchored at the root
     (context / "Formfile").write_text(FORMFILE)
 
     done = form("pack", "build", str(context), "--json")

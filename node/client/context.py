@@ -12,7 +12,7 @@ held: a context can be up to 1 GiB. A file that changed in between is refused by
 ``upload(api, root, copy_sources)`` asks the node which chunk digests, and the manifest's,
 it lacks (``POST /v1/blobs/missing``, at most ``DIGESTS_PER_ASK_MAX`` per request), sends each
 missing chunk (``PUT /v1/blobs/{digest}``, zstd-compressed when that is smaller, signed like
-every request), then the manifest, last, so a node never holds a manifest whose chunks it
+every request; a few in flight at once), then the manifest, last, so a node never holds a manifest whose chunks it
 lacks because of us. A second upload of the same tree sends nothing.
 
 **What is carried.** Regular files, with their permission bits. A symlink is followed when its
@@ -38,6 +38,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -59,6 +60,7 @@ from node.pack.context import (
 __all__ = [
     "DIGESTS_PER_ASK_MAX",
     "IGNORE_FILE",
+    "UPLOADS_IN_FLIGHT_DEFAULT",
     "ChunkReader",
     "ContextUploadError",
     "IgnoreRules",
@@ -69,6 +71,9 @@ __all__ = [
 
 IGNORE_FILE: Final = ".formignore"
 DIGESTS_PER_ASK_MAX: Final = 1000  # the gateway's bound (node.gateway.routes.blobs)
+# 8 PUTs in flight: enough to overlap round trips and the node's fsyncs, few enough not to
+# crowd a gateway's in-flight bound (512) when several clients upload at once.
+UPLOADS_IN_FLIGHT_DEFAULT: Final = 8
 _ZSTD_LEVEL: Final = 3
 _GLOB_CHARS: Final = frozenset("*?[")
 _IGNORE_FILE_BYTES_MAX: Final = 1024 * 1024
@@ -365,11 +370,14 @@ def upload(
     progress: Callable[[int, int], None] | None = None,
     *,
     limits: ContextLimits = LIMITS,
+    concurrency: int = UPLOADS_IN_FLIGHT_DEFAULT,
 ) -> UploadResult:
     """Send the context to the node behind ``api`` (a ``GatewayClient``); see the module doc.
 
     ``progress(bytes_sent, bytes_to_send)`` is called after each blob sent (and once at the
-    start), where ``bytes_to_send`` counts only what the node lacks.
+    start), where ``bytes_to_send`` counts only what the node lacks. ``concurrency`` chunk
+    PUTs are in flight at once (``api`` must be thread-safe, as ``GatewayClient`` is); the
+    first failure stops the upload and is raised.
     """
     manifest, read = collect(root, copy_sources, limits=limits)
     manifest_bytes = manifest.to_bytes()
@@ -388,15 +396,30 @@ def upload(
     wire = 0
     if progress is not None:
         progress(0, bytes_to_send)
-    compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True)
-    for digest in to_send:
+
+    def put_chunk(digest: str) -> tuple[int, int]:
+        # One compressor per call: zstandard contexts must not be shared across threads.
         data = read(digest)
-        body, encoding = _encoded(data, compressor)
+        body, encoding = _encoded(data, zstandard.ZstdCompressor(level=_ZSTD_LEVEL))
         api.blob_put(digest, body, encoding=encoding)
-        sent += len(data)
-        wire += len(body)
-        if progress is not None:
-            progress(sent, bytes_to_send)
+        return len(data), len(body)
+
+    # Each PUT costs a round trip and the node's fsync; a few in flight overlap them. Reads
+    # happen in the workers, so memory stays at ``concurrency`` chunks whatever the context.
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        pending = [pool.submit(put_chunk, digest) for digest in to_send]
+        try:
+            for done in as_completed(pending):
+                raw, packed = done.result()
+                sent += raw
+                wire += packed
+                if progress is not None:
+                    progress(sent, bytes_to_send)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
     if send_manifest:  # last: the node then holds every chunk the manifest names
         body, encoding = _encoded(manifest_bytes, compressor)
         api.blob_put(manifest.digest, body, encoding=encoding)

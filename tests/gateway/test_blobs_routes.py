@@ -246,3 +246,56 @@ async def test_client_blob_get_and_errors(gw: Gw) -> None:
     got, error = await trio.to_thread.run_sync(run)
     assert got == b"abc"
     assert (error.status, error.code) == (400, "digest_mismatch")
+
+
+# -- end to end: upload to one running node, another fetches it over libp2p ----------------
+
+
+@pytest.mark.real
+async def test_a_context_uploaded_to_node_a_is_fetched_and_materialized_by_node_b(
+    tmp_path: Path,
+) -> None:
+    from node.config import load_config
+    from node.node import Node, NodeSettings, open_home, run_node
+
+    def settings(name: str) -> NodeSettings:
+        data_dir = tmp_path / name
+        return NodeSettings.from_config(
+            load_config(data_dir),
+            data_dir,
+            listen_addrs=("/ip4/127.0.0.1/tcp/0",),
+            bootstrap=[],
+            gateway="127.0.0.1:0",
+            heartbeat_s=0,
+        )
+
+    root = tmp_path / "ctx"
+    _tree(root)
+    with trio.fail_after(60):
+        async with (
+            open_home(settings("a")) as home_a,
+            open_home(settings("b")) as home_b,
+            trio.open_nursery() as nursery,
+        ):
+            a: Node = await nursery.start(run_node, home_a)
+            b: Node = await nursery.start(run_node, home_b)
+            assert a.gateway is not None
+
+            def send() -> Any:
+                assert a.gateway is not None
+                with GatewayClient(a.gateway.url, ALICE) as client:
+                    return upload(client, root, ["app"])
+
+            sent = await trio.to_thread.run_sync(send)
+            assert a.blobs.has(sent.manifest_digest)
+            await b.transport.connect(a.transport.listen_addrs[0])
+            await b.fetch_blob(sent.manifest_digest)
+            manifest = parse_manifest(b.blobs.get(sent.manifest_digest))
+            for chunk in manifest.chunk_digests():
+                await b.fetch_blob(chunk)
+            dest = tmp_path / "built"
+            await trio.to_thread.run_sync(materialize, manifest, b.blobs, dest)
+            for rel in ("app/server.py", "app/big.bin", "app/run.sh"):
+                assert (dest / rel).read_bytes() == (root / rel).read_bytes()
+            a.stop()
+            b.stop()

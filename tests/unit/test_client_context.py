@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from node.client.context import ContextUploadError, IgnoreRules, collect
+from node.client.api import ApiError
+from node.client.context import ContextUploadError, IgnoreRules, collect, upload
 from node.pack.context import ContextLimits, sha256_hex
 
 
@@ -146,3 +147,28 @@ def test_same_tree_same_digest(root: Path, tmp_path: Path) -> None:
     assert collect(root, ["data", "app/"])[0].digest == one
     (root / "data" / "a.csv").write_text("changed")
     assert collect(root, ["app", "data"])[0].digest != one
+
+
+class _FlakyApi:
+    """Lacks everything; refuses one chunk's PUT."""
+
+    def __init__(self, refuse: str) -> None:
+        self.refuse = refuse
+        self.put: list[str] = []
+
+    def blobs_missing(self, digests: list[str]) -> list[str]:
+        return list(digests)
+
+    def blob_put(self, digest: str, body: bytes, *, encoding: str | None = None) -> None:
+        if digest == self.refuse:
+            raise ApiError(400, "digest_mismatch", "refused")
+        self.put.append(digest)
+
+
+def test_a_failed_chunk_stops_the_upload_before_the_manifest(root: Path) -> None:
+    manifest, _ = collect(root, ["app", "data"])
+    api = _FlakyApi(refuse=manifest.files[0].chunks[0])
+    with pytest.raises(ApiError, match="refused"):
+        upload(api, root, ["app", "data"], concurrency=2)
+    assert manifest.digest not in api.put
+    assert len(api.put) < len(manifest.chunk_digests())

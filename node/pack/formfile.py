@@ -1,5 +1,8 @@
 """The Formfile parser: text (or bytes) in, a ``Formfile`` value or every error out.
 
+Long on purpose: one grammar, its fifteen instructions' checks and their inverse (``canonical``)
+share the lexer's positions and quoting rules; split apart, the round trip would have no home.
+
 Theory of operation
 -------------------
 Pure and total: ``parse`` reads no file, no clock, and raises nothing but ``FormfileError``

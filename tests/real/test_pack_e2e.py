@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -142,3 +143,27 @@ def test_a_build_on_one_node_is_pulled_and_verified_by_another(
     assert second["context_upload"]["chunks_sent"] == 0
     assert second["context_upload"]["bytes_sent"] == 0
     assert build["context_upload"]["files"] == 1  # index.html; notes.tmp is ignored
+
+    # A failing step: exit 1, and the replicated record names the step, the user's own line
+    # (comments and blank lines count) and the last output, read back through the other node.
+    (context / "Formfile").write_text(
+        "# fails on purpose\nNAME hello-broken\nUSER username:web passwd:s3cret\n\n"
+        "RUN echo about to fail && exit 3\n"
+    )
+    failed = form("pack", "build", str(context), "--json")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    record = json.loads(failed.stdout)
+    assert record["status"] == "CriticalError"
+    assert record["line"] == 5
+    assert record["step_name"].startswith("RUN echo about to fail")
+    assert "about to fail" in record["log_tail"]
+    deadline = time.monotonic() + 30  # the report gossips to node 1
+    while True:
+        status = form(
+            "pack", "status", "--build-id", record["build_id"], "--json", gateway_url=gateways[1]
+        )
+        seen = json.loads(status.stdout).get("status") if status.returncode == 0 else None
+        if seen == "CriticalError" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert seen == "CriticalError", status.stdout + status.stderr

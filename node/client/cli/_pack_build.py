@@ -4,7 +4,8 @@
 
 1. reads ``DIR/Formfile`` (or ``-f PATH``) and validates it with the limits of the node's network
    (the node checks again), and checks that every COPY source exists under DIR;
-2. replaces plain-text passwords by SHA-512-crypt hashes (the Formfile text replicates to every
+2. replaces plain-text passwords by SHA-512-crypt hashes, in place in the user's own text so a
+   failing step's line is a line of their file (the Formfile text replicates to every
    node; a plain password must never leave this machine). The salt is derived from the user's
    key, the build name and the username, so rebuilding an unchanged Formfile gives the same text,
    the same build id and a fully cached build;
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +42,32 @@ def passwd_salt(secret: bytes, build_name: str, username: str) -> str:
     (same text, same build id, cached steps), different per build and user."""
     mac = hmac.new(secret, f"formation:passwd-salt:v1\n{build_name}\n{username}".encode(), "sha256")
     return "".join(_CRYPT_ALPHABET[b % 64] for b in mac.digest()[:16])
+
+
+def _text_with_hashes(text: str, formfile: Any, hashed: Any, reparse: Callable[[str], Any]) -> str:
+    """The user's own text with each plain password replaced by its hash in place, so the lines
+    a build reports (a failing step's line) are the lines of the user's file. When the edit is
+    not certain to mean the same Formfile (a password quoted with escapes, say), the canonical
+    text of the hashed value is sent instead (still correct; lines then count in that text)."""
+    from node.pack.formfile import canonical
+
+    out = text
+    for before, after in zip(formfile.users, hashed.users, strict=True):
+        if before.passwd == after.passwd:
+            continue
+        token = re.compile(
+            r"passwd([:=])([\"']?)" + re.escape(before.passwd) + r"\2(?=\s|\\|$)", re.MULTILINE
+        )
+        # A template, not a function: backslashes doubled (crypt hashes have none; be safe).
+        template = ("passwd:" + str(after.passwd)).replace("\\", "\\\\")
+        out, count = token.subn(template, out, count=1)
+        if count != 1:
+            return str(canonical(hashed))
+    try:
+        same = reparse(out) == hashed
+    except Exception:  # the parser's own error: the edit broke something
+        same = False
+    return out if same else str(canonical(hashed))
 
 
 def _missing_copy_sources(formfile: Any, root: Path) -> list[str]:
@@ -79,7 +108,7 @@ def _progress(quiet: bool) -> Any:
 
 def cmd_pack_build(session: _Session) -> int:
     from node.client.context import upload
-    from node.pack.formfile import FormfileError, canonical, parse
+    from node.pack.formfile import FormfileError, parse
     from node.pack.model import Copy
     from node.pack.password import hash_passwords
 
@@ -99,7 +128,8 @@ def cmd_pack_build(session: _Session) -> int:
     client = session.client()
     quiet = bool(args.json) or not sys.stderr.isatty()
     try:
-        formfile = parse(text, path=str(path), limits=_limits(session, client))
+        limits = _limits(session, client)
+        formfile = parse(text, path=str(path), limits=limits)
     except FormfileError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -133,7 +163,10 @@ def cmd_pack_build(session: _Session) -> int:
                 f"{uploaded.bytes_sent} sent ({uploaded.chunks_sent}/{uploaded.chunks_total} chunks)",
                 file=sys.stderr,
             )
-    payload: dict[str, Any] = {"name": formfile.name, "formfile": canonical(hashed)}
+    sent = _text_with_hashes(
+        text, formfile, hashed, lambda t: parse(t, path=str(path), limits=limits)
+    )
+    payload: dict[str, Any] = {"name": formfile.name, "formfile": sent}
     if context:
         payload["context"] = context
     if isinstance(node, dict) and node.get("address"):

@@ -73,6 +73,8 @@ class BuildServiceConfig:
     log_lines_max: int = 2000
     logs_kept_max: int = 32
     report_interval_ms: int = REPORT_INTERVAL_MS
+    # Pauses between tries of a blob fetch before the build fails (about 30 s in all).
+    fetch_retry_s: tuple[float, ...] = (2.0, 8.0, 20.0)
 
 
 class BuildHost(Protocol):
@@ -266,12 +268,24 @@ class BuildService:
             log_tail="\n".join(tail)[-LOG_TAIL_CHARS_MAX:],
         )
 
-    async def _blob(self, digest: str) -> None:
-        if not self.tools.blobs.has(digest):
-            await self.host.fetch_blob(digest)
+    async def _blob(self, digest: str, log: BuildLog) -> None:
+        """Fetch a blob this node lacks, trying again after ``fetch_retry_s`` pauses: the node
+        that holds the context may be a moment from being connected (it just announced), and
+        a failure here is reported as final (``CriticalError``)."""
+        for pause_s in (*self.config.fetch_retry_s, None):
+            if self.tools.blobs.has(digest):
+                return
+            try:
+                await self.host.fetch_blob(digest)
+                return
+            except Exception as exc:
+                if pause_s is None:
+                    raise
+                log.append(f"fetching {digest[:12]} failed ({exc}); again in {pause_s:g} s")
+                await trio.sleep(pause_s)
 
     async def _fetch_context(self, digest: str, dest: Path, log: BuildLog) -> None:
-        await self._blob(digest)
+        await self._blob(digest, log)
         manifest = self.tools.parse_manifest(self.tools.blobs.get(digest))
         chunks = list(dict.fromkeys(c for f in manifest.files for c in f.chunks))
         missing = self.tools.blobs.missing(chunks)
@@ -279,7 +293,7 @@ class BuildService:
             f"context {digest[:12]}: {len(manifest.files)} files, {len(missing)} chunks to fetch"
         )
         for chunk in missing:
-            await self.host.fetch_blob(chunk)
+            await self._blob(chunk, log)
         await trio.to_thread.run_sync(self.tools.materialize, manifest, self.tools.blobs, dest)
 
     async def _run_builder(

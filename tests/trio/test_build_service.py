@@ -276,3 +276,49 @@ async def test_the_run_loop_takes_each_build_once(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     assert calls == [FORMFILE]
     assert service.builds_done == 1
+
+
+async def test_a_fetch_that_fails_is_tried_again_then_the_build_fails_with_why(
+    tmp_path: Path,
+) -> None:
+    chunk = b"data"
+    chunk_digest = hashlib.sha256(chunk).hexdigest()
+    manifest = repr([("f", [chunk_digest])]).encode()
+
+    class FlakyHost(Host):
+        failures_left: int = 0
+
+        async def fetch_blob(self, digest: str) -> None:
+            if self.failures_left > 0:
+                self.failures_left -= 1
+                raise ConnectionError("no peer holds it yet")
+            await super().fetch_blob(digest)
+
+    def build(formfile: str, context_dir: Path, *, work_dir: Path, **_: Any) -> Result:
+        work_dir.mkdir(parents=True)
+        image = work_dir / "i.qcow2"
+        image.write_bytes((context_dir / "f").read_bytes())
+        return Result(image, hashlib.sha256(chunk).hexdigest(), {})
+
+    for failures, expected in ((2, "Built"), (3, "CriticalError")):
+        state = _state()
+        blobs = FakeBlobs()
+        blobs.put(manifest)
+        host = FlakyHost(state, NODE_A, blobs, peer_blobs={chunk_digest: chunk})
+        host.failures_left = failures
+        build_id = _request(state, via=NODE_A.address, context=hashlib.sha256(manifest).hexdigest())
+        service = BuildService(
+            host,
+            _tools(blobs, build),
+            work_root=tmp_path / f"w{failures}",
+            cache_dir=tmp_path / "cache",
+            config=BuildServiceConfig(poll_s=0.01, fetch_retry_s=(0.0, 0.0)),
+            clock_ms=lambda: T0_MS + 1_000,
+        )
+        await service.build_one(service.due()[0])
+        view = state.build(build_id)
+        assert view is not None
+        assert view["status"] == expected
+        if expected == "CriticalError":
+            assert "no peer holds it yet" in view["error"]
+            assert "again in 0 s" in view["log_tail"]

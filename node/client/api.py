@@ -509,6 +509,18 @@ class GatewayClient:
             raise self._error(response)
         return response.json()
 
+    def blob_batch(self, body: bytes, *, encoding: str | None = None) -> Any:
+        """Upload many small blobs at once (``POST /blobs/batch``: a JSON line of
+        ``[digest, size]`` pairs, then their bytes); ``body`` as sent."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
+        request = self._build("POST", "/blobs/batch", None, True, None, raw=(body, headers))
+        response = self._send(request, stream=False)
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response.json()
+
     def blob_get(self, digest: str) -> bytes:
         """The raw bytes of a blob the node holds."""
         request = self._build("GET", f"/blobs/{_segment(digest)}", None, True, None)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -55,6 +55,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class BlobWriter:
@@ -166,6 +172,44 @@ class BlobStore:
         with self.writer(digest) as out:
             out.write(bytes(data))
             return out.commit()
+
+    def put_many(self, blobs: Sequence[tuple[str, bytes]]) -> int:
+        """Store several small blobs, each checked against its digest first (one wrong digest:
+        ``BlobError`` and nothing stored); how many were new. Cheaper than one ``put`` each:
+        every file is written before any is fsynced, so one journal commit covers most of
+        them, and each directory is fsynced once."""
+        fresh: list[tuple[str, bytes]] = []
+        for digest, data in blobs:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != _check_digest(digest):
+                raise BlobError(f"digest_mismatch: bytes hash to {actual}, not {digest}")
+            if not self.has(digest) and digest not in {d for d, _ in fresh}:
+                fresh.append((digest, data))
+        written: list[tuple[str, Path, int]] = []
+        try:
+            for digest, data in fresh:
+                fd, name = tempfile.mkstemp(dir=self.root / _TMP_DIR, prefix="blob-")
+                written.append((digest, Path(name), fd))
+                _write_all(fd, data)
+            for _, _, fd in written:
+                os.fsync(fd)
+        except BaseException:
+            for _, tmp, _ in written:
+                tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            for _, _, fd in written:
+                os.close(fd)
+        parents = set()
+        for digest, tmp, _ in written:
+            final = self.path(digest)
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
+            parents.add(final.parent)
+        for parent in parents:
+            _fsync_dir(parent)
+        return len(written)
 
     def put_file(self, path: Path, expected: str | None = None, move: bool = False) -> str:
         """Store the file at ``path`` (streamed); with ``move`` the source is removed after."""

@@ -271,7 +271,12 @@ def test_every_public_method_is_in_the_route_table() -> None:
         and callable(getattr(GatewayClient, name))
     }
     covered = {r[0] for r in ROUTES} | {"open_agent_hire", "open_agent_run_task"}
-    covered |= {"blobs_missing", "blob_put", "blob_get"}  # test_blob_methods_send_their_routes
+    covered |= {
+        "blobs_missing",
+        "blob_put",
+        "blob_get",
+        "blob_batch",
+    }  # test_blob_methods_send_their_routes
     assert public <= covered, public - covered
 
 
@@ -282,6 +287,7 @@ def test_blob_methods_send_their_routes() -> None:
         .on("POST", "/v1/blobs/missing", answer(200, {"missing": [digest]}))
         .on("PUT", f"/v1/blobs/{digest}", answer(201, {"digest": digest, "size": 3}))
         .on("GET", f"/v1/blobs/{digest}", httpx.Response(200, content=b"raw"))
+        .on("POST", "/v1/blobs/batch", answer(201, {"blobs": 1, "stored": 1}))
     )
     with client(gateway) as c:
         assert c.blobs_missing([digest]) == [digest]
@@ -293,6 +299,10 @@ def test_blob_methods_send_their_routes() -> None:
         assert seen.headers["content-type"] == "application/octet-stream"
         assert c.blob_get(digest) == b"raw"
         assert gateway.last.signer == ALICE.address
+        assert c.blob_batch(b"batch", encoding="zstd") == {"blobs": 1, "stored": 1}
+        seen = gateway.last
+        assert (seen.method, seen.body, seen.signer) == ("POST", b"batch", ALICE.address)
+        assert seen.headers["content-encoding"] == "zstd"
 
 
 def test_a_delegate_names_the_account_it_acts_for() -> None:

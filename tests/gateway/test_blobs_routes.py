@@ -299,3 +299,45 @@ async def test_a_context_uploaded_to_node_a_is_fetched_and_materialized_by_node_
                 assert (dest / rel).read_bytes() == (root / rel).read_bytes()
             a.stop()
             b.stop()
+
+
+def _batch(
+    blobs: list[bytes], sizes: list[int] | None = None, digests: list[str] | None = None
+) -> bytes:
+    listed = [
+        [digests[i] if digests else sha(b), sizes[i] if sizes else len(b)]
+        for i, b in enumerate(blobs)
+    ]
+    return json.dumps({"blobs": listed}).encode() + b"\n" + b"".join(blobs)
+
+
+async def test_a_batch_stores_every_blob_and_counts_the_new_ones(gw: Gw) -> None:
+    blobs = [f"small file {i}\n".encode() for i in range(300)]
+    gw.store.put(blobs[0])  # already held: stored again is a no-op
+    body = zstandard.ZstdCompressor().compress(_batch(blobs))
+    reply = await gw.send("POST", "/v1/blobs/batch", body, headers={"Content-Encoding": "zstd"})
+    assert reply.status_code == 201, reply.text
+    assert reply.json() == {"blobs": 300, "stored": 299}
+    assert all(gw.store.get(sha(b)) == b for b in blobs)
+    assert list((gw.store.root / "tmp").iterdir()) == []
+
+
+async def test_a_batch_with_one_wrong_blob_stores_nothing(gw: Gw) -> None:
+    blobs = [b"first", b"second", b"third"]
+    wrong = [sha(b"first"), sha(b"not second"), sha(b"third")]
+    reply = await gw.send("POST", "/v1/blobs/batch", _batch(blobs, digests=wrong))
+    assert reply.status_code == 400
+    assert reply.json()["error"] == "digest_mismatch"
+    assert "nothing of this batch is stored" in reply.json()["message"]
+    assert not any(gw.store.has(d) for d in (*wrong, sha(b"second")))
+
+
+async def test_a_batch_whose_sizes_do_not_add_up_or_has_no_header_is_refused(gw: Gw) -> None:
+    blobs = [b"aaaa", b"bbbb"]
+    short = await gw.send("POST", "/v1/blobs/batch", _batch(blobs, sizes=[4, 3]))
+    assert short.status_code == 400
+    assert "add up to 7 bytes; 8 follow" in short.json()["message"]
+    headless = await gw.send("POST", "/v1/blobs/batch", b"just bytes")
+    assert headless.status_code == 400
+    assert "JSON line" in headless.json()["message"]
+    assert not gw.store.has(sha(b"aaaa"))

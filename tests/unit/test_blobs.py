@@ -171,3 +171,18 @@ def test_kill_9_mid_write_leaves_no_blob(tmp_path: Path) -> None:
     assert not store.has(digest)
     assert list((tmp_path / "tmp").iterdir()) == []
     assert store.put(b"x" * 2_000_000, expected=digest) == digest  # and the store still works
+
+
+def test_put_many_checks_every_blob_before_storing_any(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    good = [(hashlib.sha256(b).hexdigest(), b) for b in (b"one", b"two", b"three")]
+    assert store.put_many(good) == 3
+    assert store.put_many(good) == 0  # held already
+    fresh = [
+        (hashlib.sha256(b"four").hexdigest(), b"four"),
+        (hashlib.sha256(b"x").hexdigest(), b"y"),
+    ]
+    with pytest.raises(BlobError, match="digest_mismatch"):
+        store.put_many(fresh)
+    assert not store.has(fresh[0][0])
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []

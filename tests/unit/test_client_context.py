@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from node.client.api import ApiError
 from node.client.context import ContextUploadError, IgnoreRules, collect, upload
@@ -163,6 +165,13 @@ class _FlakyApi:
         if digest == self.refuse:
             raise ApiError(400, "digest_mismatch", "refused")
         self.put.append(digest)
+
+    def blob_batch(self, body: bytes, *, encoding: str | None = None) -> None:
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(body) if encoding else body
+        digests = [d for d, _ in json.loads(raw.split(b"\n", 1)[0])["blobs"]]
+        if self.refuse in digests:
+            raise ApiError(400, "digest_mismatch", "refused")
+        self.put.extend(digests)
 
 
 def test_a_failed_chunk_stops_the_upload_before_the_manifest(root: Path) -> None:

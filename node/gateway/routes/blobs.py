@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from node.gateway.app import GatewayApp
 
 __all__ = [
+    "BATCH_BLOBS_MAX",
+    "BATCH_BYTES_MAX",
     "BLOB_BODY_BYTES_MAX",
     "BLOB_BYTES_MAX",
     "DIGESTS_PER_ASK_MAX",
@@ -43,6 +45,10 @@ BLOB_BODY_BYTES_MAX: Final = BLOB_BYTES_MAX + 64 * 1024
 # 1,000 digests are ~67 KB of JSON: the ask stays inside the gateway's JSON body limit (128
 # KiB), and the client asks in batches (node.client.context).
 DIGESTS_PER_ASK_MAX: Final = 1000
+# POST /blobs/batch: small blobs together, their bytes at most a blob's limit.
+BATCH_BLOBS_MAX: Final = 512
+BATCH_HEADER_BYTES_MAX: Final = 64 * 1024  # 512 x ["<64 hex>", size] is ~38 KB
+BATCH_BYTES_MAX: Final = BLOB_BYTES_MAX + BATCH_HEADER_BYTES_MAX
 
 
 def _store(app: GatewayApp) -> BlobStore:
@@ -53,12 +59,10 @@ def _store(app: GatewayApp) -> BlobStore:
     return store
 
 
-def _decompress(body: bytes, encoding: str | None) -> bytes:
+def _decompress(body: bytes, encoding: str | None, limit: int = BLOB_BYTES_MAX) -> bytes:
     if encoding is None or encoding.strip().lower() in ("", "identity"):
-        if len(body) > BLOB_BYTES_MAX:
-            raise HttpError(
-                413, "too_large", f"a blob is at most {BLOB_BYTES_MAX} bytes; send chunks"
-            )
+        if len(body) > limit:
+            raise HttpError(413, "too_large", f"a blob is at most {limit} bytes; send chunks")
         return body
     if encoding.strip().lower() != "zstd":
         raise HttpError(
@@ -73,11 +77,11 @@ def _decompress(body: bytes, encoding: str | None) -> bytes:
         with reader:
             while piece := reader.read(256 * 1024):
                 out += piece
-                if len(out) > BLOB_BYTES_MAX:
+                if len(out) > limit:
                     raise HttpError(
                         413,
                         "too_large",
-                        f"the body decompresses to over {BLOB_BYTES_MAX} bytes, the blob limit",
+                        f"the body decompresses to over {limit} bytes, the limit of this route",
                     )
     except zstandard.ZstdError as exc:
         raise HttpError(400, "bad_encoding", f"the body is not valid zstd: {exc}") from None
@@ -135,6 +139,49 @@ async def blob_put(app: GatewayApp, request: Request) -> Response:
     return Response(201, {"digest": digest, "size": len(data)})
 
 
+async def blob_batch(app: GatewayApp, request: Request) -> Response:
+    """Many small blobs in one request: a request costs the node ~5 ms (HTTP, auth) where a
+    4 KiB file costs microseconds, so a tree of small files goes ~250 at a time.
+
+    The body (raw, or zstd with ``Content-Encoding: zstd``) is one JSON line
+    ``{"blobs": [[digest, size], ...]}`` then the blobs' bytes back to back in that order;
+    every blob is checked before any is stored, so a wrong one changes nothing."""
+    store = _store(app)
+    data = _decompress(request.body, request.header("content-encoding"), BATCH_BYTES_MAX)
+    head, newline, rest = data.partition(b"\n")
+    try:
+        if not newline or len(head) > BATCH_HEADER_BYTES_MAX:
+            raise ValueError("no header line")
+        listed = json.loads(head)["blobs"]
+        if not isinstance(listed, list) or len(listed) > BATCH_BLOBS_MAX:
+            raise ValueError(f"blobs must be a list of at most {BATCH_BLOBS_MAX}")
+        entries = [(str(d), int(n)) for d, n in listed]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HttpError(
+            400,
+            "invalid",
+            f'the body must start with a JSON line {{"blobs": [[digest, size], ...]}} ({exc})',
+        ) from None
+    if any(not is_digest(d) or n < 0 for d, n in entries) or sum(n for _, n in entries) != len(
+        rest
+    ):
+        raise HttpError(
+            400,
+            "invalid",
+            f"the listed sizes add up to {sum(n for _, n in entries)} bytes; {len(rest)} follow "
+            "the header (or a digest is not 64 lower-case hex digits)",
+        )
+    blobs, offset = [], 0
+    for digest, size in entries:
+        blobs.append((digest, rest[offset : offset + size]))
+        offset += size
+    try:
+        stored = await trio.to_thread.run_sync(store.put_many, blobs)
+    except BlobError as exc:
+        raise HttpError(400, "digest_mismatch", f"{exc}; nothing of this batch is stored") from None
+    return Response(201, {"blobs": len(blobs), "stored": stored})
+
+
 async def blob_get(app: GatewayApp, request: Request) -> Response:
     digest = request.params["digest"]
     store = _store(app)
@@ -169,6 +216,18 @@ ROWS = [
                 }
             },
         },
+        tag="blobs",
+    ),
+    Endpoint(
+        method="POST",
+        path="/blobs/batch",
+        handler=blob_batch,
+        operation_id="blobBatch",
+        summary="Upload many small blobs at once: a JSON line of [digest, size] pairs, then their bytes",
+        auth="signed",
+        status=201,
+        body_type="application/octet-stream",
+        body_bytes_max=BATCH_BYTES_MAX + 64 * 1024,
         tag="blobs",
     ),
     Endpoint(

@@ -449,6 +449,36 @@ def test_manage_create_sends_the_formfile_and_resources(
     )
 
 
+def test_manage_create_checks_the_formfile_first_and_sends_nothing_when_invalid(
+    alice: Path, tmp_path: Path, gateway: FakeGateway, form: Any
+) -> None:
+    formfile = tmp_path / "Formfile"
+    formfile.write_text("NAME web\nVCPU 999\nFROBNICATE x\n")
+    gateway.on("GET", "/v1/node/info", answer(200, {"network": "devnet"}))
+    ran = form("manage", "create", "--name", "web", "--formfile", str(formfile))
+    assert ran.status == 1
+    lines = ran.err.splitlines()
+    assert lines[0].startswith(f"{formfile}:2:")
+    assert "devnet" in lines[0]
+    assert lines[1].startswith(f"{formfile}:3:1:")
+    assert [r.target for r in gateway.seen] == ["/v1/node/info"]  # no create was sent
+
+
+def test_manage_create_hashes_a_plain_password_before_it_leaves(
+    alice: Path, tmp_path: Path, gateway: FakeGateway, form: Any
+) -> None:
+    formfile = tmp_path / "Formfile"
+    formfile.write_text("NAME web\n# the app user\nUSER username:app passwd:hunter2\n")
+    gateway.on("GET", "/v1/node/info", answer(200, {"network": "mainnet"}))
+    gateway.on("POST", "/v1/instance/create", answer(201, {"op_id": OP, "instance_id": INSTANCE}))
+    ran = form("manage", "create", "--name", "web", "--formfile", str(formfile))
+    assert ran.status == 0, ran.err
+    sent = gateway.last.json["formfile"]
+    assert "hunter2" not in sent
+    assert sent.splitlines()[:2] == ["NAME web", "# the app user"]  # the user's own text
+    assert sent.splitlines()[2].startswith("USER username:app passwd:$6$")
+
+
 def test_manage_create_without_the_formfile_is_a_usage_error(
     alice: Path, tmp_path: Path, gateway: FakeGateway, form: Any
 ) -> None:

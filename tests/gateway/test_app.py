@@ -364,7 +364,7 @@ async def _agent(
 async def test_hire_streams_the_agents_answer_with_usage(
     gateway: Gateway, nursery: trio.Nursery
 ) -> None:
-    agent_url = await nursery.start(serve_gateway, _agent, "127.0.0.1", 0)  # type: ignore[arg-type]
+    agent_url = await nursery.start(serve_gateway, _agent, "127.0.0.1", 0)
     port = int(agent_url.rsplit(":", 1)[1])
     spec = {"name": "echo", "endpoint": {"host": "127.0.0.1", "port": port, "path": "/run"}}
     created = await gateway.send("POST", "/v1/agents/create", spec, key=ALICE)
@@ -475,7 +475,7 @@ async def test_delete_then_create_does_not_resurrect_a_private_agents_allow_list
 async def test_an_agent_without_an_endpoint_is_reached_at_its_started_instance(
     gateway: Gateway, nursery: trio.Nursery
 ) -> None:
-    agent_url = await nursery.start(serve_gateway, _agent, "127.0.0.1", 0)  # type: ignore[arg-type]
+    agent_url = await nursery.start(serve_gateway, _agent, "127.0.0.1", 0)
     port = agent_url.rsplit(":", 1)[1]
     spec = {"name": "svc", "metadata": {"task_endpoint_port": port, "task_endpoint_path": "/t"}}
     agent_id = (await gateway.send("POST", "/v1/agents/create", spec, key=ALICE)).json()["agent_id"]

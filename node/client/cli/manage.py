@@ -29,6 +29,33 @@ _INSTANCE_COLUMNS: Final = [
 ]
 
 
+def _checked_formfile(session: _Session, path: Path, text: str) -> str | None:
+    """The text to send: validated here first (the node checks again; errors as PATH:LINE:COL
+    on stderr, None), with plain passwords hashed in place (the text replicates to every
+    node; a plain password must not leave this machine)."""
+    from node.client.cli._pack_build import _text_with_hashes, passwd_salt
+    from node.client.cli.pack import _limits_name
+    from node.pack.formfile import LIMITS, FormfileError, parse
+    from node.pack.password import hash_passwords
+
+    limits_name, note = _limits_name(session)
+    if note is not None:
+        print(note, file=sys.stderr)
+    limits = LIMITS[limits_name]
+    try:
+        parsed = parse(text, path=str(path), limits=limits)
+    except FormfileError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+    secret = session.key().secret
+    hashed = hash_passwords(parsed, lambda user: passwd_salt(secret, parsed.name, user))
+    if hashed == parsed:
+        return text
+    return _text_with_hashes(
+        text, parsed, hashed, lambda t: parse(t, path=str(path), limits=limits)
+    )
+
+
 def cmd_manage_create(session: _Session) -> int:
     args = session.args
     path: Path = args.formfile
@@ -38,6 +65,10 @@ def cmd_manage_create(session: _Session) -> int:
         raise UsageError(f"--formfile {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read --formfile {path}: {exc}") from None
+    checked = _checked_formfile(session, path, formfile)
+    if checked is None:
+        return 1
+    formfile = checked
     resources = {
         name: value
         for name, value in (
@@ -131,6 +162,11 @@ def register(commands: Commands) -> None:
     create = manage.leaf("create", cmd_manage_create, "create an instance from a Formfile")
     create.add_argument("--name", required=True, metavar="N", help="instance name")
     create.add_argument("--formfile", required=True, type=Path, metavar="PATH")
+    create.add_argument(
+        "--limits",
+        choices=("devnet", "mainnet"),
+        help="check the Formfile against these limits (default: the gateway's network)",
+    )
     create.add_argument("--description", metavar="D")
     create.add_argument("--vcpus", type=int, metavar="N")
     create.add_argument("--memory-mb", type=int, metavar="MB")

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -67,7 +68,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -85,6 +86,7 @@ from node.pack.plan import ENTRYPOINT_UNIT, PLAN_VERSION, PlanError, PlannedStep
 __all__ = [
     "IMAGES_KEPT_MAX",
     "IMAGE_LABEL",
+    "LAYER_CACHE_BYTES_MAX",
     "LOG_TAIL_LINES",
     "BuildError",
     "BuildResult",
@@ -103,6 +105,8 @@ _STEP_TIMEOUT_S: Final = 3600.0
 # Finished images kept in cache_dir/images (each is ~350 MB): enough for the last-line rebuild
 # loop and an unchanged rebuild; older ones are deleted (the blob store keeps what was built).
 IMAGES_KEPT_MAX: Final = 3
+# The layer cache is pruned after each build, least recently used first, down to this size.
+LAYER_CACHE_BYTES_MAX: Final = 20 * 1024**3
 # Headroom of the image's filesystem over its content: ext4 metadata, journal and a little room
 # for the first boot (logs, machine-id) before systemd-growfs grows it to the VM's disk.
 _FS_HEADROOM_RATIO: Final = 1.25
@@ -652,6 +656,7 @@ def build(
     cache_dir: Path,
     on_step: Callable[[StepEvent], None] | None = None,
     on_log: Callable[[str], None] | None = None,
+    layer_cache_bytes_max: int = LAYER_CACHE_BYTES_MAX,
 ) -> BuildResult:
     """Build ``formfile`` with the files of ``context_dir`` into ``work_dir/image.qcow2``.
 
@@ -671,6 +676,86 @@ def build(
     layers = cache_dir / "layers"
     layers.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
+    with _layers_lock(layers, fcntl.LOCK_SH):  # no pruning under a running build's lower dirs
+        result = _build_layers(
+            formfile,
+            context_dir,
+            steps,
+            base,
+            base_key,
+            layers,
+            work_dir,
+            cache_dir,
+            on_step,
+            on_log,
+        )
+    prune_layers(layers, keep={step.key for step in steps}, bytes_max=layer_cache_bytes_max)
+    return result
+
+
+@contextlib.contextmanager
+def _layers_lock(layers: Path, mode: int) -> Iterator[bool]:
+    """An flock on ``layers/.lock``: shared while a build uses layers, exclusive to prune.
+    With ``LOCK_NB`` in ``mode``, yields False instead of waiting when it is taken."""
+    with (layers / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), mode)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def prune_layers(layers: Path, *, keep: set[str], bytes_max: int) -> list[str]:
+    """Remove the least recently used layers (by their ``layer.json`` mtime, touched at each
+    use) until the cache holds at most ``bytes_max``, never one in ``keep``; and the temp dirs
+    crashed builds left. Only when no build holds the lock (else: nothing, next time); the keys
+    removed."""
+    removed: list[str] = []
+    with _layers_lock(layers, fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
+        if not locked:
+            return removed
+        entries: list[tuple[float, int, Path]] = []
+        for path in layers.iterdir():
+            if path.name.startswith(".tmp-"):  # no build runs: a crashed one's leftover
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            try:
+                meta = path / "layer.json"
+                used = meta.stat().st_mtime
+                size = int(json.loads(meta.read_text())["bytes"])
+            except (OSError, ValueError, KeyError, TypeError):
+                used, size = 0.0, 0  # no record: unusable as a layer, removed first
+            entries.append((used, size, path))
+        total = sum(size for _, size, _ in entries)
+        for _used, size, path in sorted(entries, key=lambda e: e[0]):
+            if total <= bytes_max:
+                break
+            if path.name in keep:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+            total -= size
+    return removed
+
+
+def _build_layers(
+    formfile: Formfile,
+    context_dir: Path,
+    steps: tuple[PlannedStep, ...],
+    base: Path,
+    base_key: str,
+    layers: Path,
+    work_dir: Path,
+    cache_dir: Path,
+    on_step: Callable[[StepEvent], None] | None,
+    on_log: Callable[[str], None] | None,
+) -> BuildResult:
     runner = _Runner(on_log)
     lowers: list[Path] = [base]
     layer_docs: list[dict[str, Any]] = []
@@ -686,6 +771,8 @@ def build(
                 on_step(event)
             if cached:
                 cached_steps += 1
+                with contextlib.suppress(OSError):
+                    os.utime(layer / "layer.json")  # used now: last to be pruned
             else:
                 layer = _apply_step(step, lowers, layers, tmp, context_dir, runner)
             lowers.append(layer / "upper")

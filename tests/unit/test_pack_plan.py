@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -237,3 +239,39 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_systemd_quote() -> None:
     assert systemd_quote("python3") == '"python3"'
     assert systemd_quote('say "hi" 100% $HOME\\') == '"say \\"hi\\" 100%% $$HOME\\\\"'
+
+
+def _layer(layers: Path, key: str, size: int, used: float) -> None:
+    (layers / key / "upper").mkdir(parents=True)
+    meta = layers / key / "layer.json"
+    meta.write_text(json.dumps({"bytes": size}))
+    os.utime(meta, (used, used))
+
+
+def test_prune_layers_drops_the_least_recently_used_first_and_keeps_the_build_s(
+    tmp_path: Path,
+) -> None:
+    from node.pack.builder import prune_layers
+
+    layers = tmp_path / "layers"
+    _layer(layers, "old", 400, used=1_000)
+    _layer(layers, "kept", 400, used=500)  # older still, but the build just used it
+    _layer(layers, "mid", 400, used=2_000)
+    _layer(layers, "new", 400, used=3_000)
+    (layers / ".tmp-crashed").mkdir()
+    removed = prune_layers(layers, keep={"kept"}, bytes_max=900)
+    assert removed == ["old", "mid"]
+    assert sorted(p.name for p in layers.iterdir()) == [".lock", "kept", "new"]
+    assert prune_layers(layers, keep=set(), bytes_max=10**9) == []  # under the cap: nothing
+
+
+def test_prune_layers_does_nothing_while_a_build_holds_the_lock(tmp_path: Path) -> None:
+    from node.pack.builder import _layers_lock, prune_layers
+
+    layers = tmp_path / "layers"
+    _layer(layers, "a", 10, used=1)
+    with _layers_lock(layers, fcntl.LOCK_SH) as held:
+        assert held
+        assert prune_layers(layers, keep=set(), bytes_max=0) == []
+    assert (layers / "a").is_dir()
+    assert prune_layers(layers, keep=set(), bytes_max=0) == ["a"]

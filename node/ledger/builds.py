@@ -30,7 +30,6 @@ import hashlib
 from dataclasses import replace
 from typing import Any, Final
 
-from node.ledger.crdt import LWWMap
 from node.ledger.op import Op, OpRejected
 from node.ledger.record import Kind, Record, Tables
 from node.ledger.schema import Addr, Enum, Int, Str
@@ -83,11 +82,8 @@ def _request(state: Tables, op: Op, payload: dict[str, Any]) -> None:
 
 def _status(state: Tables, op: Op, payload: dict[str, Any]) -> None:
     record = state.record("builds", payload["build_id"])
-    report = record.reports.setdefault(op.author, LWWMap())
-    for key, value in payload.items():
-        if key != "build_id":
-            report.merge(report.set(key, value, op.stamp))
-    report.merge(report.set("reported_at", op.wall_ms, op.stamp))
+    values = {k: v for k, v in payload.items() if k != "build_id"}
+    record.set_report(op.author, {**values, "reported_at": op.wall_ms}, op.stamp)
 
 
 def build_view(build_id: str, record: Record, owner: str, is_node: Any) -> dict[str, Any]:

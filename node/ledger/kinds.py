@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Final
 
-from node.ledger.crdt import LWWMap, ORSet
+from node.ledger.crdt import ORSet
 from node.ledger.op import Op, OpRejected
 from node.ledger.record import Applier, Authorizer, Kind, Tables
 from node.ledger.request_op import DELEGABLE_SCOPES
@@ -292,10 +292,8 @@ def _instance_claim(state: Tables, op: Op, payload: dict[str, Any]) -> None:
 
 def _instance_status(state: Tables, op: Op, payload: dict[str, Any]) -> None:
     record = state.record("instances", payload["instance_id"])
-    report = record.reports.setdefault(op.author, LWWMap())
-    for key, value in payload.items():
-        if key != "instance_id":
-            report.merge(report.set(key, value, op.stamp))
+    values = {k: v for k, v in payload.items() if k != "instance_id"}
+    record.set_report(op.author, values, op.stamp)
 
 
 def _allow(table: str, allow: bool) -> Applier:

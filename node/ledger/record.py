@@ -41,6 +41,12 @@ class Record:
         self.sets: dict[str, ORSet] = {}
         self.reports: dict[str, LWWMap] = {}
 
+    def set_report(self, node: str, values: dict[str, Any], stamp: Stamp) -> None:
+        """Merge ``values`` into what ``node`` says of the entity (its own LWW map)."""
+        report = self.reports.setdefault(node, LWWMap())
+        for key, value in values.items():
+            report.merge(report.set(key, value, stamp))
+
     def set_fields(self, values: dict[str, Any], stamp: Stamp) -> None:
         entries = self.fields.entries
         for key, value in values.items():

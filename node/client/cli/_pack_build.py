@@ -70,26 +70,45 @@ def _text_with_hashes(text: str, formfile: Any, hashed: Any, reparse: Callable[[
     return out if same else str(canonical(hashed))
 
 
-def _missing_copy_sources(formfile: Any, root: Path) -> list[str]:
+def _copy_problems(formfile: Any, text: str, root: Path) -> list[dict[str, Any]]:
+    """Each COPY source that is missing under ``root`` or leads out of it (by a symlink)."""
     from node.pack.model import Copy
 
+    lines = text.splitlines()
+    base = root.resolve()
     problems = []
     for step in formfile.steps:
-        if isinstance(step, Copy) and not (root / step.source).exists():
-            problems.append(
-                f"{formfile.source_path}:{step.line}:1: COPY source {step.source!r} does not "
-                f"exist under {root}"
-            )
+        if not isinstance(step, Copy):
+            continue
+        target = root / step.source
+        if not target.exists():
+            message = f"COPY source {step.source!r} does not exist under {root}"
+        elif not target.resolve().is_relative_to(base):
+            message = f"COPY source {step.source!r} leads outside {root} (a symlink?)"
+        else:
+            continue
+        problems.append(
+            {
+                "path": formfile.source_path,
+                "line": step.line,
+                "col": _source_col(lines, step.line),
+                "message": message,
+            }
+        )
     return problems
 
 
-def _limits(session: _Session, client: Any) -> Any:
-    from node.pack.formfile import LIMITS, limits_for_network
-
-    chosen: str | None = session.args.limits
-    if chosen is not None:
-        return LIMITS[chosen]
-    return limits_for_network(str(client.node_info().get("network", "mainnet")))
+def _source_col(lines: list[str], line: int) -> int:
+    """The column of COPY's first argument on ``line`` (1 if it is not on that line)."""
+    if not 1 <= line <= len(lines):
+        return 1
+    text = lines[line - 1]
+    i = len(text) - len(text.lstrip(" \t"))
+    while i < len(text) and text[i] not in " \t":
+        i += 1
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    return i + 1 if i < len(text) and text[i] != "\\" else 1
 
 
 def _progress(quiet: bool) -> Any:
@@ -108,7 +127,7 @@ def _progress(quiet: bool) -> Any:
 
 def cmd_pack_build(session: _Session) -> int:
     from node.client.context import upload
-    from node.pack.formfile import FormfileError, parse
+    from node.pack.formfile import LIMITS, FormfileError, limits_for_network, parse
     from node.pack.model import Copy
     from node.pack.password import hash_passwords
 
@@ -127,20 +146,27 @@ def cmd_pack_build(session: _Session) -> int:
         raise UsageError(f"cannot read {path}: {exc}") from None
     client = session.client()
     quiet = bool(args.json) or not sys.stderr.isatty()
+    # One ask serves both: the network's limits, and ``via`` (the node the context goes to).
+    answer = client.node_info()
+    node: dict[str, Any] = answer if isinstance(answer, dict) else {}
+    limits = (
+        LIMITS[args.limits]
+        if args.limits is not None
+        else limits_for_network(str(node.get("network", "mainnet")))
+    )
     try:
-        limits = _limits(session, client)
         formfile = parse(text, path=str(path), limits=limits)
     except FormfileError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    missing = _missing_copy_sources(formfile, root)
-    if missing:
-        print("\n".join(missing), file=sys.stderr)
+    problems = _copy_problems(formfile, text, root)
+    if problems:
+        for p in problems:
+            print(f"{p['path']}:{p['line']}:{p['col']}: {p['message']}", file=sys.stderr)
         return 1
     secret = session.key().secret
     hashed = hash_passwords(formfile, lambda user: passwd_salt(secret, formfile.name, user))
     sources = [step.source for step in formfile.steps if isinstance(step, Copy)]
-    node = client.node_info()
 
     context = ""
     upload_stats: dict[str, int] = {}
@@ -169,7 +195,7 @@ def cmd_pack_build(session: _Session) -> int:
     payload: dict[str, Any] = {"name": formfile.name, "formfile": sent}
     if context:
         payload["context"] = context
-    if isinstance(node, dict) and node.get("address"):
+    if node.get("address"):
         payload["via"] = node["address"]
     created = client.request("POST", "/builds/create", payload)
     build_id = str(created["build_id"])

@@ -15,50 +15,9 @@ from typing import Any
 
 from node.client.api import ClientError
 from node.client.cli._common import Commands, UsageError, _json_out, _Session
-from node.client.cli._pack_build import add_build_commands
+from node.client.cli._pack_build import _copy_problems, add_build_commands
 
 __all__ = ["register"]
-
-
-def _copy_problems(formfile: Any, text: str, root: Path) -> list[dict[str, Any]]:
-    """Each COPY source that is missing under ``root`` or leads out of it (by a symlink)."""
-    from node.pack.model import Copy
-
-    lines = text.splitlines()
-    base = root.resolve()
-    problems = []
-    for step in formfile.steps:
-        if not isinstance(step, Copy):
-            continue
-        target = root / step.source
-        if not target.exists():
-            message = f"COPY source {step.source!r} does not exist under {root}"
-        elif not target.resolve().is_relative_to(base):
-            message = f"COPY source {step.source!r} leads outside {root} (a symlink?)"
-        else:
-            continue
-        problems.append(
-            {
-                "path": formfile.source_path,
-                "line": step.line,
-                "col": _source_col(lines, step.line),
-                "message": message,
-            }
-        )
-    return problems
-
-
-def _source_col(lines: list[str], line: int) -> int:
-    """The column of COPY's first argument on ``line`` (1 if it is not on that line)."""
-    if not 1 <= line <= len(lines):
-        return 1
-    text = lines[line - 1]
-    i = len(text) - len(text.lstrip(" \t"))
-    while i < len(text) and text[i] not in " \t":
-        i += 1
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    return i + 1 if i < len(text) and text[i] != "\\" else 1
 
 
 def _limits_name(session: _Session) -> tuple[str, str | None]:

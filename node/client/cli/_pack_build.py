@@ -221,7 +221,6 @@ def _follow(
     args = session.args
     deadline = time.monotonic() + args.wait_s
     log_seq = 0
-    shown_step = 0
     build: dict[str, Any] = {}
     with _progress(quiet) as bar:
         task = bar.add_task("waiting for a builder", total=None)
@@ -231,8 +230,6 @@ def _follow(
             steps = int(build.get("steps") or 0)
             step = int(build.get("step") or 0)
             if status == "Building" and steps:
-                if step != shown_step:
-                    shown_step = step
                 bar.update(
                     task,
                     description=f"step {step}/{steps} {build.get('step_name') or ''}"[:60],

@@ -138,3 +138,34 @@ async def test_forward_refuses_over_connections_max_and_survives_failed_dials() 
 async def _hold(stream: trio.abc.Stream, release: trio.Event) -> None:
     await release.wait()
     await stream.aclose()
+
+
+async def test_qemu_argv_carries_the_specs_resources_and_never_microvm(tmp_path: Path) -> None:
+    from node.vmm.driver import VmSpec
+    from node.vmm.qemu import QemuDriver, _Vm
+
+    spec = VmSpec(
+        "k-0", tmp_path / "i.qcow2", tmp_path / "vmlinuz", tmp_path / "initrd", 3, 1536, 7, (80,)
+    )
+    async with trio.open_nursery() as nursery:
+        driver = QemuDriver(tmp_path, nursery, None, accel="tcg", vms_max=2, boot_timeout_s=1)
+        vm = _Vm(spec, tmp_path / "vms" / "k-0", tmp_path / "vms" / "k-0" / "qmp.sock")
+        vm.hostfwd = {80: 40080}
+        argv = driver._argv(vm, "tcg")
+
+    def after(flag: str) -> str:
+        return argv[argv.index(flag) + 1]
+
+    assert argv[0] == "qemu-system-x86_64"  # no netns: not wrapped in `ip netns exec`
+    assert after("-machine") == "q35"
+    assert after("-accel").startswith("tcg")
+    assert after("-smp") == "3"
+    assert after("-m") == "1536"
+    assert after("-kernel") == str(tmp_path / "vmlinuz")
+    assert after("-initrd") == str(tmp_path / "initrd")
+    assert after("-append") == "root=LABEL=formroot rw console=ttyS0"
+    assert "hostfwd=tcp:127.0.0.1:40080-:80" in after("-netdev")
+    assert f"path={tmp_path / 'vms' / 'k-0' / 'console.log'},append=on" in after("-chardev")
+    assert after("-qmp").startswith(f"unix:{tmp_path / 'vms' / 'k-0' / 'qmp.sock'},server=on")
+    assert "-no-reboot" not in argv  # a guest reboot resets, as reboot() does
+    assert "microvm" not in " ".join(argv)

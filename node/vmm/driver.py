@@ -60,7 +60,10 @@ class VmError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class VmSpec:
-    """One VM: the pack build's read-only image, kernel and initrd, its resources and ports."""
+    """One VM: the pack build's read-only image, kernel and initrd, its resources and ports.
+
+    The image is the backing file of the VM's disk overlay: it must stay in place (unchanged)
+    until the VM is deleted."""
 
     key: str
     image: Path

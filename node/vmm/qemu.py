@@ -221,6 +221,7 @@ class QemuDriver:
         self._vms_max = vms_max
         self._boot_timeout_s = boot_timeout_s
         self._vms: dict[str, _Vm] = {}
+        self._creating: set[str] = set()
         self._changes: collections.deque[VmInfo] = collections.deque(maxlen=CHANGES_MAX)
         self._change_ready = trio.Event()
         self._running = 0
@@ -272,7 +273,7 @@ class QemuDriver:
 
     async def create(self, spec: VmSpec) -> VmInfo:
         spec.check()
-        if spec.key in self._vms:
+        if spec.key in self._vms or spec.key in self._creating:
             raise VmError(f"VM {spec.key} exists already on this node")
         if len(self._vms) >= VMS_KNOWN_MAX:
             raise VmError(f"this node has {VMS_KNOWN_MAX} VMs already: delete some first")
@@ -285,14 +286,21 @@ class QemuDriver:
             # A unix socket path must fit sun_path; a long data dir gets a short runtime dir.
             qmp_path = Path("/run/formation-vmm") / f"{os.getpid()}-{spec.key}.qmp"
         vm = _Vm(replace(spec, image=spec.image.resolve()), vm_dir, qmp_path)
-        await trio.Path(qmp_path.parent).mkdir(parents=True, exist_ok=True)
-        await trio.Path(vm_dir).mkdir(parents=True, exist_ok=True)
         disk = vm_dir / "disk.qcow2"
+        self._creating.add(spec.key)  # the awaits below: a second create of the key waits out
         try:
+            await trio.Path(qmp_path.parent).mkdir(parents=True, exist_ok=True)
+            await trio.Path(vm_dir).mkdir(parents=True, exist_ok=True)
             await self._qemu_img(
                 "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(vm.spec.image), str(disk)
             )
-            await self._qemu_img("resize", "-q", str(disk), f"{spec.disk_gb}G")
+            try:
+                await self._qemu_img("resize", "-q", str(disk), f"{spec.disk_gb}G")
+            except VmError as e:
+                raise VmError(
+                    f"VM {spec.key}: cannot make the disk {spec.disk_gb} GB (is the image "
+                    f"larger?): {e}"
+                ) from e
             if self._network is not None:
                 vm.lease = self._network.add_tap(spec.key)
                 for port in spec.expose:
@@ -302,8 +310,12 @@ class QemuDriver:
             else:
                 vm.hostfwd = {port: _free_port() for port in spec.expose}
         except BaseException:
-            await self._release(vm)
+            with trio.CancelScope(shield=True):
+                await self._release(vm)  # a failed create leaves nothing behind
+                await trio.to_thread.run_sync(shutil.rmtree, vm_dir, True)
             raise
+        finally:
+            self._creating.discard(spec.key)
         self._vms[spec.key] = vm
         return vm.info()
 

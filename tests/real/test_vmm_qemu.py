@@ -27,7 +27,7 @@ from node.pack.builder import BOOT_MARKER, BuildResult, build
 from node.pack.formfile import parse
 from node.pack.password import hash_passwords
 from node.pack.service import builder_tools_missing
-from node.vmm.driver import VmSpec
+from node.vmm.driver import VmError, VmSpec
 from node.vmm.qemu import open_qemu_driver, qemu_tools_missing
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -192,3 +192,47 @@ async def test_a_built_image_boots_answers_stops_restarts_and_a_kill_is_reported
 
     assert netns_names() == netns_before
     assert host_links() == links_before
+
+
+async def test_bad_creates_are_refused_with_the_reason_and_leave_nothing(tmp_path: Path) -> None:
+    missing = qemu_tools_missing(netns=False)
+    assert not missing, f"missing {missing}: run scripts/ensure-system-deps.sh run test"
+    image = tmp_path / "big.qcow2"
+    await run("qemu-img", "create", "-q", "-f", "qcow2", str(image), "3G")
+    (tmp_path / "vmlinuz").write_bytes(b"not booted")
+    (tmp_path / "initrd.img").write_bytes(b"not booted")
+    data = tmp_path / "data"
+    async with open_qemu_driver(data, netns=False, accel="tcg") as driver:
+
+        def spec(**kw: object) -> VmSpec:
+            fields: dict[str, object] = {
+                "key": "k-0",
+                "image": image,
+                "kernel": tmp_path / "vmlinuz",
+                "initrd": tmp_path / "initrd.img",
+                "vcpus": 1,
+                "memory_mb": 256,
+                "disk_gb": 4,
+                "expose": (8000,),
+            }
+            fields.update(kw)
+            return VmSpec(**fields)  # type: ignore[arg-type]
+
+        with pytest.raises(VmError, match=r"the image .*absent\.qcow2 does not exist"):
+            await driver.create(spec(image=tmp_path / "absent.qcow2"))
+        with pytest.raises(VmError, match="cannot make the disk 2 GB"):
+            await driver.create(spec(disk_gb=2))  # smaller than the 3 GB image
+        with pytest.raises(VmError, match="memory_mb is 64"):
+            await driver.create(spec(memory_mb=64))
+        assert driver.infos() == {}
+        assert not (data / "vms" / "k-0").exists()
+        with pytest.raises(VmError, match="no VM 'k-0'"):
+            await driver.start("k-0")
+
+        created = await driver.create(spec())  # netns=False: QEMU's own hostfwd ports
+        assert created.status == "Created"
+        assert created.endpoints[0]["host"] == "127.0.0.1"
+        with pytest.raises(VmError, match="exists already"):
+            await driver.create(spec())
+        await driver.delete("k-0")
+        assert not (data / "vms" / "k-0").exists()

@@ -83,6 +83,8 @@ METRICS_POLL_S: Final = 5.0
 CHANGES_MAX: Final = 256
 VMS_KNOWN_MAX: Final = 1024
 CONSOLE_TAIL_LINES: Final = 15
+CONSOLE_BYTES_MAX: Final = 16 * 1048576
+_SCAN_BYTES_MAX: Final = 1048576
 _KILL_WAIT_S: Final = 10.0
 _MARKER_POLL_S: Final = 0.1
 _UNIX_PATH_MAX: Final = 100  # sun_path is 108 bytes; keep a margin
@@ -176,13 +178,31 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _marker_after(path: Path, offset: int, marker: bytes) -> bool:
+def _scan(path: Path, offset: int, marker: bytes) -> tuple[bool, int]:
+    """Whether ``marker`` is in ``path`` from ``offset`` on, and the offset to scan from next
+    (new bytes only, overlapping by the marker's length so a line split across reads counts)."""
     try:
         with path.open("rb") as f:
             f.seek(offset)
-            return marker in f.read()
+            data = f.read(_SCAN_BYTES_MAX)
     except OSError:
-        return False
+        return False, offset
+    if marker in data:
+        return True, offset + len(data)
+    return False, max(offset, offset + len(data) - len(marker) + 1)
+
+
+def _rotate_console(path: Path) -> int:
+    """Keep the console log bounded across boots: past ``CONSOLE_BYTES_MAX`` it becomes
+    ``console.log.1`` (replacing the older one). The size to scan the next boot from."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    if size <= CONSOLE_BYTES_MAX:
+        return size
+    os.replace(path, path.with_name(path.name + ".1"))
+    return 0
 
 
 def _proc_metrics(pid: int) -> dict[str, float]:
@@ -468,7 +488,7 @@ class QemuDriver:
     async def start(self, key: str) -> VmInfo:
         vm = self._vm(key)
         async with vm.lock:
-            if vm.proc is not None and vm.status == "Started":
+            if vm.proc is not None:  # running (or still shutting down): never a second QEMU
                 return vm.info()
             if self._running >= self._vms_max:
                 raise VmError(
@@ -481,7 +501,7 @@ class QemuDriver:
             try:
                 accel = await self._choose_accel(vm)
                 vm.accelerator = accel
-                offset = await trio.to_thread.run_sync(_size, vm.console)
+                offset = await trio.to_thread.run_sync(_rotate_console, vm.console)
                 t0 = trio.current_time()
                 vm.detail = ""
                 await self._nursery.start(self._run, vm, self._argv(vm, accel))
@@ -499,7 +519,8 @@ class QemuDriver:
         vm.boot_scope = trio.CancelScope(deadline=trio.current_time() + self._boot_timeout_s)
         with vm.boot_scope:
             while not vm.exited.is_set():
-                if await trio.to_thread.run_sync(_marker_after, vm.console, offset, marker):
+                found, offset = await trio.to_thread.run_sync(_scan, vm.console, offset, marker)
+                if found:
                     booted = True
                     break
                 with trio.move_on_after(_MARKER_POLL_S):

@@ -169,3 +169,28 @@ async def test_qemu_argv_carries_the_specs_resources_and_never_microvm(tmp_path:
     assert after("-qmp").startswith(f"unix:{tmp_path / 'vms' / 'k-0' / 'qmp.sock'},server=on")
     assert "-no-reboot" not in argv  # a guest reboot resets, as reboot() does
     assert "microvm" not in " ".join(argv)
+
+
+def test_console_scan_finds_a_marker_split_across_reads_and_rotation_bounds_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.vmm import qemu
+
+    console = tmp_path / "console.log"
+    console.write_bytes(b"old boot: formation: boot complete\n")
+    start = console.stat().st_size
+    with console.open("ab") as f:
+        f.write(b"[ 1.0] Linux version\nformation: boot")
+    found, pos = qemu._scan(console, start, b"formation: boot complete")
+    assert not found  # the old boot's marker is before the offset
+    with console.open("ab") as f:
+        f.write(b" complete\n")
+    found, _ = qemu._scan(console, pos, b"formation: boot complete")
+    assert found
+
+    monkeypatch.setattr(qemu, "CONSOLE_BYTES_MAX", 10)
+    assert qemu._rotate_console(console) == 0
+    assert not console.exists()
+    assert (tmp_path / "console.log.1").read_bytes().endswith(b"boot complete\n")
+    console.write_bytes(b"short")
+    assert qemu._rotate_console(console) == 5

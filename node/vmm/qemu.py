@@ -249,6 +249,11 @@ class QemuDriver:
 
     # -- queries --
 
+    @property
+    def netns_name(self) -> str | None:
+        """The VMs' network namespace (None with ``netns=False``)."""
+        return None if self._network is None else self._network.name
+
     def _vm(self, key: str) -> _Vm:
         vm = self._vms.get(key)
         if vm is None:

@@ -46,6 +46,8 @@ REQUIREMENTS=(
     "run test|qemu-system-x86|cmd:qemu-system-x86_64"
     # dnsmasq gives each VM its reserved address by DHCP on the bridge inside the VM netns.
     "run test|dnsmasq-base|cmd:dnsmasq"
+    # `ip netns exec` runs QEMU and dnsmasq inside the VM netns (usually installed already).
+    "run test|iproute2|cmd:ip"
 )
 
 ALL_PURPOSES="venv run test"

@@ -194,3 +194,19 @@ def test_console_scan_finds_a_marker_split_across_reads_and_rotation_bounds_the_
     assert (tmp_path / "console.log.1").read_bytes().endswith(b"boot complete\n")
     console.write_bytes(b"short")
     assert qemu._rotate_console(console) == 5
+
+
+def test_the_image_finalize_installs_the_boot_marker_and_power_key_units() -> None:
+    from node.pack.builder import BOOT_MARKER, _powerkey_unit, _ready_unit, _script_finalize
+
+    ready = _ready_unit()
+    description = next(line for line in ready.splitlines() if line.startswith("Description="))
+    # systemd prints Descriptions on the console too: the marker must come only from ExecStart.
+    assert BOOT_MARKER not in description
+    assert ready.count(BOOT_MARKER) == 1
+    assert "After=network-online.target formation-entrypoint.service" in ready
+    assert "Type=oneshot" in ready
+    assert "ExecStart=/usr/local/sbin/formation-powerkey" in _powerkey_unit()
+    script = _script_finalize({"hostname": "web"})
+    for unit in ("formation-ready", "formation-powerkey"):
+        assert f"/etc/systemd/system/multi-user.target.wants/{unit}.service" in script

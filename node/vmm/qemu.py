@@ -127,6 +127,7 @@ class _Vm:
     exited: trio.Event = field(default_factory=trio.Event)
     expected: bool = False  # the running QEMU's exit was asked for (stop, delete, kill)
     guest_shutdown: bool = False
+    last_rc: int | None = None  # the exit status of the last QEMU (negative: a signal)
     boot_ms: int | None = None
     started_at_ms: int | None = None
     boot_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -558,6 +559,7 @@ class QemuDriver:
         vm.exited = trio.Event()
         vm.expected = False
         vm.guest_shutdown = False
+        vm.last_rc = None
         with contextlib.suppress(OSError):
             vm.qmp_path.unlink()
         with (vm.dir / "qemu.log").open("ab") as log_file:
@@ -581,13 +583,16 @@ class QemuDriver:
             self._running -= 1
             vm.proc = None
             vm.qmp = None
-            vm.exited.set()
             self._exited(vm, proc.pid, proc.returncode if proc.returncode is not None else -9)
+            vm.exited.set()
 
     def _exited(self, vm: _Vm, pid: int, rc: int) -> None:
+        vm.last_rc = rc
         if vm.expected or vm.status not in ("Started",):
             return
-        if rc == 0 and vm.guest_shutdown:
+        if rc == 0:
+            # QEMU exits 0 only when the guest powered off (or on QMP quit, which the driver
+            # never sends): the SHUTDOWN event may not have been read yet, so status 0 decides.
             vm.status, vm.detail = "Stopped", "the guest powered itself off"
         else:
             how = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
@@ -667,7 +672,7 @@ class QemuDriver:
                 return vm.info()
             t0 = trio.current_time()
             await self._halt(vm, timeout_s=timeout_s)
-            clean = vm.guest_shutdown
+            clean = vm.guest_shutdown or vm.last_rc == 0
             vm.status = "Stopped"
             vm.detail = (
                 f"ACPI shutdown in {trio.current_time() - t0:.1f} s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from pathlib import Path
 
@@ -210,3 +211,33 @@ def test_the_image_finalize_installs_the_boot_marker_and_power_key_units() -> No
     script = _script_finalize({"hostname": "web"})
     for unit in ("formation-ready", "formation-powerkey"):
         assert f"/etc/systemd/system/multi-user.target.wants/{unit}.service" in script
+
+
+async def test_an_exit_nobody_asked_for_is_a_change_and_an_asked_one_is_not(
+    tmp_path: Path,
+) -> None:
+    from node.vmm.driver import VmSpec
+    from node.vmm.qemu import QemuDriver, _Vm
+
+    def vm(key: str) -> _Vm:
+        spec = VmSpec(key, tmp_path / "i", tmp_path / "k", tmp_path / "r", 1, 256, 1)
+        made = _Vm(spec, tmp_path / key, tmp_path / key / "qmp.sock", status="Started")
+        driver._vms[key] = made
+        return made
+
+    async with trio.open_nursery() as nursery:
+        driver = QemuDriver(tmp_path, nursery, None, accel="tcg", vms_max=2, boot_timeout_s=1)
+        killed, off, stopped = vm("killed-0"), vm("off-0"), vm("stopped-0")
+        driver._exited(killed, 4242, -9)
+        driver._exited(off, 4243, 0)
+        stopped.expected = True  # stop() asked for this exit
+        driver._exited(stopped, 4244, 0)
+        with trio.fail_after(1):
+            first = await driver.next_change()
+            second = await driver.next_change()
+    assert (first.key, first.status) == ("killed-0", "Killed")
+    assert first.detail == "QEMU (pid 4242) killed by signal 9"
+    assert (second.key, second.status) == ("off-0", "Stopped")
+    assert "powered itself off" in second.detail
+    assert stopped.status == "Started"  # left to stop() to set
+    assert driver._changes == collections.deque()

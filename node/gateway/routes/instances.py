@@ -143,6 +143,6 @@ ROWS = [
             body_schema=EMPTY_BODY,
             tag="instances",
         )
-        for verb in ("stop", "start", "delete")
+        for verb in ("stop", "start", "reboot", "delete")
     ),
 ]

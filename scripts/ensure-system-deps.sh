@@ -41,6 +41,11 @@ REQUIREMENTS=(
     # mkfs.ext4 -d writes the image's filesystem from a directory (no loop mount); debugfs reads
     # files back out of an image in the tests.
     "run test|e2fsprogs|cmd:debugfs"
+    # The VM driver (node/vmm/qemu.py) boots each instance under QEMU (TCG, or KVM when a probe
+    # boot shows it works); qemu-system-x86 also brings the firmware q35 needs.
+    "run test|qemu-system-x86|cmd:qemu-system-x86_64"
+    # dnsmasq gives each VM its reserved address by DHCP on the bridge inside the VM netns.
+    "run test|dnsmasq-base|cmd:dnsmasq"
 )
 
 ALL_PURPOSES="venv run test"

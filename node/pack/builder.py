@@ -44,6 +44,8 @@ duration of the step, and removes both, apt's lists and its package cache afterw
 device, no mount of the image) into a raw file sized to the content plus headroom (not the
 Formfile's ``disk_gb``, which is the VM disk: the fstab entry carries ``x-systemd.growfs`` so
 the filesystem grows to the disk the VMM gives it), then ``qemu-img convert -O qcow2``. The
+finalize step also installs ``formation-ready.service``, a oneshot ordered after the network
+and the entrypoint that writes ``BOOT_MARKER`` on the console: the VM driver's boot_complete. The
 kernel and initrd are copied out next to the image for QEMU's direct kernel boot. The manifest
 (``BuildResult.manifest``) records inputs, resources, ports, the entrypoint, user names, the
 layers' keys and sizes, the kernel and initrd paths inside the image and the base key.
@@ -84,6 +86,7 @@ from node.pack.model import Formfile
 from node.pack.plan import ENTRYPOINT_UNIT, PLAN_VERSION, PlanError, PlannedStep, plan
 
 __all__ = [
+    "BOOT_MARKER",
     "IMAGES_KEPT_MAX",
     "IMAGE_LABEL",
     "LAYER_CACHE_BYTES_MAX",
@@ -98,6 +101,10 @@ __all__ = [
 LOG_TAIL_LINES: Final = 20
 LOG_LINE_CHARS_MAX: Final = 2000
 IMAGE_LABEL: Final = "formroot"
+# The line formation-ready.service writes on the console once the guest is up (network online,
+# entrypoint started): the VM driver's boot_complete (node/vmm/qemu.py) waits for it.
+BOOT_MARKER: Final = "formation: boot complete"
+READY_UNIT: Final = "formation-ready"
 MANIFEST_VERSION: Final = 1
 # Bounds on the build context the builder hashes for the cache keys.
 _CONTEXT_FILES_MAX: Final = 100_000
@@ -348,8 +355,24 @@ def _script_entrypoint(spec: Mapping[str, Any]) -> str:
     )
 
 
+def _ready_unit() -> str:
+    # The Description must not contain BOOT_MARKER: systemd prints it on the console too.
+    return (
+        "[Unit]\n"
+        "Description=Formation boot-complete line on the console\n"
+        f"After=network-online.target {ENTRYPOINT_UNIT}.service\n"
+        "Wants=network-online.target\n\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        f"ExecStart=/bin/sh -c \"echo '{BOOT_MARKER}' > /dev/console\"\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
 def _script_finalize(spec: Mapping[str, Any]) -> str:
     host = _hostname(spec["hostname"])
+    ready = f"/etc/systemd/system/{READY_UNIT}.service"
     return (
         "set -eu\n"
         f"printf 'LABEL={IMAGE_LABEL} / ext4 defaults,x-systemd.growfs 0 1\\n' > /etc/fstab\n"
@@ -361,6 +384,10 @@ def _script_finalize(spec: Mapping[str, Any]) -> str:
         "printf '[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n' "
         "> /etc/systemd/network/80-formation.network\n"
         "systemctl enable systemd-networkd.service >/dev/null 2>&1\n"
+        # The boot-complete marker for the VM driver (see _ready_unit), enabled by hand.
+        f"printf '%s' {shlex.quote(_ready_unit())} > {ready}\n"
+        "mkdir -p /etc/systemd/system/multi-user.target.wants\n"
+        f"ln -sf {ready} /etc/systemd/system/multi-user.target.wants/{READY_UNIT}.service\n"
         "find /tmp /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +\n"
     )
 

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # Bump when the builder changes what a step with a given spec writes into its layer.
-PLAN_VERSION: Final = 1
+PLAN_VERSION: Final = 2  # 2: finalize installs formation-ready.service
 ENTRYPOINT_UNIT: Final = "formation-entrypoint"
 _NAME_CHARS_MAX: Final = 72
 

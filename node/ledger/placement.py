@@ -124,7 +124,7 @@ def slot_view(record: Record | None, is_node: Callable[[str], bool]) -> dict[str
     latest = max(asks.values(), key=lambda r: (r["ask.attempt"], r.get("ask.at", 0)), default={})
     attempt_asked = int(latest.get("ask.attempt", 0))
     failure = None
-    for placer, r in sorted(reports.items()):
+    for _placer, r in sorted(reports.items()):
         if isinstance(r.get("fail.error"), str) and int(r.get("fail.attempt", 0)) >= attempt_asked:
             failure = r["fail.error"]
     vm = reports.get(host, {}) if host else {}

@@ -91,7 +91,9 @@ def placer_of(instance: Mapping[str, Any], alive: Collection[str]) -> str | None
     return max(alive, key=lambda node: _rank_score(instance_id, node))
 
 
-def capacity_view(nodes: Iterable[Mapping[str, Any]], alive: Collection[str]) -> dict[str, Resources]:
+def capacity_view(
+    nodes: Iterable[Mapping[str, Any]], alive: Collection[str]
+) -> dict[str, Resources]:
     """What each alive node offering VMs has free, by its last ``node.capacity`` report."""
     view: dict[str, Resources] = {}
     for node in nodes:

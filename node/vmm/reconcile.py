@@ -30,7 +30,9 @@ Action = Literal["create", "start", "stop", "reboot", "delete"]
 ACTIONS: Final = ("create", "start", "stop", "reboot", "delete")
 
 
-def next_action(desired: Desired | None, vm: VmInfo | None, *, failed_at_ms: int = 0) -> Action | None:
+def next_action(
+    desired: Desired | None, vm: VmInfo | None, *, failed_at_ms: int = 0
+) -> Action | None:
     """The one thing to do now, or None when the VM is as wanted. ``failed_at_ms``: when this
     host saw the VM die or fail (its Killed or CriticalError report)."""
     if desired is None:

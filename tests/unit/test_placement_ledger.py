@@ -74,9 +74,11 @@ def test_a_shipped_instance_has_one_slot_per_replica_and_no_host_until_one_accep
     state = _state(*_nodes(), _ship(replicas=3))
     instance = state.instance(IID)
     assert instance is not None
-    assert instance["build_id"] == BUILD and instance["replicas"] == 3
+    assert instance["build_id"] == BUILD
+    assert instance["replicas"] == 3
     assert [s["slot"] for s in instance["slots"]] == [0, 1, 2]
-    assert instance["node_id"] is None and instance["status"] is None
+    assert instance["node_id"] is None
+    assert instance["status"] is None
     state = _state(*_nodes(), _ship(), _ask(NODE_A, NODE_B, 1))
     assert _slot(state)["node_id"] is None  # asked, not answered
     state = _state(*_nodes(), _ship(), _ask(NODE_A, NODE_B, 1), _answer(NODE_B, 1, True))
@@ -148,7 +150,8 @@ def test_a_failure_shows_until_a_later_ask() -> None:
     fail = {"instance_id": IID, "slot": 0, "attempt": 0, "error": "no node has room"}
     ops = [*_nodes(), _ship(), op(NODE_A, "placement.fail", fail, wall_ms=T0_MS + 5)]
     instance = _state(*ops).instance(IID)
-    assert instance is not None and instance["error"] == "no node has room"
+    assert instance is not None
+    assert instance["error"] == "no node has room"
     ops.append(_ask(NODE_A, NODE_B, 1))
     assert _slot(_state(*ops))["error"] is None
 
@@ -239,7 +242,8 @@ def test_duties_place_new_slots_and_reschedule_off_a_dead_host() -> None:
         state.instances(), {BUILD: need}, me=NODE_A.address, dead={NODE_B.address}, **kwargs
     )
     moved = next(d for d in duties if d.slot == 0)
-    assert moved.attempt_first == 2 and NODE_B.address in moved.exclude
+    assert moved.attempt_first == 2
+    assert NODE_B.address in moved.exclude
     assert moved.reason == f"host {NODE_B.address} declared dead"
 
 
@@ -256,7 +260,7 @@ def test_a_host_sees_each_ask_once_and_the_slots_it_holds() -> None:
 
 
 def test_the_capacity_view_holds_alive_vm_hosts_only() -> None:
-    nodes = [
+    nodes: list[dict[str, Any]] = [
         {"node_id": "a", "capacity": {"vm_free": {"vcpus": 2, "memory_mb": 1024}}},
         {"node_id": "b", "capacity": {"vm_free": {"vcpus": 8}}},
         {"node_id": "c", "capacity": {"cpu_total_cores": 4}},  # offers no VMs

@@ -298,6 +298,34 @@ class Node:
         chosen = list(self.transport.peers) if peers is None else list(peers)
         return await fetch(self.transport, self.blobs, digest, chosen)
 
+    def is_node(self, address: str) -> bool:
+        """Whether ``address`` announced itself as a node of this fog."""
+        with self.replica.lock:
+            return self.replica.state.node(address) is not None
+
+    def vm_answer(self, what: str, instance_id: str, slot: int, bytes_max: int) -> dict[str, Any]:
+        """A VM's console log or metrics, if this node runs it (``node.p2p.vm_query``)."""
+        vms = self.vms
+        if vms is None or vms.vm_of(instance_id, slot) is None:
+            return {"error": "not_found", "message": f"node {self.key.address} runs no such VM"}
+        if what == "logs":
+            return {"log": vms.console_tail(instance_id, slot, bytes_max) or ""}
+        info = vms.vm_of(instance_id, slot)
+        return {
+            "metrics": vms.driver.metrics(info.key) if info is not None else {},
+            "status": info.status if info is not None else None,
+        }
+
+    async def vm_query(
+        self, host: str, what: str, instance_id: str, slot: int, bytes_max: int = 65536
+    ) -> dict[str, Any]:
+        """``vm_answer`` from ``host`` (this node, or over ``/formation/vm/1.0.0``)."""
+        if host == self.key.address:
+            return self.vm_answer(what, instance_id, slot, bytes_max)
+        from node.p2p import vm_query
+
+        return await vm_query.ask(self.transport, host, what, instance_id, slot, bytes_max)
+
     async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
         """Store, apply and spread ops already verified and checked (the gateway's writes)."""
         return await self.gossip.submit_checked(ops)
@@ -348,6 +376,7 @@ class Node:
 def build_node(home: Home, transport: Transport) -> Node:
     """The node's parts around a listening transport: the gossip core and its service."""
     from node.p2p import blobs as blob_protocol
+    from node.p2p import vm_query
     from node.p2p.transport import peer_id_of
 
     # Blobs: one store, served to the gateway (node.blobs) and to peers (the blob protocol).
@@ -357,7 +386,7 @@ def build_node(home: Home, transport: Transport) -> Node:
     core = GossipCore(
         home.key.address, transport.listen_addrs[0], GossipConfig.lan(), rng, home.replica
     )
-    return Node(
+    node = Node(
         settings=home.settings,
         key=home.key,
         key_created=home.key_created,
@@ -369,6 +398,8 @@ def build_node(home: Home, transport: Transport) -> Node:
         rng=rng,
         blobs=blobs,
     )
+    vm_query.register(transport, node.vm_answer, node.is_node)
+    return node
 
 
 async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

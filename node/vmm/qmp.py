@@ -66,9 +66,7 @@ class _Pending:
 class QmpClient:
     """One negotiated QMP connection; make it with ``open_qmp``."""
 
-    def __init__(
-        self, stream: trio.abc.Stream, *, line_bytes_max: int, events_max: int
-    ) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, line_bytes_max: int, events_max: int) -> None:
         self._stream = stream
         self._line_bytes_max = line_bytes_max
         self._buf = bytearray()

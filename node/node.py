@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from node.pack.service import BuildService
     from node.placement.service import PlacementService
     from node.replica import SubmitResult
+    from node.vmm.driver import VmDriver
     from node.vmm.supervisor import VmSupervisor
 
 __all__ = [
@@ -665,6 +666,7 @@ async def run_vms(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) ->
         total = parse_vm_capacity(settings.vm_capacity)
     else:
         total = await trio.to_thread.run_sync(measured_vm_capacity, settings.data_dir)
+    driver: VmDriver
     async with contextlib.AsyncExitStack() as stack:
         if node.vmm_name == "qemu":
             from node.vmm.qemu import open_qemu_driver

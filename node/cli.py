@@ -98,7 +98,7 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
     root: Path = args.root
     root.mkdir(parents=True, exist_ok=True)
     listen = "/ip4/127.0.0.1/udp/0/quic-v1" if args.quic else "/ip4/127.0.0.1/tcp/0"
-    fog = LocalFog(root, log_level=args.log_level, listen=listen)
+    fog = LocalFog(root, log_level=args.log_level, listen=listen, vmm="auto")
     started = time.monotonic()
     try:
         for i in range(args.nodes):

@@ -166,6 +166,17 @@ def test_any_order_of_the_same_ops_gives_the_same_state_and_view() -> None:
         _answer(NODE_C, 1, False, slot=1),
         _ask(NODE_A, NODE_B, 2, slot=1, t=T0_MS + 30),
         _answer(NODE_B, 2, True, slot=1, t=T0_MS + 40),
+        op(
+            NODE_B,
+            "vm.status",
+            {
+                "instance_id": IID,
+                "slot": 1,
+                "status": "Started",
+                "endpoints": [{"guest_port": 8000, "host": "127.0.0.1", "port": 41234}],
+            },
+            wall_ms=T0_MS + 50,
+        ),
     ]
     reference = _state(*ops)
     rng = random.Random(5)

@@ -371,6 +371,8 @@ class Node:
             "bad_packets": gossip.bad_packets,
             "gateway_responses": dict(gateway.app.responses_by_status) if gateway else {},
             "agent_calls": gateway.app.proxy.calls_total if gateway else 0,
+            "vms": self.vms.vm_metrics() if self.vms is not None else {},
+            "vm_free": self.vms.book.free.to_json() if self.vms is not None else {},
         }
 
 

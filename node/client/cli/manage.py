@@ -116,8 +116,21 @@ def cmd_manage_get(session: _Session) -> int:
     result = client.instance_get(args.id)
     if args.json:
         _json_out(result)
-    else:
-        _fields(result)
+        return 0
+    _fields(result, skip=("slots", "formfile"))
+    for slot in result.get("slots") or [] if isinstance(result, Mapping) else []:
+        where = slot.get("node_id") or "not placed"
+        why = f", {slot['reason']}" if slot.get("reason") else ""
+        print(
+            f"slot {slot['slot']}: {slot.get('status') or '-'} on {where} "
+            f"(attempt {slot.get('attempt_asked')}{why})"
+        )
+        for endpoint in slot.get("endpoints") or []:
+            print(f"  {endpoint['host']}:{endpoint['port']} -> {endpoint['guest_port']}")
+        for refusal in slot.get("refusals") or []:
+            print(f"  refused by {refusal['node_id']}: {refusal['reason']}")
+        if slot.get("error"):
+            print(f"  error: {slot['error']}")
     return 0
 
 

@@ -45,7 +45,9 @@ device, no mount of the image) into a raw file sized to the content plus headroo
 Formfile's ``disk_gb``, which is the VM disk: the fstab entry carries ``x-systemd.growfs`` so
 the filesystem grows to the disk the VMM gives it), then ``qemu-img convert -O qcow2``. The
 finalize step also installs ``formation-ready.service``, a oneshot ordered after the network
-and the entrypoint that writes ``BOOT_MARKER`` on the console: the VM driver's boot_complete. The
+and the entrypoint that writes ``BOOT_MARKER`` on the console: the VM driver's boot_complete;
+and ``formation-powerkey.service``, which powers off on the ACPI power button (logind would, but
+needs dbus), so the driver's stop is a real ACPI shutdown. The
 kernel and initrd are copied out next to the image for QEMU's direct kernel boot. The manifest
 (``BuildResult.manifest``) records inputs, resources, ports, the entrypoint, user names, the
 layers' keys and sizes, the kernel and initrd paths inside the image and the base key.
@@ -105,6 +107,7 @@ IMAGE_LABEL: Final = "formroot"
 # entrypoint started): the VM driver's boot_complete (node/vmm/qemu.py) waits for it.
 BOOT_MARKER: Final = "formation: boot complete"
 READY_UNIT: Final = "formation-ready"
+POWERKEY_UNIT: Final = "formation-powerkey"
 MANIFEST_VERSION: Final = 1
 # Bounds on the build context the builder hashes for the cache keys.
 _CONTEXT_FILES_MAX: Final = 100_000
@@ -370,9 +373,42 @@ def _ready_unit() -> str:
     )
 
 
+# Powers the guest off on the ACPI power button (the VM driver's stop is QMP system_powerdown).
+# logind would, but it needs dbus, which a minbase image lacks. Reads the button's evdev records
+# with od (coreutils): 24 bytes = 8 u16 words of time, then type (1: EV_KEY), code (116: KEY_POWER).
+_POWERKEY_SCRIPT: Final = r"""#!/bin/sh
+dev=""
+for _ in $(seq 1 120); do
+  for d in /sys/class/input/event*; do
+    if [ "$(cat "$d/device/name" 2>/dev/null)" = "Power Button" ]; then dev=/dev/input/${d##*/}; fi
+  done
+  [ -n "$dev" ] && [ -e "$dev" ] && break
+  dev=""; sleep 1
+done
+[ -n "$dev" ] || { echo "formation-powerkey: no power button device" >&2; exit 0; }
+stdbuf -oL od -An -v -tu2 -w24 "$dev" | while read -r _ _ _ _ _ _ _ _ type code _; do
+  if [ "$type" = 1 ] && [ "$code" = 116 ]; then systemctl poweroff; fi
+done
+"""
+
+
+def _powerkey_unit() -> str:
+    return (
+        "[Unit]\n"
+        "Description=Formation power-off on the ACPI power button\n"
+        "After=systemd-udevd.service\n\n"
+        "[Service]\n"
+        f"ExecStart=/usr/local/sbin/{POWERKEY_UNIT}\n"
+        "Restart=on-failure\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
 def _script_finalize(spec: Mapping[str, Any]) -> str:
     host = _hostname(spec["hostname"])
     ready = f"/etc/systemd/system/{READY_UNIT}.service"
+    powerkey = f"/etc/systemd/system/{POWERKEY_UNIT}.service"
     return (
         "set -eu\n"
         f"printf 'LABEL={IMAGE_LABEL} / ext4 defaults,x-systemd.growfs 0 1\\n' > /etc/fstab\n"
@@ -388,6 +424,12 @@ def _script_finalize(spec: Mapping[str, Any]) -> str:
         f"printf '%s' {shlex.quote(_ready_unit())} > {ready}\n"
         "mkdir -p /etc/systemd/system/multi-user.target.wants\n"
         f"ln -sf {ready} /etc/systemd/system/multi-user.target.wants/{READY_UNIT}.service\n"
+        # ACPI power button -> poweroff (see _POWERKEY_SCRIPT).
+        "mkdir -p /usr/local/sbin\n"
+        f"printf '%s' {shlex.quote(_POWERKEY_SCRIPT)} > /usr/local/sbin/{POWERKEY_UNIT}\n"
+        f"chmod 0755 /usr/local/sbin/{POWERKEY_UNIT}\n"
+        f"printf '%s' {shlex.quote(_powerkey_unit())} > {powerkey}\n"
+        f"ln -sf {powerkey} /etc/systemd/system/multi-user.target.wants/{POWERKEY_UNIT}.service\n"
         "find /tmp /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +\n"
     )
 

@@ -58,7 +58,7 @@ class _SimVm:
     status: str = "Created"
     detail: str = ""
     endpoints: list[dict[str, Any]] = field(default_factory=list)
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    scopes: list[trio.CancelScope] = field(default_factory=list)  # one per listener
     boot_ms: int | None = None
     started_at_ms: int | None = None
     started_at_s: float | None = None
@@ -145,7 +145,9 @@ class SimulatedDriver:
         *,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        with vm.scope:
+        scope = trio.CancelScope()
+        vm.scopes.append(scope)
+        with scope:
             async with listener, trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
@@ -236,7 +238,8 @@ class SimulatedDriver:
     async def delete(self, key: str) -> None:
         vm = self._vm(key)
         vm.status = "Stopped"
-        vm.scope.cancel()
+        for scope in vm.scopes:
+            scope.cancel()
         del self._vms[key]
         await trio.to_thread.run_sync(shutil.rmtree, vm.dir, True)
 

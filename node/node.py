@@ -1,5 +1,8 @@
 """The composition root: builds a node from its parts and runs them in one nursery.
 
+Long on purpose: it is the one module that knows how every service is made and started (a
+``run_*`` function each), so reading it top to bottom is reading the node.
+
 Nothing else in the project knows how the parts fit together; ``node.cli`` parses arguments,
 calls this and prints. A node is made in three steps:
 
@@ -24,7 +27,10 @@ Start order, and why:
   reach the node at once;
 * heartbeat: a ``node.capacity`` op every ``heartbeat_s``;
 * builds: the build service (``node.pack.service``), once the node is announced (a build is
-  taken only by a node whose announce says it is a ``builder``).
+  taken only by a node whose announce says it is a ``builder``);
+* placement (``node.placement.service``): every node places the slots of what it took;
+* VMs (``node.vmm.supervisor`` over the driver ``choose_vmm`` picked before the announce, whose
+  roles say ``vm-host``): answers placement asks from its own book and runs its VMs.
 
 Stop order: ``node.stop()`` makes the node leave the membership (at most ``LEAVE_TIMEOUT_S``,
 while gossip can still send the news), then cancels every service at once; the transport

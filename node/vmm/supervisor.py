@@ -138,14 +138,23 @@ class VmSupervisor:
         for key in {*wanted, *self.driver.infos()}:
             if key in self._busy:
                 continue
-            action = next_action(
-                wanted.get(key), self.driver.info(key), failed_at_ms=self._failed_at.get(key, 0)
-            )
+            action = next_action(wanted.get(key), self._vm(key), failed_at_ms=self._failed_at[key])
             if action is not None:
                 self._busy.add(key)
                 nursery.start_soon(self._work, key)
         if changed:
             self.capacity_changed()
+
+    def _vm(self, key: str) -> VmInfo | None:
+        """The driver's view of a VM; a failure seen for the first time is dated now, so only
+        an owner's ask after it boots the VM again (``reconcile``)."""
+        info = self.driver.info(key)
+        failed = info is not None and info.status in ("Killed", "CriticalError")
+        if not failed:
+            self._failed_at.setdefault(key, 0)
+        elif not self._failed_at.get(key):
+            self._failed_at[key] = self.host.now_ms()
+        return info
 
     def _desired(self, key: str) -> Desired | None:
         instances, needs, _ = self.host.read(shipped_view)
@@ -158,9 +167,7 @@ class VmSupervisor:
         try:
             for _ in range(ACTIONS_PER_WORKER_MAX):
                 desired = self._desired(key)
-                action = next_action(
-                    desired, self.driver.info(key), failed_at_ms=self._failed_at.get(key, 0)
-                )
+                action = next_action(desired, self._vm(key), failed_at_ms=self._failed_at[key])
                 if action is None:
                     return
                 try:
@@ -174,6 +181,8 @@ class VmSupervisor:
                 if desired is not None and info is not None:
                     if info.status in ("Killed", "CriticalError"):
                         self._failed_at[key] = self.host.now_ms()
+                    elif info.status == "Started":
+                        self._failed_at[key] = 0
                     await self._report(desired, info, rebooted=action in ("start", "reboot"))
                     if info.status == "CriticalError":
                         return
@@ -248,12 +257,11 @@ class VmSupervisor:
     async def _watch(self) -> None:
         """Report what VMs do on their own (a QEMU that died: Killed)."""
         while True:
-            info = await self.driver.next_change()
-            where = self._slots.get(info.key)
-            if where is None:
-                continue
-            if info.status in ("Killed", "CriticalError"):
-                self._failed_at[info.key] = self.host.now_ms()
-            desired = self._desired(info.key)
-            if desired is not None:
+            change = await self.driver.next_change()
+            if change.key not in self._slots or change.key in self._busy:
+                continue  # a worker acting on it reports what it finds
+            # Report what is true now: the change may be stale by the time it is read.
+            info = self._vm(change.key)
+            desired = self._desired(change.key)
+            if desired is not None and info is not None:
                 await self._report(desired, info)

@@ -130,7 +130,7 @@ def test_creates_land_where_they_fit_and_a_dead_hosts_instance_moves(
 
     def moved() -> bool:
         slot = _instance(form, small_instance["instance_id"])["slots"][0]
-        return slot["node_id"] == address[2] and slot["status"] == "Started"
+        return bool(slot["node_id"] == address[2] and slot["status"] == "Started")
 
     fog.wait(moved, timeout_s=90)
     slot = _instance(form, small_instance["instance_id"])["slots"][0]

@@ -33,7 +33,7 @@ from node.control import ControlError, query
 from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
 from node.logs import LEVELS, configure_logging
-from node.node import Node, NodeSettings, StartError, open_home, run_node
+from node.node import VMM_CHOICES, Node, NodeSettings, StartError, open_home, run_node
 from node.store import StoreError
 
 __all__ = ["main"]
@@ -98,7 +98,7 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
     root: Path = args.root
     root.mkdir(parents=True, exist_ok=True)
     listen = "/ip4/127.0.0.1/udp/0/quic-v1" if args.quic else "/ip4/127.0.0.1/tcp/0"
-    fog = LocalFog(root, log_level=args.log_level, listen=listen)
+    fog = LocalFog(root, log_level=args.log_level, listen=listen, vmm="auto")
     started = time.monotonic()
     try:
         for i in range(args.nodes):
@@ -164,6 +164,8 @@ async def _run(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         heartbeat_s=args.heartbeat_s,
         password_file=args.password_file,
+        vmm=args.vmm,
+        vm_capacity=args.vm_capacity,
     )
     async with open_home(settings) as home:
         # Handlers go in before "running" is printed: a supervisor that signals as soon as it
@@ -193,6 +195,11 @@ def _print_running(node: Node) -> None:
     print(f"  bootstrap {', '.join(settings.bootstrap) or '(none)'}")
     print(f"  metrics   {node.metrics_url}")
     print(f"  gateway   {node.gateway_url or '(off)'}")
+    if node.vms is not None:
+        offered = node.vms.book.total.describe()
+        print(f"  vms       {node.vmm_note}, offering {offered}")
+    else:
+        print(f"  vms       {node.vmm_note}")
     print(f"  state     {state.op_count} ops, digest {node.replica.state_digest()[:16]}")
     print("running; press Ctrl-C to stop", flush=True)
 
@@ -316,6 +323,21 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="sign a node.capacity op this often (0: never; default: %(default)s)",
+    )
+    run.add_argument(
+        "--vmm",
+        choices=VMM_CHOICES,
+        default="auto",
+        help="the VM driver: qemu (KVM where it boots, else TCG), simulated (nothing boots; for "
+        "tests), off, or auto: qemu where qemu-system-x86_64 is installed, else off "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--vm-capacity",
+        default="",
+        metavar="SPEC",
+        help="what this node offers to VMs, e.g. vcpus=2,memory_mb=2048,disk_gb=20[,gpus=0] "
+        "(default: every core, the memory beyond 1 GiB, half the free disk)",
     )
     run.add_argument("--log-level", choices=LEVELS, default="warning", help="default: %(default)s")
     run.add_argument("--log-json", action="store_true", help="logs as one JSON object per line")

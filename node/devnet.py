@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,11 @@ class LocalFog:
         log_level: str = "warning",
         extra_args: tuple[str, ...] = (),
         listen: str = "/ip4/127.0.0.1/tcp/0",
+        vmm: str = "off",
     ) -> None:
         self.root = root
+        # Off unless asked for: a test fog of nodes that each made a VM netns would be slow.
+        self.vmm = vmm
         self.log_level = log_level
         self.extra_args = extra_args
         self.listen = listen
@@ -60,8 +63,9 @@ class LocalFog:
         path = self.root / f"n{i}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start(self, i: int) -> None:
-        """Start node ``i`` (again, if it ran before) and wait until it serves."""
+    def start(self, i: int, args_extra: Sequence[str] = ()) -> None:
+        """Start node ``i`` (again, if it ran before) and wait until it serves; ``args_extra``
+        are this node's own ``formation-node run`` options (after the fog's)."""
         args = [
             *_CLI,
             "run",
@@ -72,7 +76,7 @@ class LocalFog:
             "--gateway",
             "127.0.0.1:0",
         ]
-        args += ["--log-level", self.log_level, *self.extra_args]
+        args += ["--log-level", self.log_level, "--vmm", self.vmm, *self.extra_args, *args_extra]
         if self.bootstrap:
             args += ["--bootstrap", self.bootstrap]
         # Keys generated on first start must not land in the operator's real data dir.

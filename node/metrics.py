@@ -8,6 +8,7 @@ single-threaded, so the exporter thread never reads them directly). Default bind
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 __all__ = ["NodeMetrics"]
 
 _INTERVAL_S = 1.0
+# The VM driver's numbers (``node.vmm.driver.VmDriver.metrics``) and what they mean.
+VM_METRICS = {
+    "cpu_seconds_total": "CPU time the VM's QEMU process used, in seconds",
+    "memory_rss_bytes": "Resident memory of the VM's QEMU process",
+    "disk_read_bytes": "Bytes the VM read from its disk",
+    "disk_write_bytes": "Bytes the VM wrote to its disk",
+    "net_rx_bytes": "Bytes the VM received",
+    "net_tx_bytes": "Bytes the VM sent",
+}
 
 
 class NodeMetrics:
@@ -53,6 +63,15 @@ class NodeMetrics:
         self.agent_calls = Counter(
             "formation_agent_calls", "Agent calls proxied by the gateway", registry=r
         )
+        # One gauge per VM number, labelled by instance and slot (node.vmm's driver metrics).
+        self.vm = {
+            name: Gauge(f"formation_vm_{name}", help_text, ["instance", "slot"], registry=r)
+            for name, help_text in VM_METRICS.items()
+        }
+        self.vm_free = Gauge(
+            "formation_vm_free", "What VMs may still use here", ["resource"], registry=r
+        )
+        self._vm_labels: set[tuple[str, str]] = set()
         self._last: dict[str, float] = {}
         self.url = ""
         self._server: Any = None  # prometheus_client's WSGIServer, once serving
@@ -96,6 +115,25 @@ class NodeMetrics:
                 self.gateway_responses.labels(status=str(status)), f"gateway_{status}", total
             )
         self._count(self.agent_calls, "agent_calls", snapshot.get("agent_calls", 0))
+        self._update_vms(snapshot.get("vms", {}), snapshot.get("vm_free", {}))
+
+    def _update_vms(
+        self, vms: dict[str, tuple[str, int, dict[str, float]]], free: dict[str, int]
+    ) -> None:
+        labels = set()
+        for instance_id, slot, numbers in vms.values():
+            label = (instance_id, str(slot))
+            labels.add(label)
+            for name, gauge in self.vm.items():
+                if name in numbers:
+                    gauge.labels(instance=label[0], slot=label[1]).set(numbers[name])
+        for gone in self._vm_labels - labels:  # a deleted VM leaves no stale series
+            for gauge in self.vm.values():
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*gone)
+        self._vm_labels = labels
+        for resource, value in free.items():
+            self.vm_free.labels(resource=resource).set(value)
 
     async def run(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         while True:

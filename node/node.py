@@ -1,5 +1,8 @@
 """The composition root: builds a node from its parts and runs them in one nursery.
 
+Long on purpose: it is the one module that knows how every service is made and started (a
+``run_*`` function each), so reading it top to bottom is reading the node.
+
 Nothing else in the project knows how the parts fit together; ``node.cli`` parses arguments,
 calls this and prints. A node is made in three steps:
 
@@ -24,7 +27,10 @@ Start order, and why:
   reach the node at once;
 * heartbeat: a ``node.capacity`` op every ``heartbeat_s``;
 * builds: the build service (``node.pack.service``), once the node is announced (a build is
-  taken only by a node whose announce says it is a ``builder``).
+  taken only by a node whose announce says it is a ``builder``);
+* placement (``node.placement.service``): every node places the slots of what it took;
+* VMs (``node.vmm.supervisor`` over the driver ``choose_vmm`` picked before the announce, whose
+  roles say ``vm-host``): answers placement asks from its own book and runs its VMs.
 
 Stop order: ``node.stop()`` makes the node leave the membership (at most ``LEAVE_TIMEOUT_S``,
 while gossip can still send the news), then cancels every service at once; the transport
@@ -42,8 +48,10 @@ Adding a service is one function ``async def run_x(node, *, task_status)`` that 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +69,7 @@ from node.identity.keys import NodeKey
 from node.metrics import NodeMetrics
 from node.p2p.gossip_driver import GossipService, join_through
 from node.pack.blobs import BlobStore
+from node.placement.core import Resources
 from node.replica import Replica
 
 if TYPE_CHECKING:
@@ -68,7 +77,10 @@ if TYPE_CHECKING:
     from node.ledger.op import Op
     from node.p2p.transport import Transport
     from node.pack.service import BuildService
+    from node.placement.service import PlacementService
     from node.replica import SubmitResult
+    from node.vmm.driver import VmDriver
+    from node.vmm.supervisor import VmSupervisor
 
 __all__ = [
     "LEAVE_TIMEOUT_S",
@@ -89,6 +101,35 @@ LEAVE_TIMEOUT_S: Final = 2.0
 
 class StartError(Exception):
     """The node cannot start for a reason the operator can fix (a bad --gateway, a port in use)."""
+
+
+VMM_CHOICES: Final = ("auto", "qemu", "simulated", "off")
+
+
+def parse_vm_capacity(text: str) -> Resources:
+    """``vcpus=2,memory_mb=2048,disk_gb=20[,gpus=0]`` as Resources; a ``StartError`` names
+    what is wrong."""
+    values: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        if not sep or name not in ("vcpus", "memory_mb", "disk_gb", "gpus") or not value.isdigit():
+            raise StartError(
+                f"--vm-capacity: {part!r} is not NAME=INTEGER with NAME one of vcpus, memory_mb, "
+                "disk_gb, gpus (e.g. vcpus=2,memory_mb=2048,disk_gb=20)"
+            )
+        values[name] = int(value)
+    return Resources.from_json(values)
+
+
+def measured_vm_capacity(data_dir: Path) -> Resources:
+    """What VMs may use when the operator does not say: every core, the memory beyond 1 GiB
+    for the node itself, half the free disk of the data dir."""
+    measured = measure_capacity(data_dir)
+    return Resources(
+        vcpus=measured["cpu_total_cores"],
+        memory_mb=max(0, measured["memory_total_bytes"] // 2**20 - 1024),
+        disk_gb=measured["storage_available_bytes"] // 2**30 // 2,
+    )
 
 
 def gateway_address(
@@ -119,6 +160,9 @@ class NodeSettings:
     metrics: str = "127.0.0.1:0"  # HOST:PORT; port 0 picks a free one
     heartbeat_s: float = 30.0  # 0: no node.capacity ops
     password_file: Path | None = None  # the node key's; None: the generated one, or prompt
+    vmm: str = "auto"  # qemu | simulated | off | auto (qemu where its tools are, else off)
+    vm_capacity: str = ""  # what VMs may use, "vcpus=2,memory_mb=2048,disk_gb=20"; "": measured
+    vm_netns: bool = True  # VM bridges, taps and addresses in a netns the node creates
 
     @classmethod
     def from_config(
@@ -133,6 +177,9 @@ class NodeSettings:
         metrics: str = "127.0.0.1:0",
         heartbeat_s: float = 30.0,
         password_file: Path | None = None,
+        vmm: str = "auto",
+        vm_capacity: str = "",
+        vm_netns: bool = True,
     ) -> NodeSettings:
         """``config`` with overrides: empty ones keep the config's, except ``bootstrap=[]``
         (no bootstrap peers). Checks the gateway setting: a typo is a ``StartError`` now."""
@@ -147,7 +194,14 @@ class NodeSettings:
             metrics=metrics,
             heartbeat_s=heartbeat_s,
             password_file=password_file,
+            vmm=vmm,
+            vm_capacity=vm_capacity,
+            vm_netns=vm_netns,
         )
+        if vmm not in VMM_CHOICES:
+            raise StartError(f"--vmm must be one of {', '.join(VMM_CHOICES)}, got {vmm!r}")
+        if vm_capacity:
+            parse_vm_capacity(vm_capacity)
         if settings.gateway != "off":
             gateway_address(settings.gateway)
         gateway_address(settings.metrics, "--metrics", off_ok=False)
@@ -211,11 +265,20 @@ class Node:
     metrics_url: str = ""
     gateway: Gateway | None = None
     builds: BuildService | None = None  # None: this node does not build (tools missing)
+    placement: PlacementService | None = None
+    vms: VmSupervisor | None = None  # None: this node runs no VMs (vmm_note says why)
+    vmm_name: str | None = None  # the VM driver chosen at start ("qemu", "simulated"), or None
+    vmm_note: str = ""  # why that driver, or why none
+    _capacity_now: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
     _stop: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
 
     def stop(self) -> None:
         """Ask ``run_node`` to leave the membership and stop every service."""
         self._stop.set()
+
+    def capacity_changed(self) -> None:
+        """Send a capacity report soon (``run_heartbeat``)."""
+        self._capacity_now.set()
 
     @property
     def gateway_url(self) -> str | None:
@@ -242,6 +305,34 @@ class Node:
         chosen = list(self.transport.peers) if peers is None else list(peers)
         return await fetch(self.transport, self.blobs, digest, chosen)
 
+    def is_node(self, address: str) -> bool:
+        """Whether ``address`` announced itself as a node of this fog."""
+        with self.replica.lock:
+            return self.replica.state.node(address) is not None
+
+    def vm_answer(self, what: str, instance_id: str, slot: int, bytes_max: int) -> dict[str, Any]:
+        """A VM's console log or metrics, if this node runs it (``node.p2p.vm_query``)."""
+        vms = self.vms
+        if vms is None or vms.vm_of(instance_id, slot) is None:
+            return {"error": "not_found", "message": f"node {self.key.address} runs no such VM"}
+        if what == "logs":
+            return {"log": vms.console_tail(instance_id, slot, bytes_max) or ""}
+        info = vms.vm_of(instance_id, slot)
+        return {
+            "metrics": vms.driver.metrics(info.key) if info is not None else {},
+            "status": info.status if info is not None else None,
+        }
+
+    async def vm_query(
+        self, host: str, what: str, instance_id: str, slot: int, bytes_max: int = 65536
+    ) -> dict[str, Any]:
+        """``vm_answer`` from ``host`` (this node, or over ``/formation/vm/1.0.0``)."""
+        if host == self.key.address:
+            return self.vm_answer(what, instance_id, slot, bytes_max)
+        from node.p2p import vm_query
+
+        return await vm_query.ask(self.transport, host, what, instance_id, slot, bytes_max)
+
     async def submit_checked(self, ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
         """Store, apply and spread ops already verified and checked (the gateway's writes)."""
         return await self.gossip.submit_checked(ops)
@@ -266,6 +357,8 @@ class Node:
                 "nodes_known": len(replica.state.nodes()),
                 "metrics": self.metrics_url,
                 "gateway": self.gateway_url,
+                "vmm": self.vmm_note,
+                "vms": self.vms.capacity() if self.vms is not None else None,
             }
 
     def metrics_snapshot(self) -> dict[str, object]:
@@ -284,12 +377,15 @@ class Node:
             "bad_packets": gossip.bad_packets,
             "gateway_responses": dict(gateway.app.responses_by_status) if gateway else {},
             "agent_calls": gateway.app.proxy.calls_total if gateway else 0,
+            "vms": self.vms.vm_metrics() if self.vms is not None else {},
+            "vm_free": self.vms.book.free.to_json() if self.vms is not None else {},
         }
 
 
 def build_node(home: Home, transport: Transport) -> Node:
     """The node's parts around a listening transport: the gossip core and its service."""
     from node.p2p import blobs as blob_protocol
+    from node.p2p import vm_query
     from node.p2p.transport import peer_id_of
 
     # Blobs: one store, served to the gateway (node.blobs) and to peers (the blob protocol).
@@ -299,7 +395,7 @@ def build_node(home: Home, transport: Transport) -> Node:
     core = GossipCore(
         home.key.address, transport.listen_addrs[0], GossipConfig.lan(), rng, home.replica
     )
-    return Node(
+    node = Node(
         settings=home.settings,
         key=home.key,
         key_created=home.key_created,
@@ -311,6 +407,8 @@ def build_node(home: Home, transport: Transport) -> Node:
         rng=rng,
         blobs=blobs,
     )
+    vm_query.register(transport, node.vm_answer, node.is_node)
+    return node
 
 
 async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -323,6 +421,7 @@ async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
     from node.p2p.transport import open_transport
 
     listen = list(home.settings.listen_addrs)
+    vmm_name, vmm_note = choose_vmm(home.settings)
     async with contextlib.AsyncExitStack() as stack:
         try:
             transport = await stack.enter_async_context(open_transport(home.key, listen))
@@ -330,6 +429,7 @@ async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
             raise StartError(f"cannot listen on {listen}: {exc}") from None
         nursery = await stack.enter_async_context(trio.open_nursery())
         node = build_node(home, transport)
+        node.vmm_name, node.vmm_note = vmm_name, vmm_note
         await nursery.start(run_gossip, node)
         node.metrics_url = await nursery.start(run_metrics, node)
         node.gateway = await nursery.start(run_gateway, node)
@@ -337,6 +437,8 @@ async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
         await announce(node)
         await nursery.start(run_heartbeat, node)
         node.builds = await nursery.start(run_builds, node)
+        node.placement = await nursery.start(run_placement, node)
+        node.vms = await nursery.start(run_vms, node)
         task_status.started(node)
         await node._stop.wait()
         with trio.move_on_after(LEAVE_TIMEOUT_S):
@@ -418,16 +520,32 @@ async def run_control(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED
     await serve_control(node.settings.data_dir, handlers, task_status=task_status)
 
 
+# A host's capacity report after a change (a slot taken or released) waits at most this long,
+# and comes at most this often: placers see new room within a gossip round, not a heartbeat.
+CAPACITY_REPORT_GAP_S: Final = 0.2
+
+
+async def report_capacity(node: Node) -> None:
+    """Sign one node.capacity op: the machine's numbers, and what VMs may use and have free."""
+    capacity: dict[str, Any] = await trio.to_thread.run_sync(
+        measure_capacity, node.settings.data_dir
+    )
+    if node.vms is not None:
+        capacity.update(node.vms.capacity())
+    await node.gossip.write(node.key, "node.capacity", {"capacity": capacity})
+
+
 async def run_heartbeat(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Report this machine's capacity as a signed node.capacity op every ``heartbeat_s``."""
+    """Report this machine's capacity as a signed node.capacity op every ``heartbeat_s``, and
+    soon after the VM supervisor's book changes (``Node.capacity_changed``), heartbeat or not."""
     task_status.started()
     period_s = node.settings.heartbeat_s
-    if period_s <= 0:
-        return
     while True:
-        await trio.sleep(period_s)
-        capacity = await trio.to_thread.run_sync(measure_capacity, node.settings.data_dir)
-        await node.gossip.write(node.key, "node.capacity", {"capacity": capacity})
+        with trio.move_on_after(period_s if period_s > 0 else math.inf):
+            await node._capacity_now.wait()
+            await trio.sleep(CAPACITY_REPORT_GAP_S)
+        node._capacity_now = trio.Event()
+        await report_capacity(node)
 
 
 async def announce(node: Node) -> None:
@@ -438,8 +556,13 @@ async def announce(node: Node) -> None:
         "listen_addrs": node.transport.listen_addrs[:16],
         "version": __version__,
     }
+    roles = []
     if not builder_tools_missing():
-        payload["roles"] = ["builder"]
+        roles.append("builder")
+    if node.vmm_name is not None:
+        roles.append("vm-host")
+    if roles:
+        payload["roles"] = roles
     await node.gossip.write(node.key, "node.announce", payload)
 
 
@@ -479,3 +602,100 @@ async def run_builds(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED)
         return
     service = open_build_service(_BuildHost(node), node.blobs, node.settings.data_dir)
     await service.run(task_status=task_status)
+
+
+def choose_vmm(settings: NodeSettings) -> tuple[str | None, str]:
+    """The VM driver this node runs, and why (for the banner and ``status``)."""
+    from node.vmm.qemu import qemu_tools_missing
+
+    if settings.vmm == "off":
+        return None, "off (--vmm off)"
+    if settings.vmm == "simulated":
+        return "simulated", "simulated VMs (--vmm simulated): nothing boots"
+    missing = qemu_tools_missing()
+    if not missing:
+        return "qemu", "QEMU"
+    if settings.vmm == "qemu":
+        raise StartError(
+            f"--vmm qemu: missing {', '.join(missing)}; run scripts/ensure-system-deps.sh run"
+        )
+    return None, f"off: missing {', '.join(missing)} (scripts/ensure-system-deps.sh run)"
+
+
+@dataclass(frozen=True)
+class _NodeHost:
+    """The node as placement and the VM supervisor see it (``node.placement.service.NodeHost``)."""
+
+    node: Node
+
+    @property
+    def address(self) -> str:
+        return self.node.key.address
+
+    def read(self, fn: Any) -> Any:
+        with self.node.replica.lock:  # worker threads apply ops meanwhile
+            return fn(self.node.replica.state)
+
+    async def write(self, kind: str, payload: dict[str, Any]) -> None:
+        await self.node.gossip.write(self.node.key, kind, payload)
+
+    def alive(self) -> set[str]:
+        return {*self.node.core.membership.alive(), self.address}
+
+    def dead(self) -> set[str]:
+        def gone(state: Any) -> set[str]:
+            return {key for key, record in state.tables["nodes"].items() if not record.exists}
+
+        return {*self.node.core.membership.dead(), *self.read(gone)} - {self.address}
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+async def run_placement(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Place the slots this node is placer of (``node.placement.service``); every node runs it,
+    VMs or not: the node that takes a create places it."""
+    from node.placement.service import PlacementService
+
+    service = PlacementService(_NodeHost(node), random.Random(node.rng.getrandbits(64)))
+    await service.run(task_status=task_status)
+
+
+async def run_vms(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer placement asks and run this node's VMs (``node.vmm.supervisor``) with the driver
+    ``choose_vmm`` picked; publishes the supervisor, or None when this node runs no VMs."""
+    from node.vmm.supervisor import VmSupervisor
+
+    settings = node.settings
+    if node.vmm_name is None:
+        task_status.started(None)
+        return
+    if settings.vm_capacity:
+        total = parse_vm_capacity(settings.vm_capacity)
+    else:
+        total = await trio.to_thread.run_sync(measured_vm_capacity, settings.data_dir)
+    driver: VmDriver
+    async with contextlib.AsyncExitStack() as stack:
+        if node.vmm_name == "qemu":
+            from node.vmm.qemu import open_qemu_driver
+
+            driver = await stack.enter_async_context(
+                open_qemu_driver(settings.data_dir, netns=settings.vm_netns)
+            )
+        else:
+            from node.vmm.simulated import open_simulated_driver
+
+            driver = await stack.enter_async_context(open_simulated_driver(settings.data_dir))
+        supervisor = VmSupervisor(
+            _NodeHost(node),
+            driver,
+            total,
+            fetch_blob=node.fetch_blob,
+            capacity_changed=node.capacity_changed,
+        )
+        node.vms = supervisor
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            # The first report of what VMs may use, so placers can count this node at once.
+            await report_capacity(node)
+            task_status.started(supervisor)

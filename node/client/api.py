@@ -393,6 +393,16 @@ class GatewayClient:
     def instance_delete(self, instance_id: str) -> Any:
         return self.request("POST", f"/instance/{_segment(instance_id)}/delete", {})
 
+    def instance_reboot(self, instance_id: str) -> Any:
+        return self.request("POST", f"/instance/{_segment(instance_id)}/reboot", {})
+
+    def instance_logs(self, instance_id: str, *, slot: int = 0, bytes_max: int = 65536) -> Any:
+        query = f"?slot={int(slot)}&bytes={int(bytes_max)}"
+        return self.request("GET", f"/instance/{_segment(instance_id)}/logs{query}")
+
+    def instance_metrics(self, instance_id: str) -> Any:
+        return self.request("GET", f"/instance/{_segment(instance_id)}/metrics")
+
     # ------------------------------------------------------------------ agents and models
 
     def agent_list(self, *, signed: bool = False) -> Any:

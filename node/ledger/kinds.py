@@ -120,6 +120,14 @@ _ENDPOINT = Obj(
         "path": Str(length_max=256, pattern=r"/[^\s]*", hint="an absolute path such as /run"),
     }
 )
+_VM_RESOURCES = Obj(
+    spec={
+        "vcpus": Int(value_max=1 << 20),
+        "memory_mb": Int(value_max=1 << 40),
+        "disk_gb": Int(value_max=1 << 40),
+        "gpus": Int(value_max=1 << 16),
+    }
+)
 _CAPACITY = Obj(
     spec={
         "cpu_total_cores": Int(value_max=65536, required=True),
@@ -130,8 +138,20 @@ _CAPACITY = Obj(
         "storage_available_bytes": Int(required=True),
         "gpu_total_memory_bytes": Int(),
         "gpu_available_memory_bytes": Int(),
+        # What the node offers to VMs and what of it no slot holds (``node.placement.core``).
+        "vm_total": _VM_RESOURCES,
+        "vm_free": _VM_RESOURCES,
     }
 )
+
+# What `form pack ship` adds to an instance: the image to boot, how many copies, who places them.
+_SHIP_FIELDS: dict[str, Field] = {
+    # The pack build (``node.ledger.builds.build_digest``) whose image the instance boots.
+    "build_id": Str(length_min=64, length_max=64, pattern=r"[0-9a-f]+", hint="a pack build id"),
+    "replicas": Int(value_min=1, value_max=16),
+    # The node that took the request: it places the slots (``node.placement.service``).
+    "via": Addr(),
+}
 
 _AGENT_FIELDS: dict[str, Field] = {
     "description": _TEXT,
@@ -216,6 +236,23 @@ def _anyone(op: Op, payload: dict[str, Any]) -> None:
     return None
 
 
+def _all_of(*rules: Authorizer) -> Authorizer:
+    def authorize(op: Op, payload: dict[str, Any]) -> None:
+        for rule in rules:
+            rule(op, payload)
+
+    return authorize
+
+
+def _formfile_or_build(op: Op, payload: dict[str, Any]) -> None:
+    if "formfile" not in payload and "build_id" not in payload:
+        raise OpRejected(
+            "invalid_payload",
+            f"{op.kind}: give a formfile (recorded only) or the build_id of a Built image "
+            "(`form pack ship`), or both",
+        )
+
+
 # -- appliers ---------------------------------------------------------------------------------
 
 
@@ -284,6 +321,14 @@ def _instance_desired(desired: str) -> Applier:
         )
 
     return apply
+
+
+def _instance_reboot(state: Tables, op: Op, payload: dict[str, Any]) -> None:
+    # A request, not a state: the host reboots once for each new ``reboot_at`` it sees.
+    key = instance_id_of(op.author, payload["name"])
+    state.record("instances", key, owner=op.author).set_fields(
+        {"reboot_at": op.wall_ms, "desired_state": "running"}, op.stamp
+    )
 
 
 def _instance_claim(state: Tables, op: Op, payload: dict[str, Any]) -> None:
@@ -399,11 +444,12 @@ def _kinds() -> list[Kind]:
             {
                 "id": _HEX_ID,
                 "name": _NAME,
-                "formfile": Str(length_max=_FORMFILE_BYTES_MAX, required=True),
+                "formfile": Str(length_max=_FORMFILE_BYTES_MAX),
                 "description": _TEXT,
                 "resources": _RESOURCES,
+                **_SHIP_FIELDS,
             },
-            _owned_entity(instance_id_of, "instance"),
+            _all_of(_owned_entity(instance_id_of, "instance"), _formfile_or_build),
             _entity_upsert("instances", instance_id_of),
         ),
         Kind(
@@ -429,6 +475,12 @@ def _kinds() -> list[Kind]:
             {"id": _HEX_ID, "name": _NAME},
             _owned_entity(instance_id_of, "instance"),
             _instance_desired("running"),
+        ),
+        Kind(
+            "instance.reboot",
+            {"id": _HEX_ID, "name": _NAME},
+            _owned_entity(instance_id_of, "instance"),
+            _instance_reboot,
         ),
         Kind(
             "instance.delete",

@@ -262,7 +262,7 @@ def _routes() -> list[Route]:
         route("POST", "/key/grant", "key.grant", _body_as_is),
         route("POST", "/key/revoke", "key.revoke", _body_as_is),
     ]
-    for verb in ("stop", "start", "delete"):
+    for verb in ("stop", "start", "reboot", "delete"):
         routes.append(
             route("POST", f"/instance/{{id}}/{verb}", f"instance.{verb}", _by_path_id(), ("name",))
         )

@@ -43,7 +43,8 @@ from typing import Any, Final
 from node.identity.keys import keccak256
 from node.ledger import builds as _builds
 from node.ledger import kinds as _entities
-from node.ledger.canonical import canonical_json
+from node.ledger import placement as _placement
+from node.ledger.canonical import dumps_canonical
 from node.ledger.digest import OpDigest
 from node.ledger.kinds import INSTANCE_STATUSES, build_id_of, grant_key_of, instance_id_of
 from node.ledger.op import Op, OpRejected, decode_op
@@ -63,10 +64,10 @@ __all__ = [
 SNAPSHOT_FORMAT: Final = 1
 
 # Every kind the state knows, from every concern's module; a kind's name is unique.
-_KIND_LIST: Final = [*_entities.KINDS, *_builds.KINDS]
+_KIND_LIST: Final = [*_entities.KINDS, *_builds.KINDS, *_placement.KINDS]
 KINDS: Final[dict[str, Kind]] = {k.name: k for k in _KIND_LIST}
 assert len(KINDS) == len(_KIND_LIST), "two modules define the same op kind"
-_TABLES: Final = (*_entities.TABLES, *_builds.TABLES)
+_TABLES: Final = (*_entities.TABLES, *_builds.TABLES, *_placement.TABLES)
 
 
 class State:
@@ -165,7 +166,9 @@ class State:
 
     def state_hash(self) -> str:
         """Hex digest of the whole CRDT state: equal on replicas that applied the same ops."""
-        return keccak256(canonical_json(self.to_json())).hex()
+        # The op depth limit is not the state's: a record nests reports in tables in the state.
+        # Every value in it came from a verified op, so the encoding alone is enough.
+        return keccak256(dumps_canonical(self.to_json())).hex()
 
     def snapshot(self) -> bytes:
         """Canonical bytes of the state plus the ids applied (the store compresses them)."""
@@ -246,16 +249,32 @@ class State:
         claims = {k[6:]: s for k, s in record.firsts.items() if k.startswith("claim:")}
         host = min(claims, key=claims.__getitem__) if claims else None
         report = record.reports[host].to_dict() if host in record.reports else {}
+        replicas = int(fields.get("replicas", 1)) if "build_id" in fields else 0
+        slots = _placement.slot_views(
+            self.tables["placements"], instance_id, replicas, self._is_node
+        )
+        first = slots[0] if slots else {}
         return {
             "instance_id": instance_id,
-            "build_id": build_id_of(owner, fields["name"]),
+            # A shipped instance boots a pack build; a recorded one keeps the upstream id.
+            "build_id": fields.get("build_id") or build_id_of(owner, fields["name"]),
             "instance_owner": owner,
             "name": fields["name"],
-            "node_id": host,
+            "node_id": first.get("node_id") or host,
             # None until the host node reports: nothing runs until a node says so.
-            "status": report.get("status"),
+            "status": first.get("status") or report.get("status"),
             "formnet_ip": report.get("formnet_ip"),
+            "pid": first.get("pid"),
+            "accelerator": first.get("accelerator"),
+            "endpoints": first.get("endpoints", []),
+            "error": first.get("error"),
             "desired_state": fields.get("desired_state", "running"),
+            # When the owner last asked for a state: a Killed VM boots again on a newer ask.
+            "desired_at": (record.fields.stamp_of("desired_state") or (None,))[0],
+            "reboot_at": fields.get("reboot_at"),
+            "replicas": replicas,
+            "via": fields.get("via"),
+            "slots": slots,
             "formfile": fields.get("formfile"),
             "description": fields.get("description"),
             "resources": fields.get("resources", {}),

@@ -100,8 +100,24 @@ ROUTES: list[tuple[str, Call, str, str, Any, bool]] = [
             {},
             True,
         )
-        for action in ("stop", "start", "delete")
+        for action in ("stop", "start", "reboot", "delete")
     ],
+    (
+        "instance_logs",
+        lambda c: c.instance_logs(INSTANCE, slot=1, bytes_max=100),
+        "GET",
+        f"/v1/instance/{INSTANCE}/logs?slot=1&bytes=100",
+        None,
+        True,
+    ),
+    (
+        "instance_metrics",
+        lambda c: c.instance_metrics(INSTANCE),
+        "GET",
+        f"/v1/instance/{INSTANCE}/metrics",
+        None,
+        True,
+    ),
     ("agent_list", lambda c: c.agent_list(), "GET", "/v1/agents", None, False),
     ("agent_get", lambda c: c.agent_get(AGENT), "GET", f"/v1/agents/{AGENT}", None, False),
     (

@@ -857,6 +857,7 @@ def test_node_list_shows_age_and_free_capacity(gateway: FakeGateway, form: Any) 
                     "cpu_available_millicores": 250,
                     "memory_available_bytes": 1536 * 2**20,
                     "storage_available_bytes": 2 * 2**40,
+                    "vm_free": {"vcpus": 2, "memory_mb": 1536, "disk_gb": 15, "gpus": 0},
                 },
                 "last_heartbeat": (NOW_S - 3 * 3600 - 5) * 1000,
             },
@@ -868,10 +869,10 @@ def test_node_list_shows_age_and_free_capacity(gateway: FakeGateway, form: Any) 
     ran = form("node", "list")
     assert ran.status == 0, ran.err
     assert ran.out == table(
-        "NODE ID                                     VERSION  LAST HEARTBEAT  FREE CPU  FREE MEMORY  FREE STORAGE",
-        f"{ALICE.address}  0.1.0    12s ago         6000m     8.0 GiB      768.0 GiB",
-        f"{BOB.address}  0.2.0    3h ago          250m      1.5 GiB      2.0 TiB",
-        f"{carol}  -        -               -         -            -",
+        "NODE ID                                     VERSION  LAST HEARTBEAT  FREE CPU  FREE MEMORY  FREE STORAGE  FREE FOR VMS",
+        f"{ALICE.address}  0.1.0    12s ago         6000m     8.0 GiB      768.0 GiB     -",
+        f"{BOB.address}  0.2.0    3h ago          250m      1.5 GiB      2.0 TiB       2 vCPU 1.5 GiB 15 GB",
+        f"{carol}  -        -               -         -            -             -",
     )
     assert (gateway.last.method, gateway.last.target, gateway.last.body) == (
         "GET",
@@ -885,7 +886,7 @@ def test_node_list_shows_age_and_free_capacity(gateway: FakeGateway, form: Any) 
 def test_node_list_empty_prints_the_header_only(gateway: FakeGateway, form: Any) -> None:
     gateway.on("GET", "/v1/node/list", answer(200, {"count": 0, "nodes": []}))
     assert form("node", "list").out == (
-        "NODE ID  VERSION  LAST HEARTBEAT  FREE CPU  FREE MEMORY  FREE STORAGE\n"
+        "NODE ID  VERSION  LAST HEARTBEAT  FREE CPU  FREE MEMORY  FREE STORAGE  FREE FOR VMS\n"
     )
 
 

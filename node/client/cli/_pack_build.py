@@ -126,6 +126,32 @@ def _progress(quiet: bool) -> Any:
 
 
 def cmd_pack_build(session: _Session) -> int:
+    args = session.args
+    started = start_build(session)
+    if isinstance(started, int):
+        return started
+    client, created, upload_stats = started
+    build_id = str(created["build_id"])
+    if args.no_wait:
+        if args.json:
+            _json_out(created)
+        else:
+            print(build_id)
+        return 0
+    quiet = bool(args.json) or not sys.stderr.isatty()
+    build = follow_build(session, client, build_id, quiet=quiet)
+    if args.json:
+        final = {k: v for k, v in build.items() if k not in ("formfile", "reports")}
+        _json_out({**final, "context_upload": upload_stats})
+    else:
+        _print_outcome(build)
+    return 0 if build.get("status") == "Built" else 1
+
+
+def start_build(session: _Session) -> int | tuple[Any, dict[str, Any], dict[str, int]]:
+    """Validate, hash passwords, upload the context and ask for the build: (client, the
+    create answer, upload numbers), or an exit code when the Formfile or its files are wrong
+    (the errors are printed)."""
     from node.client.context import upload
     from node.pack.formfile import LIMITS, FormfileError, limits_for_network, parse
     from node.pack.model import Copy
@@ -198,26 +224,13 @@ def cmd_pack_build(session: _Session) -> int:
     if node.get("address"):
         payload["via"] = node["address"]
     created = client.request("POST", "/builds/create", payload)
-    build_id = str(created["build_id"])
     if not args.json:
-        print(f"build {build_id}", file=sys.stderr)
-    if args.no_wait:
-        if args.json:
-            _json_out(created)
-        else:
-            print(build_id)
-        return 0
-    return _follow(session, client, build_id, quiet=quiet, upload_stats=upload_stats)
+        print(f"build {created['build_id']}", file=sys.stderr)
+    return client, created, upload_stats
 
 
-def _follow(
-    session: _Session,
-    client: Any,
-    build_id: str,
-    *,
-    quiet: bool,
-    upload_stats: dict[str, int],
-) -> int:
+def follow_build(session: _Session, client: Any, build_id: str, *, quiet: bool) -> dict[str, Any]:
+    """Follow a build (progress bar, ``-v`` log) until Built or CriticalError; the build."""
     args = session.args
     deadline = time.monotonic() + args.wait_s
     log_seq = 0
@@ -248,12 +261,7 @@ def _follow(
                     f"{args.wait_s:g} s; follow it with `form pack status --build-id {build_id}`"
                 )
             time.sleep(POLL_S)
-    if args.json:
-        final = {k: v for k, v in build.items() if k not in ("formfile", "reports")}
-        _json_out({**final, "context_upload": upload_stats})
-    else:
-        _print_outcome(build)
-    return 0 if build.get("status") == "Built" else 1
+    return build
 
 
 def _print_log(client: Any, build_id: str, since: int) -> int:

@@ -116,8 +116,21 @@ def cmd_manage_get(session: _Session) -> int:
     result = client.instance_get(args.id)
     if args.json:
         _json_out(result)
-    else:
-        _fields(result)
+        return 0
+    _fields(result, skip=("slots", "formfile"))
+    for slot in result.get("slots") or [] if isinstance(result, Mapping) else []:
+        where = slot.get("node_id") or "not placed"
+        why = f", {slot['reason']}" if slot.get("reason") else ""
+        print(
+            f"slot {slot['slot']}: {slot.get('status') or '-'} on {where} "
+            f"(attempt {slot.get('attempt_asked')}{why})"
+        )
+        for endpoint in slot.get("endpoints") or []:
+            print(f"  {endpoint['host']}:{endpoint['port']} -> {endpoint['guest_port']}")
+        for refusal in slot.get("refusals") or []:
+            print(f"  refused by {refusal['node_id']}: {refusal['reason']}")
+        if slot.get("error"):
+            print(f"  error: {slot['error']}")
     return 0
 
 
@@ -138,6 +151,29 @@ def cmd_manage_get_ip(session: _Session) -> int:
     return 0
 
 
+def cmd_manage_logs(session: _Session) -> int:
+    args = session.args
+    result = session.client().instance_logs(args.id, slot=args.slot, bytes_max=args.bytes)
+    if args.json:
+        _json_out(result)
+    else:
+        sys.stdout.write(str(result.get("log", "")))
+    return 0
+
+
+def cmd_manage_metrics(session: _Session) -> int:
+    args = session.args
+    result = session.client().instance_metrics(args.id)
+    if args.json:
+        _json_out(result)
+        return 0
+    for slot in result.get("slots", []):
+        print(f"slot {slot.get('slot')} on node {slot.get('node_id')}:")
+        for name, value in sorted((slot.get("metrics") or {}).items()):
+            print(f"  {name:<20} {value:g}")
+    return 0
+
+
 def _instance_action(action: str) -> Callable[[_Session], int]:
     def command(session: _Session) -> int:
         client = session.client()
@@ -146,6 +182,7 @@ def _instance_action(action: str) -> Callable[[_Session], int]:
             "stop": client.instance_stop,
             "start": client.instance_start,
             "delete": client.instance_delete,
+            "reboot": client.instance_reboot,
         }[action]
         result = call(instance_id)
         if session.args.json:
@@ -179,6 +216,18 @@ def register(commands: Commands) -> None:
     which.add_argument("--build-id", metavar="BUILD_ID")
     get_ip = manage.leaf("get-ip", cmd_manage_get_ip, "the IPs of a build's instances")
     get_ip.add_argument("--build-id", required=True, metavar="BUILD_ID")
-    for action in ("stop", "start", "delete"):
+    for action in ("stop", "start", "reboot", "delete"):
         sub = manage.leaf(action, _instance_action(action), f"{action} an instance")
         sub.add_argument("--id", required=True, metavar="INSTANCE_ID")
+    logs = manage.leaf(
+        "logs", cmd_manage_logs, "an instance's console log (from the node that runs it)"
+    )
+    logs.add_argument("--id", required=True, metavar="INSTANCE_ID")
+    logs.add_argument("--slot", type=int, default=0, metavar="K", help="which replica (default 0)")
+    logs.add_argument(
+        "--bytes", type=int, default=65536, metavar="N", help="the last N bytes (default 65536)"
+    )
+    metrics = manage.leaf(
+        "metrics", cmd_manage_metrics, "an instance's CPU, memory, disk and network use"
+    )
+    metrics.add_argument("--id", required=True, metavar="INSTANCE_ID")

@@ -47,6 +47,15 @@ def _millicores_text(value: Any) -> str:
     return f"{value}m"
 
 
+def _vm_text(value: Any) -> str:
+    """``2 vCPU 1.5 GiB 15 GB`` from a ``vm_free`` report; ``-`` for a node that runs no VMs."""
+    if not isinstance(value, Mapping):
+        return "-"
+    memory = _bytes_text(int(value.get("memory_mb", 0)) * 1024 * 1024)
+    text = f"{value.get('vcpus', 0)} vCPU {memory} {value.get('disk_gb', 0)} GB"
+    return text + (f" {value['gpus']} GPU" if value.get("gpus") else "")
+
+
 def cmd_node_info(session: _Session) -> int:
     result = session.client(signed=False).node_info()
     if session.args.json:
@@ -71,6 +80,7 @@ def cmd_node_list(session: _Session) -> int:
             _col("FREE CPU", "capacity", "cpu_available_millicores", render=_millicores_text),
             _col("FREE MEMORY", "capacity", "memory_available_bytes", render=_bytes_text),
             _col("FREE STORAGE", "capacity", "storage_available_bytes", render=_bytes_text),
+            _col("FREE FOR VMS", "capacity", "vm_free", render=_vm_text),
         ],
     )
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 from node.client.api import ClientError
 from node.client.cli._common import Commands, UsageError, _json_out, _Session
 from node.client.cli._pack_build import _copy_problems, add_build_commands
+from node.client.cli._pack_ship import add_ship_command
 
 __all__ = ["register"]
 
@@ -135,3 +136,4 @@ def register(commands: Commands) -> None:
         "network, or mainnet when no gateway answers",
     )
     add_build_commands(pack)
+    add_ship_command(pack)

@@ -1,18 +1,24 @@
-"""Instance routes: record an instance from a Formfile, read the signer's, stop/start/delete.
+"""Instance routes: ship a Built image (or record a Formfile), read the signer's, act on them.
 
 Every instance route is signed and shows the signer only its own instances (a build's
-instances and their mesh addresses included). No node builds or boots instances yet: a create
-is recorded and replicated, and its answer says so.
+instances and their mesh addresses included). A create naming a ``build_id`` is placed by this
+node (``node.placement.service``) on nodes with room and booted there (``node.vmm``); its logs
+and metrics are asked of the node that runs it (``node.p2p.vm_query``).
 """
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from node.gateway.endpoint import EMPTY_BODY, Endpoint, kind_schema
 from node.gateway.http import HttpError, Request, Response
 from node.gateway.routes.builds import formfile_refusal
 from node.ledger.state import build_id_of, instance_id_of
+from node.p2p.vm_query import LOG_BYTES_MAX
+from node.placement.core import largest_free
+from node.placement.duty import capacity_view, need_of
 
 if TYPE_CHECKING:
     from node.gateway.app import GatewayApp
@@ -30,24 +36,137 @@ def _owned_instance(app: GatewayApp, request: Request, instance_id: str) -> dict
     return dict(instance)
 
 
+def _ship_refusal(app: GatewayApp, request: Request) -> None:
+    """For a create naming a ``build_id``: the build must be the signer's and Built, and some
+    node must report room for it (else 409 ``no_capacity`` naming the largest free slot). A
+    check on this node's view, before anything is written; the placer and the hosts decide."""
+    try:
+        body = json.loads(request.body.decode("utf-8") or "{}")
+    except (UnicodeDecodeError, ValueError):
+        return  # mutate() answers invalid_json
+    build_id = body.get("build_id") if isinstance(body, dict) else None
+    if not isinstance(build_id, str):
+        return
+    actor = app.actor(request, "instance")[0]
+    build = app.view(lambda: app.state.build(build_id))
+    if build is None:
+        raise HttpError(404, "not_found", f"no build {build_id}", "build_id")
+    if build["owner"] != actor:
+        raise HttpError(403, "forbidden", f"build {build_id} is not {actor}'s", "build_id")
+    if build.get("status") != "Built":
+        raise HttpError(
+            409,
+            "not_built",
+            f"build {build_id} is {build.get('status') or 'waiting for a builder'}; ship it "
+            "once it is Built",
+            "build_id",
+        )
+    parsed = need_of(build.get("formfile"))
+    if parsed is None:
+        raise HttpError(409, "not_built", f"build {build_id}'s Formfile does not parse here")
+    need = parsed[0]
+    nodes = app.view(lambda: app.state.nodes())
+    view = capacity_view(nodes, {str(n["node_id"]) for n in nodes})
+    if not any(need.fits(free) for free in view.values()):
+        largest = largest_free(view)
+        where = (
+            f"the largest free slot is {largest[1].describe()} on node {largest[0]}"
+            if largest
+            else "no node offers VMs"
+        )
+        raise HttpError(
+            409, "no_capacity", f"no node has room for {need.describe()}; {where}", "build_id"
+        )
+
+
 async def instance_create(app: GatewayApp, request: Request) -> Response:
     refusal = await formfile_refusal(app, request)
     if refusal is not None:
         return refusal
+    _ship_refusal(app, request)
     done = await app.mutate(request)
     instance_id = instance_id_of(done.author, done.payload["name"])
     instance = app.view(lambda: app.state.instance(instance_id))
+    shipped = "build_id" in done.payload
     return Response(
         201,
         {
             "op_id": done.op_id,
             "instance_id": instance_id,
-            "build_id": build_id_of(done.author, done.payload["name"]),
+            "build_id": done.payload.get("build_id")
+            or build_id_of(done.author, done.payload["name"]),
             "status": instance["status"] if instance else None,
-            "note": "recorded and replicated; no node builds or boots instances yet",
+            "note": "placing it on a node with room; follow it with GET /instance/{id}/get"
+            if shipped
+            else "recorded and replicated; give a build_id (form pack ship) to boot it",
             "instance": instance,
         },
     )
+
+
+def _slot_param(request: Request, instance: dict[str, Any]) -> tuple[int, int]:
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query)
+    slot_text = (query.get("slot") or ["0"])[0]
+    bytes_text = (query.get("bytes") or ["65536"])[0]
+    if not slot_text.isdigit() or int(slot_text) >= max(1, int(instance.get("replicas") or 1)):
+        raise HttpError(
+            400, "bad_request", f"slot must be 0..replicas-1, got {slot_text!r}", "slot"
+        )
+    if not bytes_text.isdigit() or not 0 < int(bytes_text) <= LOG_BYTES_MAX:
+        raise HttpError(
+            400, "bad_request", f"bytes must be 1..{LOG_BYTES_MAX}, got {bytes_text!r}", "bytes"
+        )
+    return int(slot_text), int(bytes_text)
+
+
+async def _ask_host(
+    app: GatewayApp, host: str, what: str, instance_id: str, slot: int, bytes_max: int
+) -> dict[str, Any]:
+    node: Any = app.node
+    query = getattr(node, "vm_query", None)
+    if query is None:
+        raise HttpError(503, "no_vms", "this gateway's node cannot reach VM hosts")
+    try:
+        answer: dict[str, Any] = await query(host, what, instance_id, slot, bytes_max)
+    except Exception as exc:  # the host is down or unreachable: say so, not 500
+        raise HttpError(
+            502, "host_unreachable", f"node {host} that runs the VM did not answer: {exc}"
+        ) from None
+    if "error" in answer:
+        raise HttpError(404, "not_found", str(answer.get("message"))[:300])
+    return answer
+
+
+async def instance_logs(app: GatewayApp, request: Request) -> Response:
+    """The console log of one slot's VM (its last ``bytes``), asked of the node that runs it."""
+    instance = _owned_instance(app, request, request.params["id"])
+    slot, bytes_max = _slot_param(request, instance)
+    slots = instance.get("slots") or []
+    host = slots[slot]["node_id"] if slot < len(slots) else None
+    if not host:
+        raise HttpError(409, "not_placed", f"instance {instance['instance_id']} runs nowhere yet")
+    answer = await _ask_host(app, host, "logs", instance["instance_id"], slot, bytes_max)
+    return Response(
+        200, {"instance_id": instance["instance_id"], "slot": slot, "node_id": host, **answer}
+    )
+
+
+async def instance_metrics(app: GatewayApp, request: Request) -> Response:
+    """Each slot's VM numbers (CPU seconds, memory, disk and network bytes) from its host."""
+    instance = _owned_instance(app, request, request.params["id"])
+    out = []
+    for slot in instance.get("slots") or []:
+        entry: dict[str, Any] = {"slot": slot["slot"], "node_id": slot["node_id"]}
+        if slot["node_id"]:
+            try:
+                answer = await _ask_host(
+                    app, slot["node_id"], "metrics", instance["instance_id"], slot["slot"], 1
+                )
+                entry.update(answer)
+            except HttpError as exc:
+                entry["error"] = exc.message
+        out.append(entry)
+    return Response(200, {"instance_id": instance["instance_id"], "slots": out})
 
 
 async def instance_list(app: GatewayApp, request: Request) -> Response:
@@ -132,6 +251,24 @@ ROWS = [
         auth="signed",
         tag="instances",
     ),
+    Endpoint(
+        method="GET",
+        path="/instance/{id}/logs",
+        handler=instance_logs,
+        operation_id="instanceLogs",
+        summary="The console log of one of the signer's instances (query: slot, bytes)",
+        auth="signed",
+        tag="instances",
+    ),
+    Endpoint(
+        method="GET",
+        path="/instance/{id}/metrics",
+        handler=instance_metrics,
+        operation_id="instanceMetrics",
+        summary="CPU, memory, disk and network use of each of an instance's VMs",
+        auth="signed",
+        tag="instances",
+    ),
     *(
         Endpoint(
             method="POST",
@@ -143,6 +280,6 @@ ROWS = [
             body_schema=EMPTY_BODY,
             tag="instances",
         )
-        for verb in ("stop", "start", "delete")
+        for verb in ("stop", "start", "reboot", "delete")
     ),
 ]

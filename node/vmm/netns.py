@@ -24,7 +24,11 @@ with it, so no address on the host is needed to reach them.
 
 On exit, even after an error or a cancel: dnsmasq is stopped (terminate, then kill), and the
 namespace is removed, which destroys its bridge and taps once no process holds it (the QEMU
-driver kills its VMs before it closes the network).
+driver kills its VMs before it closes the network). A node killed with SIGKILL cannot do that;
+its VMs and dnsmasq run on in the namespace. The namespace's name is kept in the run dir
+(``netns-name``), so the next start kills what runs in it and removes it before it makes a
+new one: a restarted node never runs a slot twice. (``PR_SET_PDEATHSIG`` would not help:
+Trio forks from a worker thread, and the signal follows the thread, not the process.)
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ _GUEST_OCTETS: Final = range(10, 250)
 _CLONE_NEWNET: Final = 0x40000000
 _NETNS_DIR: Final = Path("/run/netns")
 _DNSMASQ_STOP_S: Final = 5.0
+# The name of the netns this run dir's driver made, so a later run removes it if left behind.
+_NAME_FILE: Final = "netns-name"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +239,8 @@ class VmNetwork:
 
 def _create(name: str, run_dir: Path) -> Any:
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Named before it exists: a kill between the two leaves a name the next run ignores.
+    (run_dir / _NAME_FILE).write_text(name + "\n")
     netns.create(name)
     ns = NetNS(name)
     try:
@@ -254,9 +262,40 @@ def _remove(name: str, ns: Any) -> None:
         netns.remove(name)
 
 
+def _forget(run_dir: Path) -> None:
+    (run_dir / _NAME_FILE).unlink(missing_ok=True)
+
+
+def _remove_stale(run_dir: Path) -> str | None:
+    """Remove the netns an earlier run of this driver left (a node killed with SIGKILL cannot
+    clean up): kill what still runs in it (its QEMUs, its dnsmasq), then delete it. Returns its
+    name, or None when there was none. Only a namespace named in this run dir is touched."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = run_dir / _NAME_FILE
+    try:
+        name = record.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name.startswith("fvm-") or not (_NETNS_DIR / name).exists():
+        record.unlink(missing_ok=True)
+        return None
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    for pid in pids.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        netns.remove(name)
+    record.unlink(missing_ok=True)
+    return name
+
+
 @asynccontextmanager
 async def open_vm_network(run_dir: Path) -> AsyncIterator[VmNetwork]:
-    """A fresh VM netns with its bridge and dnsmasq; everything removed on exit."""
+    """A fresh VM netns with its bridge and dnsmasq; everything removed on exit. What an
+    earlier run that was killed left behind is removed first."""
+    stale = await trio.to_thread.run_sync(_remove_stale, run_dir)
+    if stale is not None:
+        log.warning("removed VM network %s left by an earlier run (and what ran in it)", stale)
     name = f"fvm-{secrets.token_hex(4)}"
     try:
         ns = _create(name, run_dir)
@@ -274,4 +313,5 @@ async def open_vm_network(run_dir: Path) -> AsyncIterator[VmNetwork]:
         with trio.CancelScope(shield=True):
             await network._stop_dnsmasq()
             _remove(name, ns)
+            _forget(run_dir)
             log.info("VM network %s removed", name)

@@ -1,5 +1,8 @@
 """The QEMU VM driver: one QEMU process per running VM, driven over QMP from Trio.
 
+Long on purpose: the life of a QEMU process (argv, boot wait, stop, reboot, exits, metrics) is
+one state machine per VM, and splitting it would spread one lock's invariants over modules.
+
 Theory of operation
 -------------------
 ``open_qemu_driver`` is the only place in the project that spawns QEMU. It opens the VMs'

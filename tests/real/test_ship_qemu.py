@@ -160,3 +160,29 @@ def test_ship_boots_a_vm_that_answers_and_follows_its_owner(tmp_path: Path, fog:
 
     fog.stop_all()
     assert made.group(1) not in _netns(), f"the node left its network namespace {made.group(1)}"
+
+
+def test_a_node_killed_with_sigkill_cleans_up_at_its_next_start(tmp_path: Path) -> None:
+    missing = qemu_tools_missing()
+    assert not missing, f"the VM driver needs {missing}: run scripts/ensure-system-deps.sh run"
+    fog = LocalFog(tmp_path, extra_args=("--heartbeat-s", "0"), vmm="qemu", log_level="info")
+    orphan: subprocess.Popen[bytes] | None = None
+    try:
+        fog.start(0)
+        first = re.findall(r"VM network (fvm-[0-9a-f]+):", fog.log(0))[-1]
+        # What a VM left running would be: a process inside the node's VM netns.
+        orphan = subprocess.Popen(["ip", "netns", "exec", first, "sleep", "600"])
+        fog.procs[0].kill()
+        fog.procs[0].wait()
+        assert first in _netns()  # nobody could clean up
+        fog.start(0)
+        assert first not in _netns()
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        second = re.findall(r"VM network (fvm-[0-9a-f]+):", fog.log(0))[-1]
+        assert second != first
+        assert second in _netns()
+    finally:
+        fog.stop_all()
+        if orphan is not None and orphan.poll() is None:
+            orphan.kill()
+    assert second not in _netns()

@@ -430,8 +430,25 @@ def _script_finalize(spec: Mapping[str, Any]) -> str:
         f"chmod 0755 /usr/local/sbin/{POWERKEY_UNIT}\n"
         f"printf '%s' {shlex.quote(_powerkey_unit())} > {powerkey}\n"
         f"ln -sf {powerkey} /etc/systemd/system/multi-user.target.wants/{POWERKEY_UNIT}.service\n"
+        # Units a VM never needs; under TCG they cost ~20 s of boot (getty-static alone waits
+        # ~20 s for logind, which minbase lacks; the VGA gettys have no screen).
+        f"for unit in {' '.join(_MASKED_UNITS)}; do "
+        'ln -sf /dev/null "/etc/systemd/system/$unit"; done\n'
         "find /tmp /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +\n"
     )
+
+
+_MASKED_UNITS: Final = (
+    "getty-static.service",
+    "getty@tty1.service",
+    "e2scrub_reap.service",
+    "e2scrub_all.timer",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "fstrim.timer",
+    "systemd-timesyncd.service",
+)
 
 
 _SCRIPTS: Final[dict[str, Callable[[Mapping[str, Any]], str]]] = {

@@ -47,6 +47,9 @@ __all__ = [
 
 # Bump when the builder changes what a step with a given spec writes into its layer.
 PLAN_VERSION: Final = 2  # 2: finalize installs formation-ready.service
+# Bump when only the finalize step's script changes (the VM's boot units): it is part of that
+# step's spec, so the earlier layers (apt, COPY ...) stay cached.
+FINALIZE_VERSION: Final = 1  # 1: units a VM never needs are masked (they cost ~20 s under TCG)
 ENTRYPOINT_UNIT: Final = "formation-entrypoint"
 _NAME_CHARS_MAX: Final = 72
 
@@ -170,7 +173,15 @@ def plan(
             "description": formfile.name,
         }
         raw.append((_short("ENTRYPOINT " + " ".join(ep.argv)), ep.line, "entrypoint", spec, []))
-    raw.append(("finalize", 0, "finalize", {"hostname": formfile.name}, []))
+    raw.append(
+        (
+            "finalize",
+            0,
+            "finalize",
+            {"hostname": formfile.name, "version": FINALIZE_VERSION},
+            [],
+        )
+    )
 
     key = hashlib.sha256(f"formation:plan:v{PLAN_VERSION}\n{base_key}".encode()).hexdigest()
     out = []

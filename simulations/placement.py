@@ -76,7 +76,7 @@ from simulations.placement_spec import PlacementSpec
 from simulations.report import RunResult
 from simulations.scenario import Fault, Scenario
 
-__all__ = ["PLACEMENT_CORE", "run_placement"]
+__all__ = ["PLACEMENT_CORE", "PlacementSim", "finish", "run_placement", "simulate"]
 
 PLACEMENT_CORE: Final = "placement"
 _ZERO: Final = Resources()
@@ -145,7 +145,7 @@ class _View(Mapping[str, Resources]):
 
     __slots__ = ("_now", "_sim", "_viewer")
 
-    def __init__(self, sim: _Sim, viewer: int, now_ms: float) -> None:
+    def __init__(self, sim: PlacementSim, viewer: int, now_ms: float) -> None:
         self._sim = sim
         self._viewer = viewer
         self._now = now_ms
@@ -310,7 +310,9 @@ def _fault_timeline(
     return out
 
 
-class _Sim:
+class PlacementSim:
+    """One placement run: hosts, requests (``reqs``: outcome, placement, host), the event loop."""
+
     def __init__(self, scenario: Scenario, trace: IO[str] | None) -> None:
         spec = scenario.placement
         assert spec is not None
@@ -332,6 +334,7 @@ class _Sim:
         self.seq = 0
         self.now = 0.0
         self.events = 0
+        self.wall_s = 0.0
         self.trace = trace
         self.digest = hashlib.blake2b(digest_size=16)
         self.span_ms = spec.gossip_ms_max - spec.gossip_ms_min
@@ -615,7 +618,7 @@ class _Sim:
             )
 
 
-def _oracle(sim: _Sim) -> tuple[int, float]:
+def _oracle(sim: PlacementSim) -> tuple[int, float]:
     """Central best fit on the same requests and deaths: (requests placed, utilization)."""
     spec = sim.spec
     hosts = sim.hosts
@@ -708,16 +711,30 @@ def _oracle(sim: _Sim) -> tuple[int, float]:
 
 def run_placement(
     scenario: Scenario,
-    core_name: str,
+    core_name: str = PLACEMENT_CORE,
     *,
     trace: IO[str] | None = None,
     progress: ProgressFn | None = None,
 ) -> RunResult:
     """Run a scenario with a ``[placement]`` table; ``core_name`` only goes into ``reproduce``."""
+    return finish(simulate(scenario, trace=trace, progress=progress), core_name)
+
+
+def simulate(
+    scenario: Scenario, *, trace: IO[str] | None = None, progress: ProgressFn | None = None
+) -> PlacementSim:
+    """Build and run the simulation; ``finish`` judges it (tests read ``sim.reqs`` between)."""
     started = time.perf_counter()
-    sim = _Sim(scenario, trace)
+    sim = PlacementSim(scenario, trace)
     sim.run(progress)
-    wall_s = time.perf_counter() - started
+    sim.wall_s = time.perf_counter() - started
+    return sim
+
+
+def finish(sim: PlacementSim, core_name: str = PLACEMENT_CORE) -> RunResult:
+    """Run the oracle on the same inputs and build the report."""
+    scenario = sim.scenario
+    wall_s = sim.wall_s
     oracle_placed, oracle_util = _oracle(sim)
     spec = sim.spec
     reqs = sim.reqs

@@ -306,7 +306,8 @@ def _fault_timeline(
             out.append((at, _CRASH, host))
             if down_ms < math.inf:
                 out.append((at + down_ms, _RESTART, host))
-    out.sort()
+    # At one instant a restart goes first: the host was picked as up at that instant.
+    out.sort(key=lambda e: (e[0], e[1] != _RESTART, e[2]))
     return out
 
 
@@ -654,9 +655,9 @@ def _oracle(sim: PlacementSim) -> tuple[int, float]:
 
     heap: list[tuple[float, int, int, int]] = []  # (at, order, kind, a)
     for req in sim.reqs:
-        heap.append((req.arrive_ms, 1, _ARRIVE, req.index))
+        heap.append((req.arrive_ms, 2, _ARRIVE, req.index))
     for at, kind, host in sim.timeline:
-        heap.append((at, 0, kind, host))
+        heap.append((at, 0 if kind == _RESTART else 1, kind, host))
     sample_ms = _SAMPLE_MS
     while sample_ms < spec.stop_s * 1000.0:
         heap.append((sample_ms, 2, _SAMPLE, -1))

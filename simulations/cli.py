@@ -117,8 +117,58 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{text} {unit}".rstrip()
 
 
+def _placement_table(result: RunResult) -> str:
+    m = result.metrics
+    rows = [
+        ("scenario", f"{m['scenario']} ({result.scenario.description})"),
+        ("hosts", f"{_fmt(m['nodes'])} ({_fmt(m['live_nodes'])} live at the end)"),
+        ("seed", str(m["seed"])),
+        ("policy", f"{m['policy']}, power of {m['choices']} choices"),
+        ("network", m["network"]),
+        (
+            "requests",
+            f"{_fmt(m['requests'])} at {_fmt(m['arrivals_per_s'])}/s "
+            f"(offered load {_fmt(m['offered_load'])})",
+        ),
+        (
+            "placed",
+            f"{_fmt(m['placements'])} ({_fmt(m['placements_per_s'])}/s virtual, "
+            f"{_fmt(m['placements_per_wall_s'])}/s wall), {_fmt(m['unplaceable'])} failed, "
+            f"{_fmt(m['unresolved'])} unresolved",
+        ),
+        (
+            "oracle",
+            f"placed {_fmt(m['oracle_placed'])}: gap {_fmt(m['oracle_gap'])}; utilization "
+            f"{_fmt(m['utilization'])} vs {_fmt(m['oracle_utilization'])}",
+        ),
+        ("double bookings", _fmt(m["double_bookings"])),
+        (
+            "asks",
+            f"{_fmt(m['asks_per_placement'])} per placement: {_fmt(m['refusals'])} refusals, "
+            f"{_fmt(m['retries'])} retries, {_fmt(m['timeouts'])} timeouts",
+        ),
+        (
+            "time to place",
+            f"p50 {_fmt(m['p50_place_ms'])} / p99 {_fmt(m['p99_place_ms'])} / max "
+            f"{_fmt(m['max_place_ms'])} ms",
+        ),
+        (
+            "host deaths",
+            f"{_fmt(m['crashes'])} crashes, {_fmt(m['restarts'])} restarts, "
+            f"{_fmt(m['rescheduled'])} rescheduled ({_fmt(m['reschedule_failed'])} failed)",
+        ),
+        ("simulated", f"{_fmt(m['sim_s'], 's')} in {_fmt(m['wall_s'], 's')} wall"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = ["PLACEMENT", *(f"  {label:<{width}}  {value}" for label, value in rows)]
+    lines.append(f"trace_hash {m['trace_hash']}")
+    return "\n".join(lines)
+
+
 def _table(result: RunResult) -> str:
     m = result.metrics
+    if m.get("kind") == "placement":
+        return _placement_table(result)
     mib = 1024 * 1024
     rows: list[tuple[str, list[tuple[str, str]]]] = [
         (
@@ -305,6 +355,24 @@ _SWEEP_TABLE = (
 )
 
 
+# ... and for a placement scenario.
+_SWEEP_TABLE_PLACEMENT = (
+    "placements_per_s",
+    "double_bookings",
+    "oracle_gap",
+    "unplaceable",
+    "refusals",
+    "retries",
+    "timeouts",
+    "rescheduled",
+    "p50_place_ms",
+    "p99_place_ms",
+    "utilization",
+    "placements_per_wall_s",
+    "wall_s",
+)
+
+
 def _sweep_table(report: dict[str, Any]) -> str:
     seeds = report["seeds"]
     span = f"{seeds[0]}..{seeds[-1]}" if seeds else "-"
@@ -313,7 +381,8 @@ def _sweep_table(report: dict[str, Any]) -> str:
         f"{report['nodes']} nodes",
         f"  {'metric':<24} {'min':>10} {'median':>10} {'p99':>10} {'max':>10}  worst seed",
     ]
-    for name in _SWEEP_TABLE:
+    placement = "placements_per_s" in report["metrics"]
+    for name in _SWEEP_TABLE_PLACEMENT if placement else _SWEEP_TABLE:
         row = report["metrics"].get(name)
         if row is None:
             continue

@@ -65,6 +65,7 @@ from simulations.nodes import NETWORK_ID as NETWORK_ID
 from simulations.nodes import T0_MS as T0_MS
 from simulations.nodes import SimLog as SimLog
 from simulations.nodes import SimNode as SimNode
+from simulations.placement import run_placement
 from simulations.report import RunResult as RunResult
 from simulations.scenario import Scenario
 from simulations.sizes import WIRE_CHECK_EVERY, packet_size, wire_size
@@ -585,8 +586,6 @@ class Simulation:
                 self._stop = True
         self._push(at + self.scenario.check_interval_s, CHECK, -1, None)
 
-    # -- the end -------------------------------------------------------------------------------
-
 
 def run_scenario(
     scenario: Scenario,
@@ -595,5 +594,7 @@ def run_scenario(
     trace: IO[str] | None = None,
     progress: ProgressFn | None = None,
 ) -> RunResult:
-    """Build and run one simulation."""
+    """Build and run one simulation (a placement run when the scenario has ``[placement]``)."""
+    if scenario.placement is not None:
+        return run_placement(scenario, core.name, trace=trace, progress=progress)
     return Simulation(scenario, core, trace=trace, progress=progress).run()

@@ -37,6 +37,8 @@ at_s = 5.0
 action = "partition"
 sides = 2
 
+[placement]                # set: a placement run instead of gossip (simulations.placement_spec)
+
 [check]
 converged = true           # identical digest roots and state hashes on every live node
 [check.max]                # upper bounds on metrics (names as in --json)
@@ -59,6 +61,12 @@ from typing import Any, Final
 
 from node.gossip.config import GossipConfig
 from simulations.network import LinkConfig
+from simulations.placement_spec import (
+    PLACEMENT_FAULTS,
+    PlacementSpec,
+    PlacementSpecError,
+    parse_placement,
+)
 
 __all__ = [
     "FAULT_KNOBS",
@@ -155,6 +163,8 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     check: CheckSpec = field(default_factory=CheckSpec)
     source: str = ""
+    # Set: a placement run (``simulations.placement``) instead of a gossip run.
+    placement: PlacementSpec | None = None
 
     def with_overrides(
         self,
@@ -412,7 +422,7 @@ def _fault(data: dict[str, Any], index: int) -> Fault:
     return Fault(at_s, action, knobs)
 
 
-def _check(data: dict[str, Any]) -> CheckSpec:
+def _check(data: dict[str, Any], converged_default: bool = True) -> CheckSpec:
     _only(data, {"converged", "detect_within_s", "suspicion_grace_s", "max", "min"}, "[check]")
     bounds: dict[str, dict[str, float]] = {}
     for side in ("max", "min"):
@@ -424,7 +434,7 @@ def _check(data: dict[str, Any]) -> CheckSpec:
                 raise ScenarioError(f"check.{side}.{key} = {value!r}: use a number")
         bounds[side] = {k: float(v) for k, v in table.items()}
     return CheckSpec(
-        converged=_boolean(data, "converged", "check", True),
+        converged=_boolean(data, "converged", "check", converged_default),
         detect_within_s=_number(data, "detect_within_s", "check", 30.0, minimum=1e-6),
         suspicion_grace_s=(
             _number(data, "suspicion_grace_s", "check", 0.0)
@@ -455,6 +465,7 @@ _TOP: Final = frozenset(
         "workload",
         "faults",
         "check",
+        "placement",
     }
 )
 
@@ -485,6 +496,20 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
     seed = data.get("seed", 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ScenarioError(f"seed = {seed!r}: use an integer")
+    placement = None
+    if "placement" in data:
+        if not isinstance(data["placement"], dict):
+            raise ScenarioError("placement must be a table: [placement] policy = ...")
+        try:
+            placement = parse_placement(data["placement"])
+        except PlacementSpecError as exc:
+            raise ScenarioError(str(exc)) from None
+        for fault in faults:
+            if fault.action not in PLACEMENT_FAULTS:
+                raise ScenarioError(
+                    f"fault '{fault.describe()}': a placement scenario takes only "
+                    f"{', '.join(PLACEMENT_FAULTS)} faults"
+                )
     scenario = Scenario(
         name=name,
         description=description.strip(),
@@ -503,8 +528,10 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
         network=_network(data.get("network", {})),
         workload=_workload(data.get("workload", {})),
         faults=tuple(faults),
-        check=_check(data.get("check", {})),
+        # A placement run has no gossip state to converge.
+        check=_check(data.get("check", {}), converged_default=placement is None),
         source=source,
+        placement=placement,
     )
     scenario.validate()
     return scenario

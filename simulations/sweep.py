@@ -37,7 +37,20 @@ __all__ = ["HIGHER_IS_BETTER", "SeedRun", "parse_seeds", "summarize", "sweep"]
 
 # Metrics where a lower value is the bad one.
 HIGHER_IS_BETTER = frozenset(
-    {"converged", "live_nodes", "speed_factor", "events_per_wall_s", "state_hashes_checked"}
+    {
+        "converged",
+        "live_nodes",
+        "speed_factor",
+        "events_per_wall_s",
+        "state_hashes_checked",
+        # placement runs (simulations.placement)
+        "placements",
+        "placements_per_s",
+        "placements_per_wall_s",
+        "oracle_placed",
+        "utilization",
+        "oracle_utilization",
+    }
 )
 # A sweep of more seeds than this is a typo (and would take hours).
 SEEDS_MAX = 100_000
@@ -168,7 +181,7 @@ def sweep(
     failed = [run for run in runs if run.failures]
     return {
         "scenario": first.get("scenario", scenario_arg),
-        "core": core_name,
+        "core": first.get("core", core_name),
         "nodes": first.get("nodes", nodes),
         "seeds": list(seeds),
         "runs": len(runs),

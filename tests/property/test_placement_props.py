@@ -144,3 +144,67 @@ def test_slot_placement_terminates_never_repeats_and_fails_clearly(
         if not asked:
             # Failing without an ask means nothing in the view fit.
             assert not any(need.fits(f) for f in view.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    totals=st.lists(resources, min_size=1, max_size=5),
+    needs=st.lists(resources, min_size=1, max_size=8),
+    seed=st.integers(0, 2**32),
+    data=st.data(),
+)
+def test_racing_placements_never_over_commit_and_each_lands_once(
+    totals: list[Resources], needs: list[Resources], seed: int, data: st.DataObject
+) -> None:
+    # Every placer starts from the same view (every host empty), the messages are delivered in
+    # any order Hypothesis picks, and some asks time out. The driver does what a node does:
+    # it releases an acceptance its placement no longer wants.
+    rng = random.Random(seed)
+    books = {f"h{i}": HostBook(t) for i, t in enumerate(totals)}
+    view = {h: b.total for h, b in books.items()}
+    placements = [SlotPlacement(f"k{i}", need, attempts_max=3) for i, need in enumerate(needs)]
+    inflight: list[tuple[str, int, str, int, bool, Resources | None]] = []
+    results: dict[int, Ask | Done | Fail | None] = {}
+
+    def act(i: int, out: Ask | Done | Fail | None) -> None:
+        if isinstance(out, Ask):
+            inflight.append(("ask", i, out.host, out.attempt, False, None))
+        elif out is not None:
+            results[i] = out
+
+    for i, p in enumerate(placements):
+        act(i, p.start(view, 0, rng))
+    now = 0
+    steps = 0
+    while inflight:
+        steps += 1
+        assert steps < 1000
+        now += 1
+        kind, i, host, attempt, accepted, free = inflight.pop(
+            data.draw(st.integers(0, len(inflight) - 1))
+        )
+        p = placements[i]
+        if kind == "ask":
+            answer = books[host].offer(p.key, p.need)
+            if data.draw(st.booleans()) and p.next_wakeup_ms is not None:
+                # The answer is slow: the placer times out first and moves on.
+                act(i, p.on_timer(p.next_wakeup_ms, view, rng))
+            inflight.append(("answer", i, host, attempt, answer.accepted, answer.free))
+        elif kind == "answer":
+            assert free is not None
+            out = p.on_answer(host, attempt, accepted, free, view, now, rng)
+            done = results.get(i)
+            wanted = isinstance(done, Done) and (done.host, done.attempt) == (host, attempt)
+            if out is None and accepted and not wanted:
+                books[host].release(p.key)
+            act(i, out)
+        for book in books.values():
+            assert book.committed.fits(book.total)
+    for i, p in enumerate(placements):
+        holders = [h for h, b in books.items() if b.holds(p.key)]
+        out = results.get(i)
+        if isinstance(out, Done):
+            assert holders == [out.host]
+        else:
+            assert isinstance(out, Fail)
+            assert holders == []

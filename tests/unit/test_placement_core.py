@@ -310,3 +310,25 @@ def test_slot_placement_rejects_bad_settings(kwargs: dict[str, object], fragment
         SlotPlacement("k-0", SMALL, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="slot key"):
         SlotPlacement("", SMALL)
+
+
+def test_two_placements_racing_for_the_last_room_never_both_win() -> None:
+    # Both placers see the same stale view (two free vCPUs on "a", and "b" too small); the
+    # host answers their asks one at a time, so only the first lands; the second learns the
+    # true free from the refusal and fails naming it.
+    view = {"a": res(2, 4096, 10), "b": res(1, 1024, 5)}
+    book = HostBook(res(2, 4096, 10))
+    rng = random.Random(1)
+    first, second = SlotPlacement("x-0", SMALL), SlotPlacement("y-0", SMALL)
+    ask_1, ask_2 = first.start(view, 0, rng), second.start(view, 0, rng)
+    assert ask_1 == Ask("a", 1)
+    assert ask_2 == Ask("a", 1)
+    answer_1 = book.offer("x-0", SMALL)
+    answer_2 = book.offer("y-0", SMALL)
+    out_1 = first.on_answer("a", 1, answer_1.accepted, answer_1.free, view, 5, rng)
+    out_2 = second.on_answer("a", 1, answer_2.accepted, answer_2.free, view, 5, rng)
+    assert out_1 == Done("a", 1)
+    assert isinstance(out_2, Fail)
+    assert out_2.tried == ("a",)
+    assert out_2.largest_free == ("b", res(1, 1024, 5))
+    assert book.keys() == ["x-0"]

@@ -22,6 +22,7 @@ are arguments, so the node, the tests and the simulator can drive the same rules
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ __all__ = [
 
 # Another placer's silent ask is taken over after this many answer timeouts.
 TAKEOVER_TIMEOUTS: Final = 3
+# Parsed Formfiles kept (the services read every shipped build's needs twice a second).
+NEEDS_CACHED_MAX: Final = 256
 
 
 def vm_key(instance_id: str, slot: int) -> str:
@@ -63,6 +66,7 @@ def _formfile(text: str | None) -> Formfile | None:
         return None
 
 
+@functools.lru_cache(maxsize=NEEDS_CACHED_MAX)
 def need_of(formfile_text: str | None) -> tuple[Resources, tuple[int, ...]] | None:
     """What a slot of a build needs (its Formfile's VCPU, MEM, DISK, GPUs) and its EXPOSE ports;
     None when the text does not parse (then nothing places it)."""

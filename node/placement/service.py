@@ -97,7 +97,9 @@ class PlacementService:
     poll_s: float = POLL_S
     answer_timeout_ms: int = ANSWER_TIMEOUT_MS
     attempts_max: int = ATTEMPTS_MAX
-    policy: str = "spread"
+    # Bin-packing with two choices packed closest to the central oracle in placement-1000
+    # (docs/decisions.md D15); the fog keeps large slots free for large requests.
+    policy: str = "binpack"
     stats: PlacementStats = field(default_factory=PlacementStats)
     _active: dict[str, tuple[PlaceDuty, SlotPlacement]] = field(default_factory=dict)
 

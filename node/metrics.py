@@ -72,6 +72,13 @@ class NodeMetrics:
             "formation_vm_free", "What VMs may still use here", ["resource"], registry=r
         )
         self._vm_labels: set[tuple[str, str]] = set()
+        self.placement = Counter(
+            "formation_placement_events",
+            "What this node's placement service did: asks sent, slots placed, failed, "
+            "rescheduled, refusals seen, retries",
+            ["event"],
+            registry=r,
+        )
         self._last: dict[str, float] = {}
         self.url = ""
         self._server: Any = None  # prometheus_client's WSGIServer, once serving
@@ -116,6 +123,8 @@ class NodeMetrics:
             )
         self._count(self.agent_calls, "agent_calls", snapshot.get("agent_calls", 0))
         self._update_vms(snapshot.get("vms", {}), snapshot.get("vm_free", {}))
+        for event, total in snapshot.get("placement", {}).items():
+            self._count(self.placement.labels(event=event), f"placement_{event}", total)
 
     def _update_vms(
         self, vms: dict[str, tuple[str, int, dict[str, float]]], free: dict[str, int]

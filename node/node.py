@@ -48,6 +48,7 @@ Adding a service is one function ``async def run_x(node, *, task_status)`` that 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import secrets
@@ -379,6 +380,7 @@ class Node:
             "agent_calls": gateway.app.proxy.calls_total if gateway else 0,
             "vms": self.vms.vm_metrics() if self.vms is not None else {},
             "vm_free": self.vms.book.free.to_json() if self.vms is not None else {},
+            "placement": dataclasses.asdict(self.placement.stats) if self.placement else {},
         }
 
 

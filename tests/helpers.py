@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,3 +65,34 @@ def js_runtime(package: str) -> str:
         pytest.skip(message)
     assert node is not None
     return node
+
+
+Form = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def form_runner(tmp_path: Path, gateway: str, *, timeout_s: float) -> Form:
+    """Run the real ``form`` CLI against ``gateway`` in its own key and config dirs (under
+    ``tmp_path``, never the user's): ``run(*argv, gateway_url=...)`` -> CompletedProcess."""
+    (tmp_path / "pw").write_text("correct horse\n")
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+        "FORMATION_NODE_DATA_DIR": "",
+    }
+    for name in ("FORM_GATEWAY", "FORM_KEYSTORE", "FORM_PASSWORD"):
+        env.pop(name, None)
+
+    def run(*argv: str, gateway_url: str = gateway) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*FORM_CLI, "--gateway", gateway_url, "--password-file", str(tmp_path / "pw"), *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout_s,
+        )
+
+    return run
+
+
+FORM_CLI = [sys.executable, "-m", "node.client.cli"]

@@ -48,6 +48,7 @@ __all__ = [
     "INSTANCE_STATUSES",
     "KINDS",
     "TABLES",
+    "VM_RESOURCES",
     "build_id_of",
     "grant_key_of",
     "instance_id_of",
@@ -120,7 +121,8 @@ _ENDPOINT = Obj(
         "path": Str(length_max=256, pattern=r"/[^\s]*", hint="an absolute path such as /run"),
     }
 )
-_VM_RESOURCES = Obj(
+# Resources of VMs as placement counts them (``node.placement.core.Resources``).
+VM_RESOURCES = Obj(
     spec={
         "vcpus": Int(value_max=1 << 20),
         "memory_mb": Int(value_max=1 << 40),
@@ -139,8 +141,8 @@ _CAPACITY = Obj(
         "gpu_total_memory_bytes": Int(),
         "gpu_available_memory_bytes": Int(),
         # What the node offers to VMs and what of it no slot holds (``node.placement.core``).
-        "vm_total": _VM_RESOURCES,
-        "vm_free": _VM_RESOURCES,
+        "vm_total": VM_RESOURCES,
+        "vm_free": VM_RESOURCES,
     }
 )
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from node.ledger.kinds import VM_RESOURCES
 from node.ledger.op import Op, OpRejected
 from node.ledger.record import Kind, Record, Tables
 from node.ledger.schema import Addr, Bool, Enum, Int, ListOf, Obj, Str
@@ -57,14 +58,6 @@ _INSTANCE_ID = Str(
 )
 _SLOT = Int(value_max=REPLICAS_MAX - 1, required=True)
 _ATTEMPT = Int(value_min=1, value_max=1_000_000, required=True)
-_FREE = Obj(
-    spec={
-        "vcpus": Int(value_max=1 << 20),
-        "memory_mb": Int(value_max=1 << 40),
-        "disk_gb": Int(value_max=1 << 40),
-        "gpus": Int(value_max=1 << 16),
-    }
-)
 _ENDPOINT = Obj(
     spec={
         "guest_port": Int(value_min=1, value_max=65535, required=True),
@@ -201,7 +194,7 @@ KINDS: Final[list[Kind]] = [
             "slot": _SLOT,
             "attempt": _ATTEMPT,
             "accepted": Bool(required=True),
-            "free": _FREE,
+            "free": VM_RESOURCES,
             "reason": Str(length_max=512),
         },
         _answer_shape,

@@ -56,7 +56,10 @@ async def test_run_node_is_ready_when_it_reports_and_stops_cleanly(tmp_path: Pat
         assert not (data_dir / SOCKET_NAME).exists()
         # The exporter's thread stopped with the node: its port no longer answers.
         metrics_port = int(node.metrics_url.rsplit(":", 1)[1].split("/")[0])
-        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", metrics_port), 1):
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", metrics_port), 1),
+        ):
             pass
         store = home.replica.store
     assert store._conn is None  # closed by open_home

@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from node.devnet import LocalFog
 from node.pack.service import builder_tools_missing
+from tests.helpers import Form, form_runner
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-FORM = [sys.executable, "-m", "node.client.cli"]
 BUILD_S_MAX = 1500  # a cold base (debootstrap) plus INSTALL, under TCG-free chroot work
 
 FORMFILE = """\
@@ -62,30 +59,8 @@ def fog(tmp_path: Path) -> Iterator[LocalFog]:
         fog.stop_all()
 
 
-Form = Callable[..., subprocess.CompletedProcess[str]]
-
-
 def _form(tmp_path: Path, gateway: str) -> Form:
-    (tmp_path / "pw").write_text("correct horse\n")
-    env = {
-        **os.environ,
-        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
-        "FORMATION_NODE_DATA_DIR": "",
-    }
-    for name in ("FORM_GATEWAY", "FORM_KEYSTORE", "FORM_PASSWORD"):
-        env.pop(name, None)
-
-    def run(*argv: str, gateway_url: str = gateway) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*FORM, "--gateway", gateway_url, "--password-file", str(tmp_path / "pw"), *argv],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=BUILD_S_MAX,
-        )
-
-    return run
+    return form_runner(tmp_path, gateway, timeout_s=BUILD_S_MAX)
 
 
 def _blob(data_dir: Path, digest: str) -> Path:

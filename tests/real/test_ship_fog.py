@@ -14,10 +14,8 @@ the test, it is not skipped.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +23,10 @@ import pytest
 
 from node.devnet import LocalFog
 from node.pack.service import builder_tools_missing
+from tests.helpers import Form, form_runner
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-FORM = [sys.executable, "-m", "node.client.cli"]
 CAPACITIES = (
     "vcpus=1,memory_mb=1024,disk_gb=10",
     "vcpus=2,memory_mb=2048,disk_gb=20",
@@ -52,29 +50,8 @@ def fog(tmp_path: Path) -> Iterator[LocalFog]:
         fog.stop_all()
 
 
-Form = Callable[..., subprocess.CompletedProcess[str]]
-
-
 def _form(tmp_path: Path, gateway: str) -> Form:
-    (tmp_path / "pw").write_text("correct horse\n")
-    env = {
-        **os.environ,
-        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
-    }
-    for name in ("FORM_GATEWAY", "FORM_KEYSTORE", "FORM_PASSWORD"):
-        env.pop(name, None)
-
-    def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*FORM, "--gateway", gateway, "--password-file", str(tmp_path / "pw"), *argv],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=900,
-        )
-
-    return run
+    return form_runner(tmp_path, gateway, timeout_s=900)
 
 
 def _ship(

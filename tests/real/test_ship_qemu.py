@@ -19,11 +19,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,11 @@ import pytest
 from node.devnet import LocalFog
 from node.pack.service import builder_tools_missing
 from node.vmm.qemu import qemu_tools_missing
+from tests.helpers import Form, form_runner
 from tests.real.test_pack_e2e import FORMFILE
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-FORM = [sys.executable, "-m", "node.client.cli"]
 BOOT_S_MAX = 300  # a TCG boot is ~45 s here; a loaded CI machine is slower
 
 
@@ -60,29 +59,8 @@ def fog(tmp_path: Path) -> Iterator[LocalFog]:
         fog.stop_all()
 
 
-Form = Callable[..., subprocess.CompletedProcess[str]]
-
-
 def _form(tmp_path: Path, gateway: str) -> Form:
-    (tmp_path / "pw").write_text("correct horse\n")
-    env = {
-        **os.environ,
-        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
-    }
-    for name in ("FORM_GATEWAY", "FORM_KEYSTORE", "FORM_PASSWORD"):
-        env.pop(name, None)
-
-    def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*FORM, "--gateway", gateway, "--password-file", str(tmp_path / "pw"), *argv],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=1500,
-        )
-
-    return run
+    return form_runner(tmp_path, gateway, timeout_s=1500)
 
 
 def _get(form: Form, instance_id: str) -> dict[str, Any]:

@@ -29,22 +29,10 @@ from node.pack.password import hash_passwords
 from node.pack.service import builder_tools_missing
 from node.vmm.driver import VmDriver, VmError, VmSpec
 from node.vmm.qemu import open_qemu_driver, qemu_tools_missing
+from tests.real.test_pack_e2e import FORMFILE  # one small Formfile for every real test
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-# The same Formfile as tests/real/test_pack_e2e.py.
-FORMFILE = """\
-NAME hello-web
-USER username:web passwd:s3cret sudo:true
-VCPU 1
-MEM 512
-INSTALL python3
-COPY ./app /app
-RUN echo built > /app/built.txt
-WORKDIR /app
-EXPOSE 8000
-ENTRYPOINT ["python3", "-m", "http.server", "8000"]
-"""
 PAGE = "<h1>hello from the fog</h1>\n"
 HTTP_WAIT_S = 60.0  # the marker comes once the entrypoint started; python needs a moment
 

@@ -34,6 +34,7 @@ def _settings(
         bootstrap=[],
         gateway=gateway,
         heartbeat_s=0,
+        vmm="off",  # about the node's life; VMs have tests of their own (test_ship_*)
     )
 
 

@@ -339,6 +339,10 @@ def _unit(spec: Mapping[str, Any]) -> str:
         f"WorkingDirectory={spec['workdir']}\n"
         f"{env}"
         f"ExecStart={' '.join(systemd_quote(a) for a in argv)}\n"
+        # The journal and the console: the VM's console log is what `form manage logs` shows,
+        # so the program's own output is there, as `docker logs` has it.
+        "StandardOutput=journal+console\n"
+        "StandardError=journal+console\n"
         "Restart=on-failure\n"
         "RestartSec=1\n\n"
         "[Install]\n"

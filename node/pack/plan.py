@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 # Bump when the builder changes what a step with a given spec writes into its layer.
-PLAN_VERSION: Final = 2  # 2: finalize installs formation-ready.service
+PLAN_VERSION: Final = 3  # 2: finalize installs formation-ready.service; 3: entrypoint output
+# on the console too (the entrypoint step's unit)
 # Bump when only the finalize step's script changes (the VM's boot units): it is part of that
 # step's spec, so the earlier layers (apt, COPY ...) stay cached.
 FINALIZE_VERSION: Final = 1  # 1: units a VM never needs are masked (they cost ~20 s under TCG)

@@ -143,7 +143,7 @@ async def _hold(stream: trio.abc.Stream, release: trio.Event) -> None:
 
 async def test_qemu_argv_carries_the_specs_resources_and_never_microvm(tmp_path: Path) -> None:
     from node.vmm.driver import VmSpec
-    from node.vmm.qemu import QemuDriver, _Vm
+    from node.vmm.qemu import GUEST_CMDLINE, QemuDriver, _Vm
 
     spec = VmSpec(
         "k-0", tmp_path / "i.qcow2", tmp_path / "vmlinuz", tmp_path / "initrd", 3, 1536, 7, (80,)
@@ -164,7 +164,7 @@ async def test_qemu_argv_carries_the_specs_resources_and_never_microvm(tmp_path:
     assert after("-m") == "1536"
     assert after("-kernel") == str(tmp_path / "vmlinuz")
     assert after("-initrd") == str(tmp_path / "initrd")
-    assert after("-append") == "root=LABEL=formroot rw console=ttyS0 module_blacklist=kvm,kvm_amd,kvm_intel"
+    assert after("-append") == f"root=LABEL=formroot rw console=ttyS0 {GUEST_CMDLINE}"
     assert "hostfwd=tcp:127.0.0.1:40080-:80" in after("-netdev")
     assert f"path={tmp_path / 'vms' / 'k-0' / 'console.log'},append=on" in after("-chardev")
     assert after("-qmp").startswith(f"unix:{tmp_path / 'vms' / 'k-0' / 'qmp.sock'},server=on")

@@ -127,6 +127,18 @@ def test_ship_boots_a_vm_that_answers_and_follows_its_owner(tmp_path: Path, fog:
     record = _wait_status(fog, form, instance_id, "Started")
     assert "hello from the fog" in _http(record["endpoints"][0])
 
+    # Reboot: the host carries out the owner's request once (the slot says which one).
+    assert form("manage", "reboot", "--id", instance_id).returncode == 0
+    asked = _get(form, instance_id)["reboot_at"]
+    assert isinstance(asked, int)
+    fog.wait(
+        lambda: _get(form, instance_id)["slots"][0]["rebooted_for"] == asked,
+        timeout_s=BOOT_S_MAX,
+    )
+    record = _get(form, instance_id)
+    assert record["status"] == "Started"
+    assert "hello from the fog" in _http(record["endpoints"][0])
+
     os.kill(record["pid"], signal.SIGKILL)
     record = _wait_status(fog, form, instance_id, "Killed")
     assert record["node_id"] == status["address"]

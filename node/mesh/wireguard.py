@@ -70,8 +70,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 __all__ = [
     "KEY_BYTES",
-    "DeviceState",
     "UAPI_DIR",
+    "DeviceState",
     "Peer",
     "UapiError",
     "WireGuard",
@@ -478,10 +478,10 @@ async def _wait_for_socket(sock_path: Path, proc: trio.Process, tail: bytearray)
                     f"wireguard-go exited ({proc.returncode}) before its socket appeared: "
                     f"{tail.decode(errors='replace').strip()}"
                 )
-            if sock_path.exists():
-                with contextlib.suppress(OSError, UapiError):
-                    parse_get(await uapi_call(sock_path, "get=1\n\n", timeout_s=1.0))
-                    return
+            # Not there yet is FileNotFoundError / ConnectionRefusedError: try again.
+            with contextlib.suppress(OSError, UapiError):
+                parse_get(await uapi_call(sock_path, "get=1\n\n", timeout_s=1.0))
+                return
             await trio.sleep(0.02)
     raise OSError(f"wireguard-go's socket {sock_path} did not answer in {_SOCKET_WAIT_S} s")
 

@@ -189,7 +189,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # The first echo waits for the handshake; time it, then measure the steady state.
             t1 = time.perf_counter()
             await trio.run_process(
-                ["ip", "netns", "exec", a, "ping", "-n", "-q", "-c", "1", "-w", "30", MESH[1]]
+                ["ip", "netns", "exec", a, "ping", "-n", "-q", "-c", "1", "-w", "30", MESH[1]],
+                capture_stdout=True,
             )
             first_ping_s = time.perf_counter() - t1
             mesh = await trio.to_thread.run_sync(measure, a, b, MESH[1], args)

@@ -33,7 +33,8 @@ Interface names must be unique machine-wide, not only per namespace: every wireg
 puts its socket in the one folder ``/var/run/wireguard`` (namespaces do not separate it), and
 a second ``wg0`` fails with "UAPI listen error: unix socket in use". Callers therefore name
 interfaces ``fm`` + 8 random hex digits (``new_ifname(rng)``), 10 characters (Linux allows 15);
-``open_wireguard`` refuses a name whose socket already exists rather than take it over.
+``open_wireguard`` refuses a name whose socket a live daemon answers on rather than take it
+over (a socket file left by a killed daemon, which refuses connections, is removed).
 
 Keys are X25519 (the ``cryptography`` package): 32 raw bytes, shown in base64 (44
 characters, as ``wg`` prints them) and in hex on the UAPI. ``load_or_create_key`` keeps the
@@ -486,6 +487,22 @@ async def _wait_for_socket(sock_path: Path, proc: trio.Process, tail: bytearray)
     raise OSError(f"wireguard-go's socket {sock_path} did not answer in {_SOCKET_WAIT_S} s")
 
 
+async def _socket_in_use(sock_path: Path) -> bool:
+    """Whether a live daemon answers on ``sock_path``. A socket file nobody listens on (its
+    daemon was killed with SIGKILL) is removed, so a restart may reuse the name."""
+    try:
+        stream = await trio.open_unix_socket(str(sock_path))
+    except FileNotFoundError:
+        return False
+    except ConnectionRefusedError:
+        with contextlib.suppress(FileNotFoundError):
+            await trio.Path(sock_path).unlink()
+        log.warning("removed %s: left by a wireguard-go that is gone", sock_path)
+        return False
+    await stream.aclose()
+    return True
+
+
 async def _keep_tail(proc: trio.Process, tail: bytearray) -> None:
     assert proc.stdout is not None
     async for chunk in proc.stdout:
@@ -527,9 +544,9 @@ async def open_wireguard(
     if netns is not None and not (_NETNS_DIR / netns).exists():
         raise ValueError(f"network namespace {netns!r} does not exist")
     sock_path = UAPI_DIR / f"{ifname}.sock"
-    if sock_path.exists():
+    if await _socket_in_use(sock_path):
         raise ValueError(
-            f"{sock_path} exists: interface names are shared by all namespaces; pick another"
+            f"{sock_path} is in use: interface names are shared by all namespaces; pick another"
         )
     argv = ["wireguard-go", "-f", ifname]
     if netns is not None:

@@ -419,3 +419,29 @@ async def test_set_peers_changes_the_mesh_without_a_restart() -> None:
 async def _wireguard_pids(ns: str) -> list[str]:
     out = await trio.run_process(["ip", "netns", "pids", ns], capture_stdout=True)
     return sorted(out.stdout.decode().split())
+
+
+async def test_a_name_in_use_in_another_netns_is_refused() -> None:
+    missing = wireguard_tools_missing()
+    assert not missing, f"missing {missing}: run scripts/ensure-system-deps.sh run test"
+    name = new_ifname()
+    async with two_netns() as pair:
+        a, b = pair.ns
+        async with open_wireguard(
+            netns=a,
+            ifname=name,
+            private_key=generate_private_key(),
+            listen_port=0,
+            address_cidr="10.42.0.1/16",
+        ) as wg_a:
+            with pytest.raises(ValueError, match="in use"):
+                async with open_wireguard(
+                    netns=b,
+                    ifname=name,
+                    private_key=generate_private_key(),
+                    listen_port=0,
+                    address_cidr="10.42.0.2/16",
+                ):
+                    pass
+            assert (await wg_a.state()).public_key == wg_a.public_key  # the first one is untouched
+        assert not await trio.Path(UAPI_DIR / f"{name}.sock").exists()

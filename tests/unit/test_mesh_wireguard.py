@@ -335,3 +335,16 @@ async def test_open_wireguard_refuses_bad_input_before_starting_anything() -> No
             netns=None, ifname="fm00000000", private_key=b"x", listen_port=0, address_cidr="x"
         ):
             pass
+
+
+async def test_socket_in_use_tells_a_live_daemon_from_a_stale_file(tmp_path: Path) -> None:
+    live = tmp_path / "live.sock"
+    async with fake_uapi(live, lambda r: b"errno=0\n\n", []):
+        assert await wgm._socket_in_use(live)
+    stale = tmp_path / "stale.sock"
+    dead = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await dead.bind(str(stale))  # bound, never listening: what a SIGKILLed daemon leaves
+    dead.close()
+    assert await wgm._socket_in_use(stale) is False
+    assert not await trio.Path(stale).exists()
+    assert await wgm._socket_in_use(tmp_path / "absent.sock") is False

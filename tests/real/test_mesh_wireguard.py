@@ -445,3 +445,28 @@ async def test_a_name_in_use_in_another_netns_is_refused() -> None:
                     pass
             assert (await wg_a.state()).public_key == wg_a.public_key  # the first one is untouched
         assert not await trio.Path(UAPI_DIR / f"{name}.sock").exists()
+
+
+async def test_a_cancel_during_start_leaves_nothing_behind() -> None:
+    missing = wireguard_tools_missing()
+    assert not missing, f"missing {missing}: run scripts/ensure-system-deps.sh run test"
+    async with two_netns() as pair:
+        a = pair.ns[0]
+        # Cancel at several points of the start: before the socket, mid-configuration, after.
+        for delay_s in (0.0, 0.005, 0.02, 0.05, 0.2):
+            name = new_ifname()
+            with trio.move_on_after(delay_s):
+                async with open_wireguard(
+                    netns=a,
+                    ifname=name,
+                    private_key=generate_private_key(),
+                    listen_port=0,
+                    address_cidr="10.42.0.1/16",
+                ):
+                    await trio.sleep_forever()
+            assert await _wireguard_pids(a) == [], (
+                f"a process is left in {a} after a cancel at {delay_s} s"
+            )
+            assert not await trio.Path(UAPI_DIR / f"{name}.sock").exists()
+            links = await trio.run_process(["ip", "-n", a, "-o", "link"], capture_stdout=True)
+            assert name not in links.stdout.decode()

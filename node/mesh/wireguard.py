@@ -59,12 +59,13 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -471,13 +472,13 @@ def _remove_link(netns: str | None, ifname: str) -> None:
         ns.close()
 
 
-async def _wait_for_socket(sock_path: Path, proc: trio.Process, tail: bytearray) -> None:
+async def _wait_for_socket(sock_path: Path, proc: trio.Process, out: IO[bytes]) -> None:
     with trio.move_on_after(_SOCKET_WAIT_S):
         while True:
             if proc.returncode is not None:
                 raise OSError(
                     f"wireguard-go exited ({proc.returncode}) before its socket appeared: "
-                    f"{tail.decode(errors='replace').strip()}"
+                    f"{_tail_of(out)}"
                 )
             # Not there yet is FileNotFoundError / ConnectionRefusedError: try again.
             with contextlib.suppress(OSError, UapiError):
@@ -503,13 +504,11 @@ async def _socket_in_use(sock_path: Path) -> bool:
     return True
 
 
-async def _keep_tail(proc: trio.Process, tail: bytearray) -> None:
-    assert proc.stdout is not None
-    async for chunk in proc.stdout:
-        tail += chunk
-        del tail[:-_STDERR_TAIL_BYTES]  # bounded: only the end is worth showing
-        for line in chunk.decode(errors="replace").splitlines():
-            log.debug("wireguard-go: %s", line)
+def _tail_of(out: IO[bytes]) -> str:
+    """The last few KiB wireguard-go wrote: enough to say why it stopped."""
+    out.seek(0, os.SEEK_END)
+    out.seek(max(0, out.tell() - _STDERR_TAIL_BYTES))
+    return out.read().decode(errors="replace").strip()
 
 
 async def _stop(proc: trio.Process) -> None:
@@ -555,36 +554,41 @@ async def open_wireguard(
     # Newer wireguard-go refuses to run where a kernel module could; not these hosts, but say so.
     env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"
     wg = WireGuard(netns=netns, ifname=ifname, public_key=public_key)
-    tail = bytearray()
-    proc = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
-    )
+    # Its output goes to an unnamed temporary file, not a pipe: no reader task (whose nursery
+    # would wrap the caller's exceptions in groups) and no daemon blocked on a full pipe. With
+    # LOG_LEVEL=error it writes a line only when something is wrong.
+    out = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_keep_tail, proc, tail)
-            try:
-                await _wait_for_socket(sock_path, proc, tail)
-                await uapi_call(
-                    sock_path, set_device_request(private_key=private_key, listen_port=listen_port)
-                )
-                wg.listen_port = (await wg.state()).listen_port
-                await trio.to_thread.run_sync(_configure_link, netns, ifname, address_cidr)
-                log.info(
-                    "mesh interface %s up (netns %s, %s, udp %d)",
-                    ifname,
-                    netns,
-                    address_cidr,
-                    wg.listen_port,
-                )
-                yield wg
-            finally:
-                with trio.CancelScope(shield=True):
-                    await _stop(proc)
-                    nursery.cancel_scope.cancel()
+        proc = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    except BaseException:
+        out.close()
+        raise
+    try:
+        await _wait_for_socket(sock_path, proc, out)
+        await uapi_call(
+            sock_path, set_device_request(private_key=private_key, listen_port=listen_port)
+        )
+        wg.listen_port = (await wg.state()).listen_port
+        await trio.to_thread.run_sync(_configure_link, netns, ifname, address_cidr)
+        log.info(
+            "mesh interface %s up (netns %s, %s, udp %d)",
+            ifname,
+            netns,
+            address_cidr,
+            wg.listen_port,
+        )
+        yield wg
     finally:
         with trio.CancelScope(shield=True):
             await _stop(proc)
             with contextlib.suppress(Exception):
                 await trio.to_thread.run_sync(_remove_link, netns, ifname)
             sock_path.unlink(missing_ok=True)
+            if proc.returncode not in (0, -15):  # -15: our SIGTERM
+                log.warning(
+                    "wireguard-go %s ended with %s: %s", ifname, proc.returncode, _tail_of(out)
+                )
+            out.close()
             log.info("mesh interface %s removed", ifname)

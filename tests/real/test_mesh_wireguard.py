@@ -470,3 +470,22 @@ async def test_a_cancel_during_start_leaves_nothing_behind() -> None:
             assert not await trio.Path(UAPI_DIR / f"{name}.sock").exists()
             links = await trio.run_process(["ip", "-n", a, "-o", "link"], capture_stdout=True)
             assert name not in links.stdout.decode()
+
+
+async def test_an_error_in_the_body_comes_out_as_itself_and_cleans_up() -> None:
+    missing = wireguard_tools_missing()
+    assert not missing, f"missing {missing}: run scripts/ensure-system-deps.sh run test"
+    name = new_ifname()
+    async with two_netns() as pair:
+        a = pair.ns[0]
+        with pytest.raises(KeyError, match="the caller's own error"):
+            async with open_wireguard(
+                netns=a,
+                ifname=name,
+                private_key=generate_private_key(),
+                listen_port=0,
+                address_cidr="10.42.0.1/16",
+            ):
+                raise KeyError("the caller's own error")
+        assert await _wireguard_pids(a) == []
+        assert not await trio.Path(UAPI_DIR / f"{name}.sock").exists()

@@ -1,6 +1,6 @@
 """The mesh data path for real: wireguard-go in two network namespaces joined by a veth.
 
-Needs root, ip, wireguard-go, wg, ping and curl (``scripts/ensure-system-deps.sh run test``);
+Needs root, ip, wireguard-go, wg and ping (``scripts/ensure-system-deps.sh run test``);
 a missing one fails the test. The test makes two namespaces ``fmt-<hex>-a`` / ``-b`` and a
 veth between them (private addresses only inside them: the underlay 10.88.0.0/24, the mesh
 10.42.0.0/16), opens one WireGuard in each with ``open_wireguard``, sets peers, and then a
@@ -203,9 +203,7 @@ s.serve_forever()
 
 
 async def test_ping_and_http_cross_the_mesh_and_only_wireguard_is_on_the_wire() -> None:
-    missing = wireguard_tools_missing() + [
-        t for t in ("wg", "ping", "curl") if shutil.which(t) is None
-    ]
+    missing = wireguard_tools_missing() + [t for t in ("wg", "ping") if shutil.which(t) is None]
     assert not missing, f"missing {missing}: run scripts/ensure-system-deps.sh run test"
     links_before = await _host_links()
     keys = (generate_private_key(), generate_private_key())
@@ -285,10 +283,10 @@ async def test_ping_and_http_cross_the_mesh_and_only_wireguard_is_on_the_wire() 
                     "netns",
                     "exec",
                     a,
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "20",
+                    sys.executable,
+                    "-c",
+                    "import sys, urllib.request; "
+                    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())",
                     f"http://{_MESH[1]}:{port}/{secret}",
                 ],
                 capture_stdout=True,

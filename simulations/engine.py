@@ -58,6 +58,7 @@ from node.ledger.admission import Checked, SubmitResult, Verdict, accept, admit,
 from simulations import invariants, report
 from simulations.cores import CoreSpec
 from simulations.faults import Faults
+from simulations.mesh import run_mesh
 from simulations.metrics import METRIC_NAMES, Metrics
 from simulations.network import Network
 from simulations.nodes import CORE_CLOCK_ORIGIN_S as CORE_CLOCK_ORIGIN_S
@@ -594,7 +595,10 @@ def run_scenario(
     trace: IO[str] | None = None,
     progress: ProgressFn | None = None,
 ) -> RunResult:
-    """Build and run one simulation (a placement run when the scenario has ``[placement]``)."""
+    """Build and run one simulation (a placement run when the scenario has ``[placement]``,
+    a mesh address run when it has ``[mesh]``)."""
+    if scenario.mesh is not None:
+        return run_mesh(scenario, core.name, trace=trace)
     if scenario.placement is not None:
         return run_placement(scenario, core.name, trace=trace, progress=progress)
     return Simulation(scenario, core, trace=trace, progress=progress).run()

@@ -58,7 +58,6 @@ from node.ledger.admission import Checked, SubmitResult, Verdict, accept, admit,
 from simulations import invariants, report
 from simulations.cores import CoreSpec
 from simulations.faults import Faults
-from simulations.mesh import run_mesh
 from simulations.metrics import METRIC_NAMES, Metrics
 from simulations.network import Network
 from simulations.nodes import CORE_CLOCK_ORIGIN_S as CORE_CLOCK_ORIGIN_S
@@ -66,8 +65,8 @@ from simulations.nodes import NETWORK_ID as NETWORK_ID
 from simulations.nodes import T0_MS as T0_MS
 from simulations.nodes import SimLog as SimLog
 from simulations.nodes import SimNode as SimNode
-from simulations.placement import run_placement
 from simulations.report import RunResult as RunResult
+from simulations.runs import special_run
 from simulations.scenario import Scenario
 from simulations.sizes import WIRE_CHECK_EVERY, packet_size, wire_size
 from simulations.workload import Workload
@@ -595,10 +594,7 @@ def run_scenario(
     trace: IO[str] | None = None,
     progress: ProgressFn | None = None,
 ) -> RunResult:
-    """Build and run one simulation (a placement run when the scenario has ``[placement]``,
-    a mesh address run when it has ``[mesh]``)."""
-    if scenario.mesh is not None:
-        return run_mesh(scenario, core.name, trace=trace)
-    if scenario.placement is not None:
-        return run_placement(scenario, core.name, trace=trace, progress=progress)
+    """Build and run one simulation (``[placement]`` and ``[mesh]`` scenarios run their own)."""
+    if (special := special_run(scenario)) is not None:
+        return special(scenario, core.name, trace=trace, progress=progress)
     return Simulation(scenario, core, trace=trace, progress=progress).run()

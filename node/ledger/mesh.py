@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any, Final
 from node.ledger.op import Op, OpRejected
 from node.ledger.record import Kind, Record, Tables
 from node.ledger.schema import Int, Str
-from node.mesh.addresses import Claim, Resolution, is_usable, mesh_cidr_for, resolve
+from node.mesh.addresses import (
+    Claim,
+    Resolution,
+    is_usable,
+    mesh_cidr_for,
+    next_candidate,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from node.ledger.state import State
@@ -126,6 +133,14 @@ class MeshView:
 
     def holder_of(self, address: str) -> str | None:
         return self.resolution.holders.get(address)
+
+    def to_claim(self, subject: str) -> str | None:
+        """The address ``subject`` should claim now: None while it holds one; else (it never
+        claimed, its claim does not count, or it lost) its first candidate no counted claim
+        names. Every claimed address has a holder, so the holders are all that is taken."""
+        if subject in self.resolution.held:
+            return None
+        return next_candidate(subject, self.resolution.holders.keys(), self.cidr, 0)
 
     def peers(self) -> list[dict[str, Any]]:
         """One entry per node holding an address and a key; ``allowed_ips`` also routes the

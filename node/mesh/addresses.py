@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
+from bootstrap.profiles import PROFILES
+
 __all__ = [
     "ATTEMPTS_HASHED_MAX",
     "MESH_CIDR_DEFAULT",
@@ -87,8 +89,6 @@ class Resolution:
 
 def mesh_cidr_for(network: str) -> str:
     """The mesh range of ``network`` (its profile's ``mesh_cidr``; unknown: the default)."""
-    from bootstrap.profiles import PROFILES  # data only; kept local so the core stays light
-
     for profile in PROFILES.values():
         if profile.network == network:
             return profile.mesh_cidr

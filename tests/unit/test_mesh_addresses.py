@@ -151,7 +151,11 @@ def test_the_loser_reclaims_and_holds_its_next_candidate() -> None:
     taken = set(view.resolution.holders)
     again = next_candidate(a, taken, view.cidr, 1)
     assert again != ADDR
+    # What the view tells the loser to claim is its first candidate not held by anyone.
+    assert view.to_claim(a) == next_candidate(a, taken, view.cidr, 0) != ADDR
+    assert view.to_claim(node_subject(NODE_B.address)) is None
     view = mesh_view(_state(*ops, _claim(NODE_A, again, T0_MS + 3)))
+    assert view.to_claim(a) is None
     assert not view.lost(a)
     assert view.address_of(a) == again
     assert view.address_of(node_subject(NODE_B.address)) == ADDR

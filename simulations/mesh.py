@@ -9,6 +9,9 @@ later (``gossip_ms_min..gossip_ms_max``, fixed per (sender, receiver) pair and s
 seed, so claims between two nodes arrive in the order they were made, as on one gossip path).
 Everything is an event in one heap ordered by (virtual ms, sequence), drawn from one seeded
 rng, so a run is a pure function of (scenario, seed, code) and ``trace_hash`` proves it.
+Claims are never lost (gossip's anti-entropy delivers every op in the end; a loss is only a
+longer delay, which ``gossip_ms_max`` stands for). Only node subjects are simulated: a slot's
+claim follows the same rule, signed by its host.
 
 A claim's priority is its stamp ``(wall_ms, logical)``, the logical part a run-wide claim
 counter (an HLC never hands out one stamp twice); the earliest priority wins an address

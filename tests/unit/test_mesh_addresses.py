@@ -298,3 +298,26 @@ def test_bad_payloads_are_refused_and_change_nothing(
     assert names in str(caught.value)
     assert state.state_hash() == before
     assert mesh_view(state).address_of(node_subject(NODE_A.address)) == "10.42.1.1"
+
+
+def test_a_moved_slot_counts_only_its_new_hosts_claim() -> None:
+    s0 = slot_subject(IID, 0)
+    before = [
+        _announce(NODE_A),
+        _announce(NODE_B),
+        _announce(NODE_C),
+        *_placed(NODE_B),
+        _claim(NODE_B, "10.42.3.3", T0_MS + 4, s0),
+    ]
+    assert mesh_view(_state(*before)).slot_address(IID, 0) == "10.42.3.3"
+    ask = {"instance_id": IID, "slot": 0, "host": NODE_C.address, "attempt": 2}
+    answer = {"instance_id": IID, "slot": 0, "attempt": 2, "accepted": True}
+    moved = [
+        op(NODE_A, "placement.request", ask, wall_ms=T0_MS + 5),
+        op(NODE_C, "placement.answer", answer, wall_ms=T0_MS + 6),
+    ]
+    view = mesh_view(_state(*before, *moved))
+    assert view.slot_address(IID, 0) is None  # the old host's claim stopped counting
+    assert view.to_claim(s0) is not None
+    view = mesh_view(_state(*before, *moved, _claim(NODE_C, "10.42.3.3", T0_MS + 7, s0)))
+    assert view.slot_address(IID, 0) == "10.42.3.3"

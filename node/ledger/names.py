@@ -33,7 +33,7 @@ from node.ledger.op import Op, OpRejected
 from node.ledger.record import Kind, Tables
 from node.ledger.schema import Str
 
-__all__ = ["KINDS", "TABLES", "domain_problem", "names_of", "zone_name"]
+__all__ = ["KINDS", "TABLES", "domain_problem", "holders_of", "names_of", "zone_name"]
 
 TABLES: Final = ("names",)
 DOMAIN_CHARS_MAX: Final = 253
@@ -97,7 +97,12 @@ def _remove(state: Tables, op: Op, payload: dict[str, Any]) -> None:
 
 def names_of(state: Any) -> dict[str, str]:
     """``{domain: build_id}`` of every domain held now (the rule above), sorted by domain.
-    ``state`` is a ``node.ledger.state.State`` (its ``tables`` and ``owners``)."""
+    ``state`` is a ``node.ledger.state.State`` (its ``tables``, ``owners``, ``instances()``)."""
+    return {domain: build_id for domain, (_, build_id) in holders_of(state).items()}
+
+
+def holders_of(state: Any) -> dict[str, tuple[str, str]]:
+    """``{domain: (holding account, build_id)}``, sorted by domain (see ``names_of``)."""
     owners: dict[str, str] = state.owners
     shipped: dict[str, set[str]] | None = None  # build id -> owners of instances booting it
 
@@ -111,7 +116,7 @@ def names_of(state: Any) -> dict[str, str]:
                 shipped.setdefault(instance["build_id"], set()).add(instance["instance_owner"])
         return signer in shipped.get(build_id, set())
 
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     for domain, record in sorted(state.tables["names"].items()):
         counting = []
         for signer, report in record.reports.items():
@@ -121,7 +126,8 @@ def names_of(state: Any) -> dict[str, str]:
             if word.get("live") and claim is not None and owns(signer, build_id):
                 counting.append((claim, signer, build_id))
         if counting:
-            out[domain] = min(counting)[2]
+            _, signer, build_id = min(counting)
+            out[domain] = (signer, build_id)
     return out
 
 

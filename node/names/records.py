@@ -122,7 +122,8 @@ class Zone:
                 self._running.setdefault(bid, [])
         self._build_ids = sorted(self._running)
         self._nodes = {n.lower().removeprefix("0x"): n for n in node_ids}
-        self._names = {normalize(d): b.lower() for d, b in names.items()}
+        # Vanity names are stored as the part before ".fog" (``dns.add`` may give either).
+        self._names = {normalize(d).removesuffix("." + ZONE): b.lower() for d, b in names.items()}
 
     @classmethod
     def from_state(cls, state: Any, address_of: Callable[[str], str | None]) -> Zone:

@@ -7,7 +7,8 @@ import pytest
 
 from node.ledger.builds import build_digest
 from node.ledger.names import domain_problem, holders_of, names_of, zone_name
-from node.ledger.op import OpRejected
+from node.identity.keys import NodeKey
+from node.ledger.op import Op, OpRejected
 from node.ledger.state import State
 from tests.helpers import NET, T0_MS, op, seeded_keys
 
@@ -17,18 +18,18 @@ A_BUILD = build_digest(ALICE.address, FORMFILE, "ab" * 32)
 B_BUILD = build_digest(BOB.address, FORMFILE, "ab" * 32)
 
 
-def _builds() -> list[object]:
+def _builds() -> list[Op]:
     return [
         op(k, "build.request", {"name": "web", "formfile": FORMFILE, "context": "ab" * 32})
         for k in (ALICE, BOB)
     ]
 
 
-def _add(key, domain, build_id, wall_ms):  # type: ignore[no-untyped-def]
+def _add(key: NodeKey, domain: str, build_id: str, wall_ms: int) -> Op:
     return op(key, "dns.add", {"domain": domain, "build_id": build_id}, wall_ms)
 
 
-def _remove(key, domain, wall_ms):  # type: ignore[no-untyped-def]
+def _remove(key: NodeKey, domain: str, wall_ms: int) -> Op:
     return op(key, "dns.remove", {"domain": domain}, wall_ms)
 
 

@@ -48,6 +48,8 @@ REQUIREMENTS=(
     "run test|dnsmasq-base|cmd:dnsmasq"
     # `ip netns exec` runs QEMU and dnsmasq inside the VM netns (usually installed already).
     "run test|iproute2|cmd:ip"
+    # The DNS tests ask the node's DNS server with the real `dig` (tests/real/test_dns_dig.py).
+    "test|dnsutils|cmd:dig"
 )
 
 ALL_PURPOSES="venv run test"

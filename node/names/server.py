@@ -58,6 +58,7 @@ ZONE_AGE_S_MAX: Final = 1.0
 _HEADER_BYTES: Final = 12
 _BIND_TRIES: Final = 20
 _OPT: Final = 41
+_A_RECORD_BYTES: Final = 16
 
 
 def _formerr(packet: bytes) -> bytes | None:
@@ -118,12 +119,19 @@ def respond(
     the_zone = zone() if callable(zone) and not isinstance(zone, Zone) else zone
     assert isinstance(the_zone, Zone)
     answer = the_zone.answer(str(question.qname), QTYPE.get(question.qtype, str(question.qtype)))
-    reply = _reply(request, answer, edns)
-    data = bytes(reply.pack())
-    if udp_bytes_max is not None and len(data) > min(limit, udp_bytes_max):
+    # An A record packs to 16 bytes (its name compressed to a pointer at the question's):
+    # a UDP answer that cannot fit is cut at once instead of being packed and thrown away.
+    # (A lower bound: header, the question's name, type and class, the records.)
+    question_bytes = len(str(question.qname).rstrip(".")) + 2 + 4
+    estimate_bytes = _HEADER_BYTES + question_bytes + _A_RECORD_BYTES * len(answer.records)
+    too_big = udp_bytes_max is not None and estimate_bytes > min(limit, udp_bytes_max)
+    data = b"" if too_big else bytes(_reply(request, answer, edns).pack())
+    if udp_bytes_max is not None and (too_big or len(data) > min(limit, udp_bytes_max)):
         # Too big for this datagram: the header and question with TC, the asker retries on TCP.
         short = DNSRecord(
-            DNSHeader(id=header.id, qr=1, aa=1, tc=1, rd=header.rd, rcode=reply.header.rcode),
+            DNSHeader(
+                id=header.id, qr=1, aa=1, tc=1, rd=header.rd, rcode=getattr(RCODE, answer.rcode)
+            ),
             q=question,
         )
         if edns:

@@ -7,7 +7,7 @@ Malformed input never stops the server: any packet dnslib cannot parse gets FORM
 least its 12-byte header can be read (the id and opcode are echoed so the asker can match it),
 and is dropped otherwise; a packet with the QR bit set (a response, not a query) is dropped so
 two servers cannot bounce errors at each other; any other error in answering one packet is
-caught, counted and the next packet is served. Everything is bounded: a UDP datagram is read
+caught and logged, SERVFAIL goes back, and the next packet is served. Everything is bounded: a UDP datagram is read
 into a fixed buffer, a TCP message is at most 65,535 bytes by its 2-byte length prefix, at most
 ``TCP_CONNECTIONS_MAX`` connections are served at once (more are closed at accept), each for at
 most ``TCP_IDLE_TIMEOUT_S`` between messages and ``TCP_QUERIES_MAX`` queries.
@@ -61,15 +61,16 @@ _OPT: Final = 41
 _A_RECORD_BYTES: Final = 16
 
 
-def _formerr(packet: bytes) -> bytes | None:
-    """FORMERR echoing the id and opcode of a packet dnslib could not parse, or None."""
+def _formerr(packet: bytes, rcode: int = RCODE.FORMERR) -> bytes | None:
+    """FORMERR (or ``rcode``) echoing the id and opcode of a packet dnslib could not parse (or
+    that could not be answered), or None when it has no header or is itself a response."""
     if len(packet) < _HEADER_BYTES:
         return None
     ident, flags = struct.unpack("!HH", packet[:4])
     if flags & 0x8000:  # a response: never answer one
         return None
     opcode = (flags >> 11) & 0xF
-    return struct.pack("!HHHHHH", ident, 0x8000 | (opcode << 11) | RCODE.FORMERR, 0, 0, 0, 0)
+    return struct.pack("!HHHHHH", ident, 0x8000 | (opcode << 11) | rcode, 0, 0, 0, 0)
 
 
 def _udp_limit(request: DNSRecord) -> tuple[int, bool]:
@@ -159,9 +160,9 @@ class _ZoneCache:
 def _safe_respond(zone: _ZoneCache, packet: bytes, udp_bytes_max: int | None) -> bytes | None:
     try:
         return respond(zone, packet, udp_bytes_max)
-    except Exception:  # a bug in answering one packet must not stop the server
+    except Exception:  # e.g. the zone could not be read: SERVFAIL, and serve the next packet
         log.exception("dns: answering a %d-byte packet failed", len(packet))
-        return _formerr(packet)
+        return _formerr(packet, RCODE.SERVFAIL)
 
 
 async def _serve_udp(sock: Any, zone: _ZoneCache) -> None:

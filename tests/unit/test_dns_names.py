@@ -5,9 +5,9 @@ import itertools
 
 import pytest
 
+from node.identity.keys import NodeKey
 from node.ledger.builds import build_digest
 from node.ledger.names import domain_problem, holders_of, names_of, zone_name
-from node.identity.keys import NodeKey
 from node.ledger.op import Op, OpRejected
 from node.ledger.state import State
 from tests.helpers import NET, T0_MS, op, seeded_keys

@@ -175,3 +175,38 @@ def test_the_zone_from_state_has_nodes_names_and_no_answer_before_a_slot_runs() 
         answer = zone.answer(name, "A")
         assert (answer.rcode, answer.records) == ("NOERROR", ()), name
     assert zone.soa.serial == state.op_count
+
+
+def test_a_slot_answers_while_its_host_reports_started_and_stops_when_it_stops() -> None:
+    owner, placer, host = seeded_keys(3, seed=17)
+    build_id = "ab" * 32
+    state = State(NET)
+    ship = {"name": "web", "build_id": build_id, "replicas": 1, "via": placer.address}
+    for made in (
+        op(placer, "node.announce", {"listen_addrs": []}),
+        op(host, "node.announce", {"listen_addrs": []}),
+        op(owner, "instance.create", ship, T0_MS + 1),
+    ):
+        state.ingest(made.body, made.sig)
+    iid = state.instances()[0]["instance_id"]
+    slot = {"instance_id": iid, "slot": 0}
+    free = {"vcpus": 1, "memory_mb": 512, "disk_gb": 5}
+    for made in (
+        op(placer, "placement.request", {**slot, "host": host.address, "attempt": 1}, T0_MS + 10),
+        op(
+            host,
+            "placement.answer",
+            {**slot, "attempt": 1, "accepted": True, "free": free},
+            T0_MS + 20,
+        ),
+        op(host, "vm.status", {**slot, "status": "Started"}, T0_MS + 30),
+    ):
+        state.ingest(made.body, made.sig)
+    addresses = {f"slot:{iid}:0": "10.42.3.4"}
+    name = build_label(build_id) + ".fog"
+    running = Zone.from_state(state, addresses.get).answer(name, "A")
+    assert running.records == ((name + ".", INSTANCE_TTL_S, "10.42.3.4"),)
+    stopped = op(host, "vm.status", {**slot, "status": "Stopped"}, T0_MS + 40)
+    state.ingest(stopped.body, stopped.sig)
+    after = Zone.from_state(state, addresses.get).answer(name, "A")
+    assert (after.rcode, after.records) == ("NOERROR", ())

@@ -9,7 +9,7 @@ import trio
 from dnslib import RCODE, DNSRecord
 
 from node.names.records import Zone
-from node.names.server import serve_dns
+from node.names.server import TCP_CONNECTIONS_MAX, serve_dns
 
 IID = "11" * 20
 
@@ -67,4 +67,36 @@ async def test_a_zone_that_fails_is_servfail_and_the_next_query_is_answered() ->
                         buf += chunk
                 reply = DNSRecord.parse(buf[2:])
                 assert [str(r.rdata) for r in reply.rr] == ["10.42.0.10"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_connections_past_the_limit_are_closed_and_service_resumes() -> None:
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(serve_dns, _zone, "127.0.0.1", 0)
+        port = int(bound.rsplit(":", 1)[1])
+        held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(TCP_CONNECTIONS_MAX)]
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(10):
+            assert await extra.receive_some() == b"", "one past the limit is closed at accept"
+        await extra.aclose()
+        # UDP is not held up by TCP connections.
+        assert (await _udp_ask(port, f"{IID}.instance.fog")).header.rcode == RCODE.NOERROR
+        for stream in held:
+            await stream.aclose()
+        with trio.fail_after(10):
+            while True:  # the server notices the closes; then a new connection is served
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                query = DNSRecord.question(f"{IID}.instance.fog").pack()
+                try:
+                    await stream.send_all(struct.pack("!H", len(query)) + query)
+                    data = await stream.receive_some()
+                    while data and len(data) < 2 + struct.unpack("!H", data[:2].rjust(2))[0]:
+                        data += await stream.receive_some()
+                except trio.BrokenResourceError:
+                    data = b""
+                await stream.aclose()
+                if data:
+                    break
+                await trio.sleep(0.05)
+        assert DNSRecord.parse(data[2:]).header.rcode == RCODE.NOERROR
         nursery.cancel_scope.cancel()

@@ -37,6 +37,8 @@ class Profile:
     gateway: str = "127.0.0.1:3004"
     # Where agent endpoints may be for the gateway to proxy calls to them (IP networks).
     agent_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # The fog's mesh range (node.mesh.addresses): the upstream formnet's default.
+    mesh_cidr: str = "10.42.0.0/16"
 
 
 PROFILES: Final[dict[str, Profile]] = {
@@ -46,6 +48,7 @@ PROFILES: Final[dict[str, Profile]] = {
         description="a node on this machine only: listens on loopback, dials nobody",
         listen_addrs=("/ip4/127.0.0.1/tcp/0",),
         bootstrap=(),
+        mesh_cidr="10.42.0.0/16",
     ),
     "devnet": Profile(
         name="devnet",
@@ -58,6 +61,7 @@ PROFILES: Final[dict[str, Profile]] = {
         ),
         # Agents run in instances on the mesh; loopback is the node itself, never an agent.
         agent_networks=("10.0.0.0/8",),
+        mesh_cidr="10.42.0.0/16",
     ),
 }
 

@@ -48,6 +48,13 @@ REQUIREMENTS=(
     "run test|dnsmasq-base|cmd:dnsmasq"
     # `ip netns exec` runs QEMU and dnsmasq inside the VM netns (usually installed already).
     "run test|iproute2|cmd:ip"
+    # The mesh data path (node/mesh/wireguard.py): these kernels have no WireGuard module, so
+    # each node runs Debian's userspace wireguard-go on a TUN inside its netns.
+    "run test|wireguard-go|cmd:wireguard-go"
+    # wg reads a userspace interface's state over the same UAPI socket (debugging, tests).
+    "run test|wireguard-tools|cmd:wg"
+    # The mesh test and benchmark ping across the mesh (tests/real/test_mesh_wireguard.py).
+    "test|iputils-ping|cmd:ping"
     # The DNS tests ask the node's DNS server with the real `dig` (tests/real/test_dns_dig.py).
     "test|dnsutils|cmd:dig"
 )

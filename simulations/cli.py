@@ -165,10 +165,43 @@ def _placement_table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _mesh_table(result: RunResult) -> str:
+    m = result.metrics
+    rows = [
+        ("scenario", f"{m['scenario']} ({result.scenario.description})"),
+        ("nodes", f"{_fmt(m['nodes'])} in {m['cidr']} ({_fmt(m['usable_addresses'])} usable)"),
+        ("seed", str(m["seed"])),
+        (
+            "claims",
+            f"{_fmt(m['claims'])}: {_fmt(m['first_claim_collisions'])} first-claim collisions, "
+            f"{_fmt(m['reclaims'])} reclaims",
+        ),
+        (
+            "after convergence",
+            f"{_fmt(m['duplicate_addresses'])} duplicate addresses, {_fmt(m['lost_at_end'])} "
+            f"lost unnoticed, {_fmt(m['unclaimed'])} unclaimed",
+        ),
+        (
+            "time to stable",
+            f"p50 {_fmt(m['time_to_stable_ms_p50'])} / p99 {_fmt(m['time_to_stable_ms_p99'])} / "
+            f"max {_fmt(m['time_to_stable_ms'])} ms",
+        ),
+        ("simulated", f"{_fmt(m['events'])} events in {_fmt(m['wall_s'], 's')} wall"),
+    ]
+    if "ledger_mismatches" in m:
+        rows.append(("ledger check", f"{_fmt(m['ledger_mismatches'])} mismatches"))
+    width = max(len(label) for label, _ in rows)
+    lines = ["MESH", *(f"  {label:<{width}}  {value}" for label, value in rows)]
+    lines.append(f"trace_hash {m['trace_hash']}")
+    return "\n".join(lines)
+
+
 def _table(result: RunResult) -> str:
     m = result.metrics
     if m.get("kind") == "placement":
         return _placement_table(result)
+    if m.get("kind") == "mesh":
+        return _mesh_table(result)
     mib = 1024 * 1024
     rows: list[tuple[str, list[tuple[str, str]]]] = [
         (
@@ -373,6 +406,19 @@ _SWEEP_TABLE_PLACEMENT = (
 )
 
 
+# ... and for a mesh scenario.
+_SWEEP_TABLE_MESH = (
+    "duplicate_addresses",
+    "lost_at_end",
+    "first_claim_collisions",
+    "reclaims",
+    "time_to_stable_ms_p50",
+    "time_to_stable_ms_p99",
+    "time_to_stable_ms",
+    "wall_s",
+)
+
+
 def _sweep_table(report: dict[str, Any]) -> str:
     seeds = report["seeds"]
     span = f"{seeds[0]}..{seeds[-1]}" if seeds else "-"
@@ -382,7 +428,10 @@ def _sweep_table(report: dict[str, Any]) -> str:
         f"  {'metric':<24} {'min':>10} {'median':>10} {'p99':>10} {'max':>10}  worst seed",
     ]
     placement = "placements_per_s" in report["metrics"]
-    for name in _SWEEP_TABLE_PLACEMENT if placement else _SWEEP_TABLE:
+    names: tuple[str, ...] = _SWEEP_TABLE_PLACEMENT if placement else _SWEEP_TABLE
+    if "duplicate_addresses" in report["metrics"]:
+        names = _SWEEP_TABLE_MESH
+    for name in names:
         row = report["metrics"].get(name)
         if row is None:
             continue

@@ -65,8 +65,8 @@ from simulations.nodes import NETWORK_ID as NETWORK_ID
 from simulations.nodes import T0_MS as T0_MS
 from simulations.nodes import SimLog as SimLog
 from simulations.nodes import SimNode as SimNode
-from simulations.placement import run_placement
 from simulations.report import RunResult as RunResult
+from simulations.runs import special_run
 from simulations.scenario import Scenario
 from simulations.sizes import WIRE_CHECK_EVERY, packet_size, wire_size
 from simulations.workload import Workload
@@ -594,7 +594,7 @@ def run_scenario(
     trace: IO[str] | None = None,
     progress: ProgressFn | None = None,
 ) -> RunResult:
-    """Build and run one simulation (a placement run when the scenario has ``[placement]``)."""
-    if scenario.placement is not None:
-        return run_placement(scenario, core.name, trace=trace, progress=progress)
+    """Build and run one simulation (``[placement]`` and ``[mesh]`` scenarios run their own)."""
+    if (special := special_run(scenario)) is not None:
+        return special(scenario, core.name, trace=trace, progress=progress)
     return Simulation(scenario, core, trace=trace, progress=progress).run()

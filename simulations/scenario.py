@@ -38,6 +38,7 @@ action = "partition"
 sides = 2
 
 [placement]                # set: a placement run instead of gossip (simulations.placement_spec)
+[mesh]                     # set: a mesh address run instead of gossip (simulations.mesh_spec)
 
 [check]
 converged = true           # identical digest roots and state hashes on every live node
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from node.gossip.config import GossipConfig
+from simulations.mesh_spec import MeshSpec, MeshSpecError, parse_mesh
 from simulations.network import LinkConfig
 from simulations.placement_spec import (
     PLACEMENT_FAULTS,
@@ -165,6 +167,8 @@ class Scenario:
     source: str = ""
     # Set: a placement run (``simulations.placement``) instead of a gossip run.
     placement: PlacementSpec | None = None
+    # Set: a mesh address run (``simulations.mesh``) instead of a gossip run.
+    mesh: MeshSpec | None = None
 
     def with_overrides(
         self,
@@ -466,6 +470,7 @@ _TOP: Final = frozenset(
         "faults",
         "check",
         "placement",
+        "mesh",
     }
 )
 
@@ -510,6 +515,18 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
                     f"fault '{fault.describe()}': a placement scenario takes only "
                     f"{', '.join(PLACEMENT_FAULTS)} faults"
                 )
+    mesh = None
+    if "mesh" in data:
+        if not isinstance(data["mesh"], dict):
+            raise ScenarioError('mesh must be a table: [mesh] cidr = "10.42.0.0/16" ...')
+        if placement is not None:
+            raise ScenarioError("a scenario has [placement] or [mesh], not both")
+        try:
+            mesh = parse_mesh(data["mesh"])
+        except MeshSpecError as exc:
+            raise ScenarioError(str(exc)) from None
+        if faults:
+            raise ScenarioError(f"fault '{faults[0].describe()}': a mesh scenario takes no faults")
     scenario = Scenario(
         name=name,
         description=description.strip(),
@@ -528,10 +545,11 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
         network=_network(data.get("network", {})),
         workload=_workload(data.get("workload", {})),
         faults=tuple(faults),
-        # A placement run has no gossip state to converge.
-        check=_check(data.get("check", {}), converged_default=placement is None),
+        # A placement or mesh run has no gossip state to converge.
+        check=_check(data.get("check", {}), converged_default=placement is None and mesh is None),
         source=source,
         placement=placement,
+        mesh=mesh,
     )
     scenario.validate()
     return scenario

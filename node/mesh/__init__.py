@@ -1,0 +1,1 @@
+"""The fog's mesh: addresses and WireGuard."""

@@ -210,3 +210,26 @@ def test_a_slot_answers_while_its_host_reports_started_and_stops_when_it_stops()
     state.ingest(stopped.body, stopped.sig)
     after = Zone.from_state(state, addresses.get).answer(name, "A")
     assert (after.rcode, after.records) == ("NOERROR", ())
+
+
+def test_the_zone_answers_the_mesh_views_addresses() -> None:
+    """With the real mesh view (node/ledger/mesh.py) as ``address_of``: a held claim answers."""
+    from node.ledger.mesh import mesh_view
+    from node.mesh.addresses import first_candidate, mesh_cidr_for
+
+    node_key, other = seeded_keys(2, seed=23)
+    subject = f"node:{node_key.address}"
+    address = first_candidate(subject, mesh_cidr_for(NET))
+    state = State(NET)
+    for made in (
+        op(node_key, "node.announce", {"listen_addrs": []}),
+        op(other, "node.announce", {"listen_addrs": []}),
+        op(node_key, "mesh.claim", {"address": address, "subject": subject}, T0_MS + 1),
+    ):
+        state.ingest(made.body, made.sig)
+    zone = Zone.from_state(state, mesh_view(state).address_of)
+    name = f"{node_key.address[2:]}.node.fog"
+    assert zone.answer(name, "A").records == ((name + ".", NODE_TTL_S, address),)
+    # The other node claimed nothing: its name exists but has no address yet.
+    empty = zone.answer(f"{other.address[2:]}.node.fog", "A")
+    assert (empty.rcode, empty.records) == ("NOERROR", ())

@@ -55,6 +55,8 @@ REQUIREMENTS=(
     "run test|wireguard-tools|cmd:wg"
     # The mesh test and benchmark ping across the mesh (tests/real/test_mesh_wireguard.py).
     "test|iputils-ping|cmd:ping"
+    # The DNS tests ask the node's DNS server with the real `dig` (tests/real/test_dns_dig.py).
+    "test|dnsutils|cmd:dig"
 )
 
 ALL_PURPOSES="venv run test"

@@ -541,3 +541,15 @@ class GatewayClient:
 
     def key_list(self) -> Any:
         return self.request("GET", "/key/list")
+
+    # --------------------------------------------------------------------------- dns names
+
+    def dns_add(self, domain: str, build_id: str) -> Any:
+        """Point ``domain`` (served as ``<domain>.fog``) at one of the signer's builds."""
+        return self.request("POST", "/dns/add", {"domain": domain, "build_id": build_id})
+
+    def dns_remove(self, domain: str) -> Any:
+        return self.request("POST", "/dns/remove", {"domain": domain})
+
+    def dns_list(self) -> Any:
+        return self.request("GET", "/dns/list", signed=False)

@@ -107,6 +107,8 @@ SCOPE_OF_KIND: Final = {
     "model": "model",
     # Building an image is the first half of deploying one: the instance scope covers both.
     "build": "instance",
+    # A vanity name points at a build: part of deploying it.
+    "dns": "instance",
 }
 
 
@@ -261,6 +263,8 @@ def _routes() -> list[Route]:
         route("POST", "/builds/create", "build.request", _body_as_is),
         route("POST", "/key/grant", "key.grant", _body_as_is),
         route("POST", "/key/revoke", "key.revoke", _body_as_is),
+        route("POST", "/dns/add", "dns.add", _body_as_is),
+        route("POST", "/dns/remove", "dns.remove", _body_as_is),
     ]
     for verb in ("stop", "start", "reboot", "delete"):
         routes.append(

@@ -44,6 +44,7 @@ from node.identity.keys import keccak256
 from node.ledger import builds as _builds
 from node.ledger import kinds as _entities
 from node.ledger import mesh as _mesh
+from node.ledger import names as _names
 from node.ledger import placement as _placement
 from node.ledger.canonical import dumps_canonical
 from node.ledger.digest import OpDigest
@@ -65,10 +66,22 @@ __all__ = [
 SNAPSHOT_FORMAT: Final = 1
 
 # Every kind the state knows, from every concern's module; a kind's name is unique.
-_KIND_LIST: Final = [*_entities.KINDS, *_builds.KINDS, *_placement.KINDS, *_mesh.KINDS]
+_KIND_LIST: Final = [
+    *_entities.KINDS,
+    *_builds.KINDS,
+    *_placement.KINDS,
+    *_mesh.KINDS,
+    *_names.KINDS,
+]
 KINDS: Final[dict[str, Kind]] = {k.name: k for k in _KIND_LIST}
 assert len(KINDS) == len(_KIND_LIST), "two modules define the same op kind"
-_TABLES: Final = (*_entities.TABLES, *_builds.TABLES, *_placement.TABLES, *_mesh.TABLES)
+_TABLES: Final = (
+    *_entities.TABLES,
+    *_builds.TABLES,
+    *_placement.TABLES,
+    *_mesh.TABLES,
+    *_names.TABLES,
+)
 
 
 class State:

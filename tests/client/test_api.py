@@ -233,6 +233,23 @@ ROUTES: list[tuple[str, Call, str, str, Any, bool]] = [
         True,
     ),
     ("key_list", lambda c: c.key_list(), "GET", "/v1/key/list", None, True),
+    (
+        "dns_add",
+        lambda c: c.dns_add("shop.fog", AGENT),
+        "POST",
+        "/v1/dns/add",
+        {"domain": "shop.fog", "build_id": AGENT},
+        True,
+    ),
+    (
+        "dns_remove",
+        lambda c: c.dns_remove("shop.fog"),
+        "POST",
+        "/v1/dns/remove",
+        {"domain": "shop.fog"},
+        True,
+    ),
+    ("dns_list", lambda c: c.dns_list(), "GET", "/v1/dns/list", None, False),
 ]
 
 

@@ -51,7 +51,7 @@ import httpx
 
 from node import __version__
 from node.client.api import ClientError
-from node.client.cli import account, agent, init, key, manage, model, node, pack
+from node.client.cli import account, agent, dns, init, key, manage, model, node, pack
 from node.client.cli._common import GATEWAY_DEFAULT as GATEWAY_DEFAULT
 from node.client.cli._common import Commands, UsageError, _report, _root_parser, _Session
 from node.client.cli._common import default_keystore as default_keystore
@@ -81,6 +81,7 @@ _GROUPS: Final[tuple[Callable[[Commands], None], ...]] = (
     node.register,
     key.register,
     pack.register,
+    dns.register,
 )
 
 

@@ -33,7 +33,7 @@ from node.control import ControlError, query
 from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
 from node.logs import LEVELS, configure_logging
-from node.node import VMM_CHOICES, Node, NodeSettings, StartError, open_home, run_node
+from node.node import DNS_DEFAULT, VMM_CHOICES, Node, NodeSettings, StartError, open_home, run_node
 from node.store import StoreError
 
 __all__ = ["main"]
@@ -166,6 +166,7 @@ async def _run(args: argparse.Namespace) -> int:
         password_file=args.password_file,
         vmm=args.vmm,
         vm_capacity=args.vm_capacity,
+        dns="off" if args.no_dns else args.dns,
     )
     async with open_home(settings) as home:
         # Handlers go in before "running" is printed: a supervisor that signals as soon as it
@@ -200,6 +201,7 @@ def _print_running(node: Node) -> None:
         print(f"  vms       {node.vmm_note}, offering {offered}")
     else:
         print(f"  vms       {node.vmm_note}")
+    print(f"  dns       {node.dns_note}")
     print(f"  state     {state.op_count} ops, digest {node.replica.state_digest()[:16]}")
     print("running; press Ctrl-C to stop", flush=True)
 
@@ -339,6 +341,14 @@ def _parser() -> argparse.ArgumentParser:
         help="what this node offers to VMs, e.g. vcpus=2,memory_mb=2048,disk_gb=20[,gpus=0] "
         "(default: every core, the memory beyond 1 GiB, half the free disk)",
     )
+    run.add_argument(
+        "--dns",
+        metavar="HOST:PORT",
+        help="answer the .fog zone (builds, instances, nodes, names) here over UDP and TCP "
+        f"(default {DNS_DEFAULT}, skipped with a warning when that port is taken; port 0 picks "
+        "a free one)",
+    )
+    run.add_argument("--no-dns", action="store_true", help="serve no DNS")
     run.add_argument("--log-level", choices=LEVELS, default="warning", help="default: %(default)s")
     run.add_argument("--log-json", action="store_true", help="logs as one JSON object per line")
     run.add_argument(

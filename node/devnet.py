@@ -76,7 +76,8 @@ class LocalFog:
             "--gateway",
             "127.0.0.1:0",
         ]
-        args += ["--log-level", self.log_level, "--vmm", self.vmm, *self.extra_args, *args_extra]
+        args += ["--log-level", self.log_level, "--vmm", self.vmm, "--dns", "127.0.0.1:0"]
+        args += [*self.extra_args, *args_extra]
         if self.bootstrap:
             args += ["--bootstrap", self.bootstrap]
         # Keys generated on first start must not land in the operator's real data dir.

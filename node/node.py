@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import random
 import secrets
@@ -76,6 +77,7 @@ from node.replica import Replica
 if TYPE_CHECKING:
     from node.gateway.app import GatewayApp
     from node.ledger.op import Op
+    from node.mesh.service import MeshService
     from node.p2p.transport import Transport
     from node.pack.service import BuildService
     from node.placement.service import PlacementService
@@ -96,6 +98,8 @@ __all__ = [
     "run_node",
 ]
 
+logger = logging.getLogger(__name__)
+
 # How long a stopping node tries to tell the membership it leaves before it just goes.
 LEAVE_TIMEOUT_S: Final = 2.0
 
@@ -105,6 +109,8 @@ class StartError(Exception):
 
 
 VMM_CHOICES: Final = ("auto", "qemu", "simulated", "off")
+# Where the .fog DNS server answers unless told otherwise (the issue's, and dig's -p habit).
+DNS_DEFAULT: Final = "127.0.0.1:5453"
 
 
 def parse_vm_capacity(text: str) -> Resources:
@@ -164,6 +170,9 @@ class NodeSettings:
     vmm: str = "auto"  # qemu | simulated | off | auto (qemu where its tools are, else off)
     vm_capacity: str = ""  # what VMs may use, "vcpus=2,memory_mb=2048,disk_gb=20"; "": measured
     vm_netns: bool = True  # VM bridges, taps and addresses in a netns the node creates
+    # The .fog DNS server: HOST:PORT, "off", or None for the default (DNS_DEFAULT, served only
+    # when that port is free: a second node on one machine goes without, and says so).
+    dns: str | None = None
 
     @classmethod
     def from_config(
@@ -181,6 +190,7 @@ class NodeSettings:
         vmm: str = "auto",
         vm_capacity: str = "",
         vm_netns: bool = True,
+        dns: str | None = None,
     ) -> NodeSettings:
         """``config`` with overrides: empty ones keep the config's, except ``bootstrap=[]``
         (no bootstrap peers). Checks the gateway setting: a typo is a ``StartError`` now."""
@@ -198,7 +208,10 @@ class NodeSettings:
             vmm=vmm,
             vm_capacity=vm_capacity,
             vm_netns=vm_netns,
+            dns=dns,
         )
+        if dns not in (None, "off"):
+            gateway_address(dns, "--dns")
         if vmm not in VMM_CHOICES:
             raise StartError(f"--vmm must be one of {', '.join(VMM_CHOICES)}, got {vmm!r}")
         if vm_capacity:
@@ -270,6 +283,9 @@ class Node:
     vms: VmSupervisor | None = None  # None: this node runs no VMs (vmm_note says why)
     vmm_name: str | None = None  # the VM driver chosen at start ("qemu", "simulated"), or None
     vmm_note: str = ""  # why that driver, or why none
+    mesh: MeshService | None = None
+    dns_url: str = ""  # "HOST:PORT" the DNS server answers on, or "" (dns_note says why)
+    dns_note: str = ""
     _capacity_now: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
     _stop: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
 
@@ -359,6 +375,9 @@ class Node:
                 "metrics": self.metrics_url,
                 "gateway": self.gateway_url,
                 "vmm": self.vmm_note,
+                "dns": self.dns_url or None,
+                "dns_note": self.dns_note,
+                "mesh_address": self.mesh.address() if self.mesh is not None else None,
                 "vms": self.vms.capacity() if self.vms is not None else None,
             }
 
@@ -441,6 +460,8 @@ async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
         node.builds = await nursery.start(run_builds, node)
         node.placement = await nursery.start(run_placement, node)
         node.vms = await nursery.start(run_vms, node)
+        node.mesh = await nursery.start(run_mesh, node)
+        await nursery.start(run_dns, node)
         task_status.started(node)
         await node._stop.wait()
         with trio.move_on_after(LEAVE_TIMEOUT_S):
@@ -701,3 +722,50 @@ async def run_vms(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) ->
             # The first report of what VMs may use, so placers can count this node at once.
             await report_capacity(node)
             task_status.started(supervisor)
+
+
+async def run_mesh(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Keep this node's and its slots' mesh addresses claimed (``node.mesh.service``)."""
+    from node.mesh.service import MeshService
+
+    await MeshService(_NodeHost(node)).run(task_status=task_status)
+
+
+async def run_dns(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer the .fog zone from the replicated state (``node.names``) on ``settings.dns``.
+
+    An explicit ``--dns`` that cannot be bound is a ``StartError``; the default port, when
+    another process holds it, leaves this node without DNS and says so in its banner."""
+    from node.ledger.mesh import mesh_view
+    from node.names.records import Zone
+    from node.names.server import serve_dns
+
+    where = node.settings.dns
+    if where == "off":
+        node.dns_note = "off (--no-dns)"
+        task_status.started()
+        return
+    host, port = gateway_address(where or DNS_DEFAULT, "--dns")
+
+    def zone() -> Zone:
+        with node.replica.lock:  # worker threads apply ops meanwhile
+            state = node.replica.state
+            return Zone.from_state(state, mesh_view(state).address_of)
+
+    async with trio.open_nursery() as nursery:
+        try:
+            node.dns_url = await nursery.start(serve_dns, zone, host, port)
+        except OSError as exc:
+            if where is not None:
+                raise StartError(
+                    f"cannot serve DNS on {where}: {exc.strerror or exc}; pass --dns HOST:PORT "
+                    "(port 0 picks a free one) or --no-dns"
+                ) from None
+            node.dns_note = (
+                f"off: {DNS_DEFAULT} is in use ({exc.strerror or exc}); pass --dns HOST:PORT"
+            )
+            logger.warning("DNS %s", node.dns_note)
+            task_status.started()
+            return
+        node.dns_note = f"the .fog zone on {node.dns_url}"
+        task_status.started()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from node.gateway.endpoint import EMPTY_BODY, Endpoint, kind_schema
 from node.gateway.http import HttpError, Request, Response
 from node.gateway.routes.builds import formfile_refusal
+from node.ledger.mesh import mesh_view
 from node.ledger.state import build_id_of, instance_id_of
 from node.p2p.vm_query import LOG_BYTES_MAX
 from node.placement.core import largest_free
@@ -26,9 +27,23 @@ if TYPE_CHECKING:
 __all__ = ["ROWS"]
 
 
+def _with_mesh(state: Any, instance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The instance with each slot's mesh address (``formnet_ip``, upstream's name), which
+    its host claims (``node.ledger.mesh``); slot 0's is the instance's own."""
+    if instance is None:
+        return None
+    view = mesh_view(state)
+    slots = [
+        {**slot, "formnet_ip": view.slot_address(instance["instance_id"], slot["slot"])}
+        for slot in instance.get("slots") or []
+    ]
+    first = slots[0]["formnet_ip"] if slots else None
+    return {**instance, "slots": slots, "formnet_ip": first or instance.get("formnet_ip")}
+
+
 def _owned_instance(app: GatewayApp, request: Request, instance_id: str) -> dict[str, Any]:
     actor = app.actor(request, "read")[0]
-    instance = app.view(lambda: app.state.instance(instance_id))
+    instance = app.view(lambda: _with_mesh(app.state, app.state.instance(instance_id)))
     if instance is None:
         raise HttpError(404, "not_found", f"no instance {instance_id}")
     if instance["instance_owner"] != actor:
@@ -182,8 +197,10 @@ async def instance_get(app: GatewayApp, request: Request) -> Response:
 def _owned_build(app: GatewayApp, request: Request) -> list[dict[str, Any]]:
     actor = app.actor(request, "read")[0]
     build_id = request.params["id"]
-    instances = app.view(lambda: app.state.instances_by_build(build_id))
-    return [i for i in instances if i["instance_owner"] == actor]
+    instances = app.view(
+        lambda: [_with_mesh(app.state, i) for i in app.state.instances_by_build(build_id)]
+    )
+    return [i for i in instances if i and i["instance_owner"] == actor]
 
 
 async def instance_by_build(app: GatewayApp, request: Request) -> Response:
@@ -193,7 +210,12 @@ async def instance_by_build(app: GatewayApp, request: Request) -> Response:
 
 async def instance_ips(app: GatewayApp, request: Request) -> Response:
     instances = _owned_build(app, request)
-    ips = [i["formnet_ip"] for i in instances if i.get("formnet_ip")]
+    ips = [
+        s["formnet_ip"]
+        for i in instances
+        for s in i.get("slots") or [{"formnet_ip": i.get("formnet_ip")}]
+        if s.get("formnet_ip")
+    ]
     return Response(200, {"build_id": request.params["id"], "ips": ips})
 
 

@@ -96,3 +96,12 @@ def form_runner(tmp_path: Path, gateway: str, *, timeout_s: float) -> Form:
 
 
 FORM_CLI = [sys.executable, "-m", "node.client.cli"]
+
+
+def dig_short(where: str, name: str, *, tcp: bool = False) -> list[str]:
+    """``dig @where NAME A +short`` (over TCP with ``tcp``): the answers, one per line."""
+    host, port = where.rsplit(":", 1)
+    argv = ["dig", f"@{host}", "-p", port, name, "A", "+short", "+time=2", "+tries=2"]
+    done = subprocess.run([*argv, *(["+tcp"] if tcp else [])], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [line for line in done.stdout.split() if line]

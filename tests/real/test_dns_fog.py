@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 from node.devnet import LocalFog
 from node.names.records import build_label
 from node.pack.service import builder_tools_missing
-from tests.helpers import form_runner
+from tests.helpers import dig_short, form_runner
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -44,14 +43,6 @@ def fog(tmp_path: Path) -> Iterator[LocalFog]:
         fog.stop_all()
 
 
-def _dig(where: str, name: str, *, tcp: bool = False) -> list[str]:
-    host, port = where.rsplit(":", 1)
-    argv = ["dig", f"@{host}", "-p", port, name, "A", "+short", "+time=2", "+tries=2"]
-    done = subprocess.run([*argv, *(["+tcp"] if tcp else [])], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return [line for line in done.stdout.split() if line]
-
-
 def test_dig_finds_a_running_instance_and_loses_it_when_stopped(
     tmp_path: Path, fog: LocalFog
 ) -> None:
@@ -69,16 +60,16 @@ def test_dig_finds_a_running_instance_and_loses_it_when_stopped(
     build_id, instance_id = instance["build_id"], instance["instance_id"]
 
     def answers() -> list[str]:
-        return _dig(dns, f"{build_label(build_id)}.fog")
+        return dig_short(dns, f"{build_label(build_id)}.fog")
 
     fog.wait(lambda: bool(answers()), timeout_s=30)
     (address,) = answers()
     assert ipaddress.ip_address(address) in MESH
-    assert _dig(dns, f"{build_label(build_id)}.fog", tcp=True) == [address]
-    assert _dig(dns, f"{instance_id}.instance.fog") == [address]
+    assert dig_short(dns, f"{build_label(build_id)}.fog", tcp=True) == [address]
+    assert dig_short(dns, f"{instance_id}.instance.fog") == [address]
     node_name = str(status["address"]).lower().removeprefix("0x")
-    fog.wait(lambda: bool(_dig(dns, f"{node_name}.node.fog")), timeout_s=30)
-    (node_address,) = _dig(dns, f"{node_name}.node.fog")
+    fog.wait(lambda: bool(dig_short(dns, f"{node_name}.node.fog")), timeout_s=30)
+    (node_address,) = dig_short(dns, f"{node_name}.node.fog")
     assert ipaddress.ip_address(node_address) in MESH
     assert node_address != address
     ips = json.loads(form("manage", "get-ip", "--build-id", build_id, "--json").stdout)
@@ -86,4 +77,4 @@ def test_dig_finds_a_running_instance_and_loses_it_when_stopped(
 
     assert form("manage", "stop", "--id", instance_id).returncode == 0
     fog.wait(lambda: not answers(), timeout_s=15)
-    assert _dig(dns, f"{instance_id}.instance.fog") == []
+    assert dig_short(dns, f"{instance_id}.instance.fog") == []

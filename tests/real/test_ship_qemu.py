@@ -29,9 +29,10 @@ from typing import Any
 import pytest
 
 from node.devnet import LocalFog
+from node.names.records import build_label
 from node.pack.service import builder_tools_missing
 from node.vmm.qemu import qemu_tools_missing
-from tests.helpers import Form, form_runner
+from tests.helpers import Form, dig_short, form_runner
 from tests.real.test_pack_e2e import FORMFILE
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -117,9 +118,15 @@ def test_ship_boots_a_vm_that_answers_and_follows_its_owner(tmp_path: Path, fog:
     logs = form("manage", "logs", "--id", instance_id)
     assert logs.returncode == 0, logs.stderr
     assert "formation: boot complete" in logs.stdout
+    # Its build's name answers its mesh address (tests/real/test_dns_fog.py asks the rest).
+    build_name = f"{build_label(instance['build_id'])}.fog"
+    fog.wait(lambda: bool(dig_short(str(status["dns"]), build_name)), timeout_s=30)
+    (mesh_address,) = dig_short(str(status["dns"]), build_name)
+    assert _get(form, instance_id)["formnet_ip"] == mesh_address
 
     assert form("manage", "stop", "--id", instance_id).returncode == 0
     _wait_status(fog, form, instance_id, "Stopped")
+    fog.wait(lambda: not dig_short(str(status["dns"]), build_name), timeout_s=15)
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"http://127.0.0.1:{endpoint['port']}/", timeout=5)
 

@@ -46,7 +46,7 @@ async def test_run_node_is_ready_when_it_reports_and_stops_cleanly(tmp_path: Pat
             node: Node = await nursery.start(run_node, home)
             status = await trio.to_thread.run_sync(query, data_dir, "status")
             assert status["address"] == home.key.address
-            assert status["ops"] == 1  # its own node.announce
+            assert status["ops"] == 2  # its own node.announce and its mesh address claim
             assert node.gateway_url is not None
             assert status["gateway"] == node.gateway_url
             assert status["metrics"] == node.metrics_url

@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from simulations.cores import load_core
@@ -14,6 +17,7 @@ from simulations.engine import RunResult, run_scenario
 from simulations.scenario import Scenario, load_scenario, parse_scenario
 
 SIM_CORE = os.environ.get("FORMATION_SIM_CORE", "gossip")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(
@@ -48,3 +52,19 @@ HOST_METRICS = frozenset(
 
 def simulated(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k not in HOST_METRICS}
+
+
+def formation_sim(*argv: str, hash_seed: str | None = None) -> str:
+    """``formation-sim ARGV`` in a fresh process (with ``PYTHONHASHSEED`` when given); its
+    stdout, once it has exited 0."""
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed} if hash_seed is not None else None
+    out = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simulations import mesh
 from simulations.scenario import ScenarioError, load_scenario, parse_scenario
+from tests.sim.conftest import formation_sim
 
-ROOT = Path(__file__).resolve().parents[2]
 SEEDS = range(1, 21)
 HOST_METRICS = ("wall_s",)
 
@@ -62,25 +58,8 @@ def test_a_candidate_order_that_ignores_the_view_shows_as_duplicates(
 
 
 def _cli_json(seed: int, hash_seed: str) -> dict[str, object]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "run",
-            "mesh-small",
-            "--seed",
-            f"{seed}",
-            "--json",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONHASHSEED": hash_seed},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    data: dict[str, object] = json.loads(out.stdout)
+    stdout = formation_sim("run", "mesh-small", "--seed", str(seed), "--json", hash_seed=hash_seed)
+    data: dict[str, object] = json.loads(stdout)
     return {k: v for k, v in data.items() if k not in HOST_METRICS}
 
 
@@ -91,33 +70,9 @@ def test_same_seed_gives_identical_json_across_processes_and_hash_seeds() -> Non
 
 
 def test_the_table_and_the_sweep_work_on_a_mesh_scenario() -> None:
-    table = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "run", "mesh-small", "--seed", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert table.returncode == 0, table.stderr
-    assert "0 duplicate addresses" in table.stdout
-    sweep = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "sweep",
-            "mesh-small",
-            "--seeds",
-            "1..3",
-            "--json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert sweep.returncode == 0, sweep.stderr
-    report = json.loads(sweep.stdout)
+    table = formation_sim("run", "mesh-small", "--seed", "2")
+    assert "0 duplicate addresses" in table
+    report = json.loads(formation_sim("sweep", "mesh-small", "--seeds", "1..3", "--json"))
     assert report["runs"] == 3
     assert report["metrics"]["duplicate_addresses"]["max"] == 0
 

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from node.placement.core import Answer, Fail, HostBook, Resources
 from simulations import placement
 from simulations.scenario import ScenarioError, load_scenario
-from tests.sim.conftest import scenario
+from tests.sim.conftest import formation_sim, scenario
 
-ROOT = Path(__file__).resolve().parents[2]
 SEEDS = range(1, 21)
 FAIL_MESSAGE = re.compile(
     r"no node has room for \d+ vCPU, \d+ MB, \d+ GB(, \d+ GPUs?)?( after \d+ asks)?; "
@@ -65,25 +60,10 @@ def test_the_checker_catches_a_host_that_over_commits(monkeypatch: pytest.Monkey
 
 
 def _cli_json(seed: int, hash_seed: str) -> dict[str, object]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "run",
-            "placement-small",
-            "--seed",
-            str(seed),
-            "--json",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONHASHSEED": hash_seed},
-        capture_output=True,
-        text=True,
-        check=False,
+    stdout = formation_sim(
+        "run", "placement-small", "--seed", str(seed), "--json", hash_seed=hash_seed
     )
-    assert out.returncode == 0, out.stderr
-    data: dict[str, object] = json.loads(out.stdout)
+    data: dict[str, object] = json.loads(stdout)
     return {k: v for k, v in data.items() if k not in HOST_METRICS}
 
 
@@ -94,33 +74,9 @@ def test_same_seed_gives_identical_json_across_processes_and_hash_seeds() -> Non
 
 
 def test_the_table_and_the_sweep_work_on_a_placement_scenario() -> None:
-    table = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "run", "placement-small", "--seed", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert table.returncode == 0, table.stderr
-    assert "double bookings  0" in table.stdout
-    sweep = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "sweep",
-            "placement-small",
-            "--seeds",
-            "1..3",
-            "--json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert sweep.returncode == 0, sweep.stderr
-    report = json.loads(sweep.stdout)
+    table = formation_sim("run", "placement-small", "--seed", "2")
+    assert "double bookings  0" in table
+    report = json.loads(formation_sim("sweep", "placement-small", "--seeds", "1..3", "--json"))
     assert report["runs"] == 3
     assert report["metrics"]["double_bookings"]["max"] == 0
     assert (

@@ -330,15 +330,12 @@ class Node:
     def vm_answer(self, what: str, instance_id: str, slot: int, bytes_max: int) -> dict[str, Any]:
         """A VM's console log or metrics, if this node runs it (``node.p2p.vm_query``)."""
         vms = self.vms
-        if vms is None or vms.vm_of(instance_id, slot) is None:
+        info = vms.vm_of(instance_id, slot) if vms is not None else None
+        if vms is None or info is None:
             return {"error": "not_found", "message": f"node {self.key.address} runs no such VM"}
         if what == "logs":
-            return {"log": vms.console_tail(instance_id, slot, bytes_max) or ""}
-        info = vms.vm_of(instance_id, slot)
-        return {
-            "metrics": vms.driver.metrics(info.key) if info is not None else {},
-            "status": info.status if info is not None else None,
-        }
+            return {"log": vms.driver.console_tail(info.key, bytes_max)}
+        return {"metrics": vms.driver.metrics(info.key), "status": info.status}
 
     async def vm_query(
         self, host: str, what: str, instance_id: str, slot: int, bytes_max: int = 65536

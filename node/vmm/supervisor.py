@@ -74,12 +74,6 @@ class VmSupervisor:
     def vm_of(self, instance_id: str, slot: int) -> VmInfo | None:
         return self.driver.info(vm_key(instance_id, slot))
 
-    def console_tail(self, instance_id: str, slot: int, bytes_max: int = 65536) -> str | None:
-        key = vm_key(instance_id, slot)
-        if self.driver.info(key) is None:
-            return None
-        return self.driver.console_tail(key, bytes_max)
-
     def vm_metrics(self) -> dict[str, tuple[str, int, dict[str, float]]]:
         """vm key -> (instance id, slot, the driver's numbers)."""
         out = {}

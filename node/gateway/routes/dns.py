@@ -64,19 +64,16 @@ async def dns_add(app: GatewayApp, request: Request) -> Response:
                 f"domain {name} is held by {holder_account}; choose another domain",
                 "domain",
             )
-    done = await app.mutate(request)
-    name = zone_name(done.payload["domain"])
-    return Response(
-        200,
-        {
-            "op_id": done.op_id,
-            "domain": name,
-            "build_id": app.view(lambda: names_of(app.state).get(name)),
-        },
-    )
+    return await _written(app, request)
 
 
 async def dns_remove(app: GatewayApp, request: Request) -> Response:
+    return await _written(app, request)
+
+
+async def _written(app: GatewayApp, request: Request) -> Response:
+    """Submit the request's op; answer the domain and the build it names now (None once
+    removed)."""
     done = await app.mutate(request)
     name = zone_name(done.payload["domain"])
     return Response(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from node.gateway.endpoint import EMPTY_BODY, Endpoint, kind_schema
 from node.gateway.http import HttpError, Request, Response
 from node.gateway.routes.builds import formfile_refusal
-from node.ledger.mesh import mesh_view
+from node.ledger.mesh import MeshView, mesh_view
 from node.ledger.state import build_id_of, instance_id_of
 from node.p2p.vm_query import LOG_BYTES_MAX
 from node.placement.core import largest_free
@@ -27,12 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["ROWS"]
 
 
-def _with_mesh(state: Any, instance: dict[str, Any] | None) -> dict[str, Any] | None:
+def _with_mesh(view: MeshView, instance: dict[str, Any] | None) -> dict[str, Any] | None:
     """The instance with each slot's mesh address (``formnet_ip``, upstream's name), which
     its host claims (``node.ledger.mesh``); slot 0's is the instance's own."""
     if instance is None:
         return None
-    view = mesh_view(state)
     slots = [
         {**slot, "formnet_ip": view.slot_address(instance["instance_id"], slot["slot"])}
         for slot in instance.get("slots") or []
@@ -43,7 +42,7 @@ def _with_mesh(state: Any, instance: dict[str, Any] | None) -> dict[str, Any] | 
 
 def _owned_instance(app: GatewayApp, request: Request, instance_id: str) -> dict[str, Any]:
     actor = app.actor(request, "read")[0]
-    instance = app.view(lambda: _with_mesh(app.state, app.state.instance(instance_id)))
+    instance = app.view(lambda: _with_mesh(mesh_view(app.state), app.state.instance(instance_id)))
     if instance is None:
         raise HttpError(404, "not_found", f"no instance {instance_id}")
     if instance["instance_owner"] != actor:
@@ -197,9 +196,12 @@ async def instance_get(app: GatewayApp, request: Request) -> Response:
 def _owned_build(app: GatewayApp, request: Request) -> list[dict[str, Any]]:
     actor = app.actor(request, "read")[0]
     build_id = request.params["id"]
-    instances = app.view(
-        lambda: [_with_mesh(app.state, i) for i in app.state.instances_by_build(build_id)]
-    )
+
+    def read() -> list[dict[str, Any] | None]:
+        view = mesh_view(app.state)  # once for the build, not once per instance
+        return [_with_mesh(view, i) for i in app.state.instances_by_build(build_id)]
+
+    instances = app.view(read)
     return [i for i in instances if i and i["instance_owner"] == actor]
 
 

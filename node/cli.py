@@ -33,7 +33,16 @@ from node.control import ControlError, query
 from node.identity.keys import NodeKey, checksum_address
 from node.identity.keystore import KeystoreError, read_password, write_keystore
 from node.logs import LEVELS, configure_logging
-from node.node import DNS_DEFAULT, VMM_CHOICES, Node, NodeSettings, StartError, open_home, run_node
+from node.node import (
+    DNS_DEFAULT,
+    MESH_CHOICES,
+    VMM_CHOICES,
+    Node,
+    NodeSettings,
+    StartError,
+    open_home,
+    run_node,
+)
 from node.store import StoreError
 
 __all__ = ["main"]
@@ -167,6 +176,9 @@ async def _run(args: argparse.Namespace) -> int:
         vmm=args.vmm,
         vm_capacity=args.vm_capacity,
         dns="off" if args.no_dns else args.dns,
+        mesh=args.mesh,
+        mesh_endpoint=args.mesh_endpoint,
+        mesh_port=args.mesh_port,
     )
     async with open_home(settings) as home:
         # Handlers go in before "running" is printed: a supervisor that signals as soon as it
@@ -202,6 +214,11 @@ def _print_running(node: Node) -> None:
     else:
         print(f"  vms       {node.vmm_note}")
     print(f"  dns       {node.dns_note}")
+    if node.mesh_link is not None:
+        link = node.mesh_link
+        print(f"  mesh      WireGuard in netns {link.netns}, udp on {link.endpoint_host}")
+    else:
+        print(f"  mesh      {node.mesh_note}")
     print(f"  state     {state.op_count} ops, digest {node.replica.state_digest()[:16]}")
     print("running; press Ctrl-C to stop", flush=True)
 
@@ -349,6 +366,28 @@ def _parser() -> argparse.ArgumentParser:
         "a free one)",
     )
     run.add_argument("--no-dns", action="store_true", help="serve no DNS")
+    run.add_argument(
+        "--mesh",
+        choices=MESH_CHOICES,
+        default="auto",
+        help="the WireGuard mesh (every node and instance gets a 10.42.x.y address): on, off, "
+        "or auto: on where wireguard-go is installed and the node runs as root (default: "
+        "%(default)s). Its interface lives in a netns the node makes, named by 'status'",
+    )
+    run.add_argument(
+        "--mesh-endpoint",
+        default="",
+        metavar="IP",
+        help="the address other nodes send this node's WireGuard packets to (default: the "
+        "first --listen IPv4 address that is not 0.0.0.0)",
+    )
+    run.add_argument(
+        "--mesh-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="WireGuard's UDP port (default: any free one; published in the node's mesh.key)",
+    )
     run.add_argument("--log-level", choices=LEVELS, default="warning", help="default: %(default)s")
     run.add_argument("--log-json", action="store_true", help="logs as one JSON object per line")
     run.add_argument(

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import math
 import random
@@ -77,6 +78,7 @@ from node.replica import Replica
 if TYPE_CHECKING:
     from node.gateway.app import GatewayApp
     from node.ledger.op import Op
+    from node.mesh.link import MeshLink
     from node.mesh.service import MeshService
     from node.p2p.transport import Transport
     from node.pack.service import BuildService
@@ -109,6 +111,7 @@ class StartError(Exception):
 
 
 VMM_CHOICES: Final = ("auto", "qemu", "simulated", "off")
+MESH_CHOICES: Final = ("auto", "on", "off")
 # Where the .fog DNS server answers unless told otherwise (the issue's, and dig's -p habit).
 DNS_DEFAULT: Final = "127.0.0.1:5453"
 
@@ -173,6 +176,11 @@ class NodeSettings:
     # The .fog DNS server: HOST:PORT, "off", or None for the default (DNS_DEFAULT, served only
     # when that port is free: a second node on one machine goes without, and says so).
     dns: str | None = None
+    # The mesh data path (node.mesh.link): auto (where wireguard-go and root are), on, off.
+    # Off unless asked: an in-process test node spawns no wireguard-go; the CLI's default is auto.
+    mesh: str = "off"
+    mesh_endpoint: str = ""  # the IP peers send WireGuard packets to; "": the listen address's
+    mesh_port: int = 0  # WireGuard's UDP port; 0: any free one (published in mesh.key)
 
     @classmethod
     def from_config(
@@ -191,6 +199,9 @@ class NodeSettings:
         vm_capacity: str = "",
         vm_netns: bool = True,
         dns: str | None = None,
+        mesh: str = "off",
+        mesh_endpoint: str = "",
+        mesh_port: int = 0,
     ) -> NodeSettings:
         """``config`` with overrides: empty ones keep the config's, except ``bootstrap=[]``
         (no bootstrap peers). Checks the gateway setting: a typo is a ``StartError`` now."""
@@ -209,7 +220,22 @@ class NodeSettings:
             vm_capacity=vm_capacity,
             vm_netns=vm_netns,
             dns=dns,
+            mesh=mesh,
+            mesh_endpoint=mesh_endpoint,
+            mesh_port=mesh_port,
         )
+        if mesh not in MESH_CHOICES:
+            raise StartError(f"--mesh must be one of {', '.join(MESH_CHOICES)}, got {mesh!r}")
+        if not 0 <= mesh_port <= 65535:
+            raise StartError(f"--mesh-port must be 0..65535, got {mesh_port}")
+        if mesh_endpoint:
+            try:
+                ipaddress.ip_address(mesh_endpoint)
+            except ValueError:
+                raise StartError(
+                    f"--mesh-endpoint must be an IP address (WireGuard resolves no names), "
+                    f"got {mesh_endpoint!r}"
+                ) from None
         if dns not in (None, "off"):
             gateway_address(dns, "--dns")
         if vmm not in VMM_CHOICES:
@@ -284,6 +310,8 @@ class Node:
     vmm_name: str | None = None  # the VM driver chosen at start ("qemu", "simulated"), or None
     vmm_note: str = ""  # why that driver, or why none
     mesh: MeshService | None = None
+    mesh_link: MeshLink | None = None  # None: no data path (mesh_note says why)
+    mesh_note: str = ""
     dns_url: str = ""  # "HOST:PORT" the DNS server answers on, or "" (dns_note says why)
     dns_note: str = ""
     _capacity_now: trio.Event = field(default_factory=trio.Event, init=False, repr=False)
@@ -375,6 +403,11 @@ class Node:
                 "dns": self.dns_url or None,
                 "dns_note": self.dns_note,
                 "mesh_address": self.mesh.address() if self.mesh is not None else None,
+                "mesh": (
+                    self.mesh_link.status()
+                    if self.mesh_link is not None
+                    else {"note": self.mesh_note}
+                ),
                 "vms": self.vms.capacity() if self.vms is not None else None,
             }
 
@@ -722,10 +755,80 @@ async def run_vms(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) ->
 
 
 async def run_mesh(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Keep this node's and its slots' mesh addresses claimed (``node.mesh.service``)."""
+    """Keep this node's and its slots' mesh addresses claimed (``node.mesh.service``) and,
+    unless the mesh is off, run the data path that follows them (``node.mesh.link``);
+    publishes the claim service."""
     from node.mesh.service import MeshService
 
-    await MeshService(_NodeHost(node)).run(task_status=task_status)
+    on, node.mesh_note = choose_mesh(node.settings)
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(MeshService(_NodeHost(node)).run)
+        if on:
+            await nursery.start(run_mesh_link, node)
+        task_status.started(service)
+
+
+def choose_mesh(settings: NodeSettings) -> tuple[bool, str]:
+    """Whether this node runs its mesh interface, and why not (for the banner and status)."""
+    from node.mesh.link import endpoint_host_of
+    from node.mesh.wireguard import wireguard_tools_missing
+
+    if settings.mesh == "off":
+        return False, "off (--mesh off)"
+    missing = wireguard_tools_missing()
+    if missing:
+        if settings.mesh == "on":
+            raise StartError(
+                f"--mesh on: missing {', '.join(missing)}; run scripts/ensure-system-deps.sh run"
+            )
+        return False, f"off: missing {', '.join(missing)} (scripts/ensure-system-deps.sh run)"
+    if endpoint_host_of(settings.listen_addrs, settings.mesh_endpoint) is None:
+        why = "no listen address names an IP peers can send WireGuard packets to"
+        if settings.mesh == "on":
+            raise StartError(f"--mesh on: {why}; pass --mesh-endpoint IP")
+        return False, f"off: {why} (pass --mesh-endpoint IP)"
+    return True, "starting"
+
+
+async def run_mesh_link(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """This node's WireGuard interface, in the VMs' netns when it runs QEMU VMs (so it routes
+    for them), else in a netns of its own; publishes the ``MeshLink``."""
+    from node.mesh.link import MeshLink, endpoint_host_of, nat_tools_missing
+    from node.vmm.netns import open_netns
+
+    settings, vms = node.settings, node.vms
+    vm_netns: str | None = (
+        getattr(vms.driver, "netns_name", lambda: None)() if vms is not None else None
+    )
+    guest_ip_of = None
+    if vm_netns is not None and vms is not None:
+        missing = nat_tools_missing()
+        if missing:
+            logger.warning("mesh: instances get no mesh route: missing %s", ", ".join(missing))
+        else:
+
+            def guest_ip_of(instance_id: str, slot: int) -> str | None:
+                info = vms.vm_of(instance_id, slot)
+                return info.guest_ip if info is not None else None
+
+    endpoint_host = endpoint_host_of(settings.listen_addrs, settings.mesh_endpoint)
+    assert endpoint_host is not None  # choose_mesh said so
+    async with contextlib.AsyncExitStack() as stack:
+        if vm_netns is not None:
+            netns = vm_netns
+        else:
+            netns = await stack.enter_async_context(open_netns(settings.data_dir / "mesh" / ".net"))
+        link = MeshLink(
+            _NodeHost(node),
+            settings.data_dir,
+            netns,
+            endpoint_host,
+            listen_port=settings.mesh_port,
+            guest_ip_of=guest_ip_of,
+        )
+        async with trio.open_nursery() as nursery:
+            node.mesh_link = await nursery.start(link.run)
+            task_status.started(link)
 
 
 async def run_dns(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -53,6 +53,9 @@ REQUIREMENTS=(
     "run test|wireguard-go|cmd:wireguard-go"
     # wg reads a userspace interface's state over the same UAPI socket (debugging, tests).
     "run test|wireguard-tools|cmd:wg"
+    # A host routes its instances' mesh addresses to their guests with nftables DNAT/SNAT
+    # inside the VMs' netns (node/mesh/link.py).
+    "run test|nftables|cmd:nft"
     # The mesh test and benchmark ping across the mesh (tests/real/test_mesh_wireguard.py).
     "test|iputils-ping|cmd:ping"
     # The DNS tests ask the node's DNS server with the real `dig` (tests/real/test_dns_dig.py).

@@ -410,12 +410,17 @@ def new_ifname(rng: Random | None = None) -> str:
 class WireGuard:
     """One running wireguard-go interface; made by ``open_wireguard``."""
 
-    def __init__(self, *, netns: str | None, ifname: str, public_key: bytes) -> None:
-        self.netns = netns
+    def __init__(
+        self, *, netns: str | None, ifname: str, public_key: bytes, tun_netns: str | None = None
+    ) -> None:
+        self.netns = netns  # where wireguard-go (and so its UDP socket) runs
+        self.tun_netns = tun_netns if tun_netns is not None else netns  # where the TUN is
         self.ifname = ifname
         self.public_key = public_key
         self.sock_path = UAPI_DIR / f"{ifname}.sock"
         self.listen_port = 0
+        self.pid: int | None = None
+        self.address_cidr = ""
         self._lock = trio.Lock()  # one read-diff-write at a time
 
     async def state(self) -> DeviceState:
@@ -427,6 +432,15 @@ class WireGuard:
             request = peers_request((await self.state()).peers, peers)
             if request is not None:
                 await uapi_call(self.sock_path, request)
+
+    async def set_address(self, address_cidr: str) -> None:
+        """Give the interface ``address_cidr`` in place of the one it has (a lost claim)."""
+        ipaddress.ip_interface(address_cidr)
+        if address_cidr != self.address_cidr:
+            await trio.to_thread.run_sync(
+                _configure_link, self.tun_netns, self.ifname, address_cidr, True
+            )
+            self.address_cidr = address_cidr
 
     async def peers_status(self) -> list[dict[str, Any]]:
         """Per peer: public_key (base64), endpoint, allowed_ips, last_handshake_s (unix time or
@@ -448,11 +462,23 @@ def _open_ns(netns: str | None) -> Any:
     return NetNS(netns) if netns is not None else IPRoute()
 
 
-def _configure_link(netns: str | None, ifname: str, address_cidr: str) -> None:
+def _move_link(netns: str | None, ifname: str, tun_netns: str) -> None:
+    ns = _open_ns(netns)
+    try:
+        ns.link("set", index=ns.link_lookup(ifname=ifname)[0], net_ns_fd=tun_netns)
+    finally:
+        ns.close()
+
+
+def _configure_link(
+    netns: str | None, ifname: str, address_cidr: str, replace: bool = False
+) -> None:
     interface = ipaddress.ip_interface(address_cidr)
     ns = _open_ns(netns)
     try:
         index = ns.link_lookup(ifname=ifname)[0]
+        if replace:
+            ns.flush_addr(index=index)
         ns.addr(
             "add", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen
         )
@@ -531,17 +557,24 @@ async def open_wireguard(
     private_key: bytes,
     listen_port: int,
     address_cidr: str,
+    tun_netns: str | None = None,
 ) -> AsyncIterator[WireGuard]:
     """A configured, up wireguard-go interface ``ifname`` (in ``netns`` when given) with the
-    key, UDP port and address (``10.42.0.7/16``); no peers yet. Everything is removed on exit."""
+    key, UDP port and address (``10.42.0.7/16``); no peers yet. Everything is removed on exit.
+
+    With ``tun_netns`` the TUN moves there before it gets its address, while wireguard-go and
+    its UDP socket stay in ``netns``: the encrypted side faces the network the node runs on,
+    the mesh side lives in a namespace of its own (the netns trick of kernel WireGuard; the
+    daemon keeps its TUN file descriptor across the move, measured here)."""
     _check_ifname(ifname)
     public_key = public_key_of(private_key)
     ipaddress.ip_interface(address_cidr)  # a bad address fails before anything starts
     missing = wireguard_tools_missing()
     if missing:
         raise OSError(f"missing {missing}: run scripts/ensure-system-deps.sh run")
-    if netns is not None and not (_NETNS_DIR / netns).exists():
-        raise ValueError(f"network namespace {netns!r} does not exist")
+    for ns_name in (netns, tun_netns):
+        if ns_name is not None and not (_NETNS_DIR / ns_name).exists():
+            raise ValueError(f"network namespace {ns_name!r} does not exist")
     sock_path = UAPI_DIR / f"{ifname}.sock"
     if await _socket_in_use(sock_path):
         raise ValueError(
@@ -553,7 +586,7 @@ async def open_wireguard(
     env = dict(os.environ, LOG_LEVEL="error")
     # Newer wireguard-go refuses to run where a kernel module could; not these hosts, but say so.
     env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"
-    wg = WireGuard(netns=netns, ifname=ifname, public_key=public_key)
+    wg = WireGuard(netns=netns, ifname=ifname, public_key=public_key, tun_netns=tun_netns)
     # Its output goes to an unnamed temporary file, not a pipe: no reader task (whose nursery
     # would wrap the caller's exceptions in groups) and no daemon blocked on a full pipe. With
     # LOG_LEVEL=error it writes a line only when something is wrong.
@@ -571,20 +604,25 @@ async def open_wireguard(
             sock_path, set_device_request(private_key=private_key, listen_port=listen_port)
         )
         wg.listen_port = (await wg.state()).listen_port
-        await trio.to_thread.run_sync(_configure_link, netns, ifname, address_cidr)
+        wg.pid = proc.pid
+        if tun_netns is not None and tun_netns != netns:
+            await trio.to_thread.run_sync(_move_link, netns, ifname, tun_netns)
+        await trio.to_thread.run_sync(_configure_link, wg.tun_netns, ifname, address_cidr)
+        wg.address_cidr = address_cidr
         log.info(
-            "mesh interface %s up (netns %s, %s, udp %d)",
+            "mesh interface %s up (netns %s, %s, udp %d in netns %s)",
             ifname,
-            netns,
+            wg.tun_netns,
             address_cidr,
             wg.listen_port,
+            netns,
         )
         yield wg
     finally:
         with trio.CancelScope(shield=True):
             await _stop(proc)
             with contextlib.suppress(Exception):
-                await trio.to_thread.run_sync(_remove_link, netns, ifname)
+                await trio.to_thread.run_sync(_remove_link, wg.tun_netns, ifname)
             sock_path.unlink(missing_ok=True)
             if proc.returncode not in (0, -15):  # -15: our SIGTERM
                 log.warning(

@@ -57,6 +57,7 @@ __all__ = [
     "GATEWAY_IP",
     "Lease",
     "VmNetwork",
+    "open_netns",
     "open_vm_network",
     "socket_in_netns",
 ]
@@ -72,6 +73,8 @@ _NETNS_DIR: Final = Path("/run/netns")
 _DNSMASQ_STOP_S: Final = 5.0
 # The name of the netns this run dir's driver made, so a later run removes it if left behind.
 _NAME_FILE: Final = "netns-name"
+# The names this module makes: fvm- (the VMs' network), fmn- (a bare one, e.g. the mesh's).
+_PREFIXES: Final = ("fvm-", "fmn-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,7 @@ class VmNetwork:
             await proc.wait()
 
 
-def _create(name: str, run_dir: Path) -> Any:
+def _create(name: str, run_dir: Path, *, bridge: bool = True) -> Any:
     run_dir.mkdir(parents=True, exist_ok=True)
     # Named before it exists: a kill between the two leaves a name the next run ignores.
     (run_dir / _NAME_FILE).write_text(name + "\n")
@@ -245,6 +248,8 @@ def _create(name: str, run_dir: Path) -> Any:
     ns = NetNS(name)
     try:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        if not bridge:
+            return ns
         ns.link("add", ifname=BRIDGE, kind="bridge")
         bridge = ns.link_lookup(ifname=BRIDGE)[0]
         ns.addr("add", index=bridge, address=GATEWAY_IP, prefixlen=_SUBNET.prefixlen)
@@ -276,7 +281,7 @@ def _remove_stale(run_dir: Path) -> str | None:
         name = record.read_text().strip()
     except FileNotFoundError:
         return None
-    if not name.startswith("fvm-") or not (_NETNS_DIR / name).exists():
+    if not name.startswith(_PREFIXES) or not (_NETNS_DIR / name).exists():
         record.unlink(missing_ok=True)
         return None
     pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
@@ -315,3 +320,28 @@ async def open_vm_network(run_dir: Path) -> AsyncIterator[VmNetwork]:
             _remove(name, ns)
             _forget(run_dir)
             log.info("VM network %s removed", name)
+
+
+@asynccontextmanager
+async def open_netns(run_dir: Path, prefix: str = "fmn") -> AsyncIterator[str]:
+    """A fresh, empty namespace ``<prefix>-<8 hex>`` (loopback up) for a node's own devices,
+    recorded in ``run_dir`` as the VM network is (a killed run's is removed at the next
+    start, with what runs in it); removed on exit. Yields its name."""
+    if f"{prefix}-" not in _PREFIXES:
+        raise ValueError(f"netns prefix must be one of {_PREFIXES}")
+    stale = await trio.to_thread.run_sync(_remove_stale, run_dir)
+    if stale is not None:
+        log.warning("removed network namespace %s left by an earlier run", stale)
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    try:
+        ns = _create(name, run_dir, bridge=False)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if (_NETNS_DIR / name).exists():
+                netns.remove(name)
+        raise
+    try:
+        yield name
+    finally:
+        _remove(name, ns)
+        _forget(run_dir)

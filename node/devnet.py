@@ -44,8 +44,13 @@ class LocalFog:
         extra_args: tuple[str, ...] = (),
         listen: str = "/ip4/127.0.0.1/tcp/0",
         vmm: str = "off",
+        netns: Sequence[str] = (),
+        listen_of: Callable[[int], str] | None = None,
     ) -> None:
         self.root = root
+        # Node i runs inside netns[i] when given, listening on listen_of(i).
+        self.netns = tuple(netns)
+        self.listen_of = listen_of
         # Off unless asked for: a test fog of nodes that each made a VM netns would be slow.
         self.vmm = vmm
         self.log_level = log_level
@@ -66,13 +71,17 @@ class LocalFog:
     def start(self, i: int, args_extra: Sequence[str] = ()) -> None:
         """Start node ``i`` (again, if it ran before) and wait until it serves; ``args_extra``
         are this node's own ``formation-node run`` options (after the fog's)."""
+        # nsenter, not ``ip netns exec``: that one also makes a private mount namespace, where
+        # the namespaces the node creates (bind mounts in /run/netns) would be invisible to us.
+        prefix = ["nsenter", f"--net=/run/netns/{self.netns[i]}", "--"] if self.netns else []
         args = [
+            *prefix,
             *_CLI,
             "run",
             "--data-dir",
             str(self.data_dir(i)),
             "--listen",
-            self.listen,
+            self.listen_of(i) if self.listen_of is not None else self.listen,
             "--gateway",
             "127.0.0.1:0",
         ]

@@ -68,6 +68,7 @@ from node.config import NodeConfig, load_or_create_node_key
 from node.control import serve_control
 from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
+from node.gossip.messages import MemberState
 from node.identity.keys import NodeKey
 from node.metrics import NodeMetrics
 from node.p2p.gossip_driver import GossipService, join_through
@@ -112,6 +113,8 @@ class StartError(Exception):
 
 VMM_CHOICES: Final = ("auto", "qemu", "simulated", "off")
 MESH_CHOICES: Final = ("auto", "on", "off")
+# Members the mesh stops routing to (a SUSPECT one stays: see node.mesh.link.wanted_peers).
+_GONE: Final = frozenset({MemberState.DEAD, MemberState.LEFT})
 # Where the .fog DNS server answers unless told otherwise (the issue's, and dig's -p habit).
 DNS_DEFAULT: Final = "127.0.0.1:5453"
 
@@ -825,6 +828,7 @@ async def run_mesh_link(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNOR
             endpoint_host,
             listen_port=settings.mesh_port,
             guest_ip_of=guest_ip_of,
+            gone=lambda node_id: node.core.membership.state_of(node_id) in _GONE,
         )
         async with trio.open_nursery() as nursery:
             node.mesh_link = await nursery.start(link.run)

@@ -16,8 +16,9 @@ driver that makes the data path follow them, and a few pure functions it is made
   the node's address (a lost claim's successor replaces it in place), (2) publishes
   ``mesh.key {public_key, endpoint, listen_port}`` when what the view holds for this node
   differs (first start, a new port or endpoint), (3) sets the peers to every other node that
-  holds an address and a key with an endpoint (``wanted_peers``): allowed IPs are the peer's
-  address and the addresses of the slots it hosts. ``WireGuard.set_peers`` changes only what
+  holds an address and a key with an endpoint and that the membership has not declared dead
+  or seen leave (``wanted_peers``): allowed IPs are the peer's address and the addresses of
+  the slots it hosts. ``WireGuard.set_peers`` changes only what
   changed, so a join or leave elsewhere costs no handshake between unchanged peers, and no
   restart ever.
 * **Instances.** A slot this node hosts has its own mesh address (claimed by
@@ -98,14 +99,18 @@ def endpoint_host_of(listen_addrs: Iterable[str], override: str = "") -> str | N
 
 
 def wanted_peers(
-    peers: Sequence[Mapping[str, Any]], me: str, keepalive_s: int | None = None
+    peers: Sequence[Mapping[str, Any]],
+    me: str,
+    gone: Callable[[str], bool] = lambda node_id: False,
+    keepalive_s: int | None = None,
 ) -> list[Peer]:
     """The WireGuard peers ``MeshView.peers()`` asks of node ``me``: every other node with an
-    endpoint (one without cannot be reached first; it reaches us, and its endpoint is learned
-    from its packets only if it is configured, so it waits for its key op)."""
+    endpoint that ``gone`` (the membership's DEAD or LEFT) does not name. A node without an
+    endpoint cannot be reached first; it waits for its key op. A suspect node stays: dropping
+    it would cost a fresh handshake each time a suspicion clears."""
     out = []
     for peer in peers:
-        if peer["node_id"] == me or not peer.get("endpoint"):
+        if peer["node_id"] == me or not peer.get("endpoint") or gone(peer["node_id"]):
             continue
         out.append(
             Peer(
@@ -215,6 +220,7 @@ class MeshLink:
     endpoint_host: str  # the IP other nodes send our WireGuard packets to
     listen_port: int = 0  # UDP; 0: any free port (published in mesh.key)
     guest_ip_of: Callable[[str, int], str | None] | None = None  # routes VMs when given
+    gone: Callable[[str], bool] = lambda node_id: False  # the membership's DEAD or LEFT
     poll_s: float = POLL_S
     rng: Random | None = None
     wg: WireGuard | None = None
@@ -222,6 +228,7 @@ class MeshLink:
     key_ops: int = 0
     peer_count: int = 0
     peers_handshaken: int = 0
+    peer_ids: list[str] = field(default_factory=list)
     _nat: tuple[tuple[str, str], ...] | None = None
     _public_key_b64: str = ""
     _forwarding: bool = field(default=False, repr=False)
@@ -291,8 +298,11 @@ class MeshLink:
         if dict(view.keys.get(me) or {}) != wanted_key:
             self.key_ops += 1
             await self.host.write("mesh.key", wanted_key)
-        peers = wanted_peers(view.peers(), me)
+        wanted = view.peers()
+        peers = wanted_peers(wanted, me, self.gone)
         await wg.set_peers(peers)
+        keys = {key_to_base64(p.public_key) for p in peers}
+        self.peer_ids = sorted(p["node_id"] for p in wanted if p["public_key"] in keys)
         self.peer_count = len(peers)
         status = await wg.peers_status()
         self.peers_handshaken = sum(1 for p in status if p.get("last_handshake_s"))
@@ -329,6 +339,7 @@ class MeshLink:
                 address=wg.address_cidr,
                 endpoint=f"{self.endpoint_host}:{wg.listen_port}",
                 peers=self.peer_count,
+                peer_ids=list(self.peer_ids),
                 peers_handshaken=self.peers_handshaken,
             )
         return out

@@ -1,5 +1,8 @@
 """The mesh's data path: userspace WireGuard (``wireguard-go``) on a TUN inside a netns.
 
+Long on purpose: the daemon's life cycle and the UAPI text protocol it is driven by are one
+contract; the protocol half is pure functions tested byte for byte on their own.
+
 Theory of operation
 -------------------
 These hosts' kernels have no WireGuard module (``ip link add … type wireguard`` fails), so a
@@ -11,6 +14,12 @@ in place, so the watched process *is* wireguard-go), waits for its control socke
 gives the TUN its mesh address and brings it up with pyroute2 inside that namespace. On exit
 (error and cancel included) wireguard-go is terminated (it removes its TUN and socket),
 killed if it lingers, and any leftover link or socket file is removed.
+
+With ``tun_netns`` the TUN is moved into that namespace before it gets its address, while
+wireguard-go and its UDP socket stay in ``netns`` (the node's own): the encrypted side faces
+the network, the clear side lives in a namespace of its own. wireguard-go keeps its TUN file
+descriptor across the move, and the UAPI socket stays where it was (measured here: handshake
+and ping through a moved TUN; SIGTERM still removes it).
 
 Configuration speaks the UAPI text protocol (the one ``wg`` speaks to userspace daemons)
 directly over the unix socket from Trio; no ``wg`` binary is needed. A request is lines of

@@ -107,7 +107,7 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
     root: Path = args.root
     root.mkdir(parents=True, exist_ok=True)
     listen = "/ip4/127.0.0.1/udp/0/quic-v1" if args.quic else "/ip4/127.0.0.1/tcp/0"
-    fog = LocalFog(root, log_level=args.log_level, listen=listen, vmm="auto")
+    fog = LocalFog(root, log_level=args.log_level, listen=listen, vmm="auto", mesh="auto")
     started = time.monotonic()
     try:
         for i in range(args.nodes):

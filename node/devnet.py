@@ -44,6 +44,7 @@ class LocalFog:
         extra_args: tuple[str, ...] = (),
         listen: str = "/ip4/127.0.0.1/tcp/0",
         vmm: str = "off",
+        mesh: str = "off",
         netns: Sequence[str] = (),
         listen_of: Callable[[int], str] | None = None,
     ) -> None:
@@ -53,6 +54,7 @@ class LocalFog:
         self.listen_of = listen_of
         # Off unless asked for: a test fog of nodes that each made a VM netns would be slow.
         self.vmm = vmm
+        self.mesh = mesh  # off unless asked for, too: each node's wireguard-go and netns cost
         self.log_level = log_level
         self.extra_args = extra_args
         self.listen = listen
@@ -86,6 +88,7 @@ class LocalFog:
             "127.0.0.1:0",
         ]
         args += ["--log-level", self.log_level, "--vmm", self.vmm, "--dns", "127.0.0.1:0"]
+        args += ["--mesh", self.mesh]
         args += [*self.extra_args, *args_extra]
         if self.bootstrap:
             args += ["--bootstrap", self.bootstrap]

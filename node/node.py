@@ -800,9 +800,8 @@ async def run_mesh_link(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNOR
     from node.vmm.netns import open_netns
 
     settings, vms = node.settings, node.vms
-    vm_netns: str | None = (
-        getattr(vms.driver, "netns_name", lambda: None)() if vms is not None else None
-    )
+    # The QEMU driver's property (None without a netns); the simulated driver has none.
+    vm_netns: str | None = getattr(vms.driver, "netns_name", None) if vms is not None else None
     guest_ip_of = None
     if vm_netns is not None and vms is not None:
         missing = nat_tools_missing()

@@ -113,7 +113,7 @@ async def test_two_nodes_in_two_namespaces_talk_over_the_mesh_and_the_veth_shows
     async with two_netns() as pair:
         fog = LocalFog(
             tmp_path / "fog",
-            extra_args=("--mesh", "on"),
+            mesh="on",
             netns=pair.ns,
             listen_of=lambda i: f"/ip4/{UNDERLAY[i]}/tcp/0",
         )
@@ -211,7 +211,7 @@ def test_peers_follow_joins_and_leaves_without_a_restart_and_a_killed_node_clean
 ) -> None:
     _need_tools()
     before = _wireguard_pids()
-    fog = LocalFog(tmp_path, extra_args=("--mesh", "on"))
+    fog = LocalFog(tmp_path, mesh="on")
     try:
         fog.start(0)
         fog.start(1)

@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -51,10 +52,16 @@ def fog(tmp_path: Path) -> Iterator[LocalFog]:
     assert not missing, f"shipping to QEMU needs {missing}: run scripts/ensure-system-deps.sh run"
     (tmp_path / "fog").mkdir()
     fog = LocalFog(
-        tmp_path / "fog", extra_args=("--heartbeat-s", "0"), vmm="qemu", log_level="info"
+        tmp_path / "fog",
+        extra_args=("--heartbeat-s", "0"),
+        mesh="on",
+        vmm="qemu",
+        log_level="info",
     )
     try:
         fog.start(0, ("--vm-capacity", "vcpus=2,memory_mb=2048,disk_gb=20"))
+        # A second node with no VMs: it reaches the instance over the mesh, through node 0.
+        fog.start(1, ("--vmm", "off"))
         yield fog
     finally:
         fog.stop_all()
@@ -86,6 +93,26 @@ def _http(endpoint: dict[str, Any]) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def _http_in(netns: str, url: str) -> str:
+    """GET ``url`` from a process in ``netns``, retrying while the mesh route settles."""
+    fetch = (
+        "import sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        got = subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", fetch, url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if got.returncode == 0 or time.monotonic() > deadline:
+            assert got.returncode == 0, got.stderr[-2000:]
+            return got.stdout
+        time.sleep(1)
 
 
 def test_ship_boots_a_vm_that_answers_and_follows_its_owner(tmp_path: Path, fog: LocalFog) -> None:
@@ -123,6 +150,13 @@ def test_ship_boots_a_vm_that_answers_and_follows_its_owner(tmp_path: Path, fog:
     fog.wait(lambda: bool(dig_short(str(status["dns"]), build_name)), timeout_s=30)
     (mesh_address,) = dig_short(str(status["dns"]), build_name)
     assert _get(form, instance_id)["formnet_ip"] == mesh_address
+    # The mesh: node 0's interface is in its VM netns; node 1 reaches the guest at the slot's
+    # mesh address, over WireGuard to node 0, which DNATs it to the guest (no WireGuard inside).
+    assert (fog.status(0) or {})["mesh"]["netns"] == made.group(1)
+    mesh1 = (fog.status(1) or {})["mesh"]
+    assert "hello from the fog" in _http_in(
+        mesh1["netns"], f"http://{mesh_address}:8000/index.html"
+    )
 
     assert form("manage", "stop", "--id", instance_id).returncode == 0
     _wait_status(fog, form, instance_id, "Stopped")

@@ -146,7 +146,8 @@ def test_unknown_kinds_and_bad_names_are_refused() -> None:
     assert err.code == "invalid_payload"
     assert "'name'" in str(err)
     err = rejected(State(NET), op(ALICE, "instance.create", {"name": "ok"}))
-    assert "give a formfile" in str(err) and err.code == "invalid_payload"
+    assert "give a formfile" in str(err)
+    assert err.code == "invalid_payload"
 
 
 def test_agent_listing_with_private_access_and_allow_list() -> None:

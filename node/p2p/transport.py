@@ -96,6 +96,7 @@ from libp2p.transport.tcp.tcp import TCP
 
 from node.gossip.wire import DEFAULT_LIMITS, BadPacket, FrameReader, frame
 from node.identity.keys import NodeKey, address_from_public_key, normalize_address
+from node.logs import adopt_library_loggers
 from node.p2p.peer_table import PeerTable
 
 __all__ = [
@@ -113,6 +114,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# libp2p's import just unhooked its loggers from ours (node.logs): hook them back.
+adopt_library_loggers()
 
 DEFAULT_PROTOCOL: Final = "/formation/gossip/1.0.0"
 

@@ -1,6 +1,6 @@
 """Build-context upload through a real gateway, and blob fetch over libp2p: MB/s.
 
-Upload: a real Hypercorn gateway (``serve_gateway``, the node's own ASGI app) on 127.0.0.1 in a
+Upload: a real gateway (``serve_gateway``, the node's own ASGI app) on 127.0.0.1 in a
 thread, in front of a Replica and a BlobStore in a temporary directory; the client is
 ``node.client.context.upload`` with a signing ``GatewayClient`` (what ``form pack build``
 does). The context is ``--mib`` MiB: three quarters in one random (incompressible) file, the
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--fetch-mib", type=int, default=128, help="libp2p fetch blob MiB")
     parser.add_argument("--fetch-n", type=int, default=3)
     args = parser.parse_args()
-    results: dict[str, Any] = {"gateway": "real Hypercorn on 127.0.0.1 (in-process thread)"}
+    results: dict[str, Any] = {"gateway": "real gateway server on 127.0.0.1 (in-process thread)"}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         files = _make_context(root / "ctx", args.mib * 1024 * 1024)

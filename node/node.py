@@ -553,7 +553,7 @@ async def run_gateway(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED
         try:
             url: str = await nursery.start(serve_gateway, app, host, port)
         except (OSError, BaseExceptionGroup) as exc:
-            # Hypercorn binds inside nested nurseries: the OSError may arrive wrapped.
+            # The server binds inside its own nursery: the OSError may arrive wrapped.
             leaf: BaseException = exc
             while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
                 leaf = leaf.exceptions[0]

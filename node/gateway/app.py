@@ -35,7 +35,6 @@ expired grants are refused here.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -345,22 +344,8 @@ def _has_signature(headers: dict[str, str]) -> bool:
 async def serve_gateway(
     app: GatewayApp, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve ``app`` with Hypercorn's Trio worker; ``task_status`` gets the bound URL."""
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
+    """Serve ``app`` with the gateway's own HTTP/1.1 server (``node.gateway.server``, D20);
+    ``task_status`` gets the bound URL."""
+    from node.gateway.server import serve_http
 
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("formation.gateway.http")
-    config.keep_alive_timeout = 30
-    config.read_timeout = 30  # a client that stops sending (slowloris) is cut off
-    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
-    config.backlog = 128
-    config.graceful_timeout = 2
-
-    class _Status:
-        def started(self, binds: list[str] | None = None) -> None:
-            task_status.started((binds or [""])[0])
-
-    await serve(app, config, task_status=_Status())  # type: ignore[arg-type]
+    await serve_http(app, host, port, task_status=task_status)

@@ -1,4 +1,4 @@
-"""The gateway over real HTTP (Hypercorn on loopback) in front of a real replica and store.
+"""The gateway over real HTTP (the gateway server on loopback) in front of a real replica and store.
 
 Requests are signed by the libraries a client would use (eth-account here; ethers in the
 interop test below), never by the code under test.
@@ -331,7 +331,7 @@ async def test_a_delegated_key_acts_within_its_grant_until_revoked(gateway: Gate
 
 async def _agent(
     scope: dict[str, Any], receive: Any, send: Any
-) -> None:  # a real agent: an ASGI app on its own Hypercorn
+) -> None:  # a real agent: an ASGI app on its own gateway server
     if scope["type"] != "http":
         if scope["type"] == "lifespan":
             message = await receive()

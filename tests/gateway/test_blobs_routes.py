@@ -1,4 +1,4 @@
-"""The blob routes over real HTTP (Hypercorn on loopback), and a context upload through them."""
+"""The blob routes over real HTTP (the gateway server on loopback), and a context upload through them."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ async def test_run_node_is_ready_when_it_reports_and_stops_cleanly(tmp_path: Pat
 async def test_a_service_that_cannot_start_is_a_start_error_and_the_store_still_closes(
     tmp_path: Path,
 ) -> None:
-    # (A gateway port in use is covered by tests/real/test_cli.py: in process, Hypercorn
+    # (A gateway port in use is covered by tests/real/test_cli.py: in process, the old server
     # leaks the socket whose bind failed, a ResourceWarning here.)
     settings = _settings(tmp_path / "n0", listen_addrs=("/ip4/nonsense",))
     with pytest.RaisesGroup(pytest.RaisesExc(StartError, match="cannot listen")):

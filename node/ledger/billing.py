@@ -1,5 +1,8 @@
 """The billing ledger: credits that no replica can overspend, with no coordinator. Pure.
 
+Long on purpose: the kinds, the chain evaluator and the spend decision are one rule (when a
+chain entry is valid) and must change together.
+
 Theory of operation
 -------------------
 Credits are integers of the smallest unit. An account's credits are **spend rights held by

@@ -39,6 +39,7 @@ sides = 2
 
 [placement]                # set: a placement run instead of gossip (simulations.placement_spec)
 [mesh]                     # set: a mesh address run instead of gossip (simulations.mesh_spec)
+[ledger]                   # set: a billing run instead of gossip (simulations.ledger_spec)
 
 [check]
 converged = true           # identical digest roots and state hashes on every live node
@@ -61,6 +62,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from node.gossip.config import GossipConfig
+from simulations.ledger_spec import LedgerSpec, LedgerSpecError, parse_ledger
 from simulations.mesh_spec import MeshSpec, MeshSpecError, parse_mesh
 from simulations.network import LinkConfig
 from simulations.placement_spec import (
@@ -169,6 +171,8 @@ class Scenario:
     placement: PlacementSpec | None = None
     # Set: a mesh address run (``simulations.mesh``) instead of a gossip run.
     mesh: MeshSpec | None = None
+    # Set: a billing run (``simulations.ledger``) instead of a gossip run.
+    ledger: LedgerSpec | None = None
 
     def with_overrides(
         self,
@@ -471,6 +475,7 @@ _TOP: Final = frozenset(
         "check",
         "placement",
         "mesh",
+        "ledger",
     }
 )
 
@@ -527,6 +532,21 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
             raise ScenarioError(str(exc)) from None
         if faults:
             raise ScenarioError(f"fault '{faults[0].describe()}': a mesh scenario takes no faults")
+    ledger = None
+    if "ledger" in data:
+        if not isinstance(data["ledger"], dict):
+            raise ScenarioError("ledger must be a table: [ledger] accounts = ...")
+        if placement is not None or mesh is not None:
+            raise ScenarioError("a scenario has one of [placement], [mesh] or [ledger]")
+        try:
+            ledger = parse_ledger(data["ledger"])
+        except LedgerSpecError as exc:
+            raise ScenarioError(str(exc)) from None
+        if faults:
+            raise ScenarioError(
+                f"fault '{faults[0].describe()}': a ledger scenario takes no [[faults]]; "
+                "its faults are [ledger] knobs"
+            )
     scenario = Scenario(
         name=name,
         description=description.strip(),
@@ -546,10 +566,12 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
         workload=_workload(data.get("workload", {})),
         faults=tuple(faults),
         # A placement or mesh run has no gossip state to converge.
-        check=_check(data.get("check", {}), converged_default=placement is None and mesh is None),
+        check=_check(data.get("check", {}), converged_default=placement is None and mesh is None and ledger is None
+        ),
         source=source,
         placement=placement,
         mesh=mesh,
+        ledger=ledger,
     )
     scenario.validate()
     return scenario

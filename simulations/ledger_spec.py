@@ -27,7 +27,10 @@ byzantine = true             # node 0 also executes orders it cannot cover, forg
 ```
 
 The nodes are the scenario's ``nodes``; a ledger scenario takes no ``[[faults]]`` (its faults
-are the knobs above). The model and the metrics: ``simulations.ledger``.
+are the knobs above). ``[check.max]`` bounds hold for every seed; ``[check.min]`` bounds
+(``local_decision_fraction``) for the sum of ``formation-sim run SCENARIO --seeds N``, since one
+seed's few dozen decisions are one noisy sample. The model and the metrics:
+``simulations.ledger``.
 """
 
 from __future__ import annotations

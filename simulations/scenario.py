@@ -566,7 +566,9 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
         workload=_workload(data.get("workload", {})),
         faults=tuple(faults),
         # A placement or mesh run has no gossip state to converge.
-        check=_check(data.get("check", {}), converged_default=placement is None and mesh is None and ledger is None
+        check=_check(
+            data.get("check", {}),
+            converged_default=placement is None and mesh is None and ledger is None,
         ),
         source=source,
         placement=placement,

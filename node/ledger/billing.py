@@ -53,20 +53,21 @@ ask for rights, from this replica's view. Peers answer with grants (``grant_answ
 much); if not enough arrive in time the driver refuses with ``InsufficientCredits``
 (``insufficient_credits``, required and available). ``decide`` is the whole driver step.
 
-The evaluation is incremental and cached per ``State`` (a weak-keyed memo of a pure function
-of the applied ops: recomputing from scratch gives the same numbers). A node that signs two
+The evaluation is incremental and cached on each ``State`` (a memo of a pure function of the
+applied ops: recomputing from scratch gives the same numbers). A node that signs two
 different ops with one ``seq`` (only a faulty signer can) is recorded as a fork; the op with
 the greater stamp counts, and the memo is rebuilt.
 """
 
 from __future__ import annotations
 
-import weakref
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
 from bootstrap.profiles import PROFILES
-from node.identity.keys import NodeKey
+from node.identity.keys import NodeKey, eip191_hash
 from node.ledger.op import Op, OpRejected, decode_op, sign_op
 from node.ledger.record import Kind, Tables
 from node.ledger.schema import Addr, Int, Obj, Spec, Str, check_payload
@@ -305,22 +306,29 @@ def _chain_key(node: str, seq: int) -> str:
 
 
 def _entry_of(op: Op, payload: dict[str, Any]) -> dict[str, Any]:
-    kind = op.kind[len("billing.") :]
-    entry: dict[str, Any] = {"k": kind, "at": op.wall_ms}
     if op.kind in _ORDER_OF:
-        # Verified when the op was checked: read it back without another signature check.
-        order = Op.trusted(
-            payload["order"]["body"].encode(), bytes.fromhex(payload["order"]["sig"][2:])
-        )
-        fields = order.payload
-        entry.update(by=order.author, key=fields["idempotency_key"], amount=fields["amount"])
-        if kind == "hold":
-            entry.update(payee=fields["payee"].lower(), expires_ms=fields["expires_ms"])
-            entry["hold"] = order.id.hex()
-        else:
-            entry["to"] = fields["to"].lower()
+        return _order_entry(op.kind, op.wall_ms, payload["order"]["body"])
+    entry: dict[str, Any] = {"k": op.kind[len("billing.") :], "at": op.wall_ms}
+    entry.update({k: v for k, v in payload.items() if k != "seq"})
+    return entry
+
+
+@lru_cache(maxsize=4096)
+def _order_entry(op_kind: str, wall_ms: int, order_text: str) -> dict[str, Any]:
+    """The entry of a chain op carrying an order: every replica reads the same op, so the
+    parse is memoized (the dict is shared and never mutated)."""
+    kind = op_kind[len("billing.") :]
+    entry: dict[str, Any] = {"k": kind, "at": wall_ms}
+    # Verified when the op was checked: read the order back without a signature check.
+    body = order_text.encode()
+    order = json.loads(body)
+    fields = order["payload"]
+    entry.update(by=order["author"], key=fields["idempotency_key"], amount=fields["amount"])
+    if kind == "hold":
+        entry.update(payee=fields["payee"].lower(), expires_ms=fields["expires_ms"])
+        entry["hold"] = eip191_hash(body).hex()  # the order's op id
     else:
-        entry.update({k: v for k, v in payload.items() if k != "seq"})
+        entry["to"] = fields["to"].lower()
     return entry
 
 
@@ -331,13 +339,17 @@ def _apply_chain(state: Tables, op: Op, payload: dict[str, Any]) -> None:
     op_hex = op.id.hex()
     if ours is not None and ours != op_hex:
         # Two ops for one seq: only a faulty signer makes them. Record the fork (an evaluated
-        # chain must be rebuilt); the greater stamp counts, on every replica.
-        # The marker is the smaller stamp of the two, so any arrival order leaves one marker.
+        # chain must be rebuilt); the greater stamp counts, on every replica. The marker is
+        # the smaller stamp of the two, so any arrival order leaves one marker.
         theirs = record.fields.stamp_of("id")
         marker = op.stamp if theirs is None else min(op.stamp, theirs)
         state.record("billing", "index:forks").first(key, marker)
     record.set_fields({"e": _entry_of(op, payload), "id": op_hex}, op.stamp)
     state.record("billing", "index:nodes").first(op.author, op.stamp)
+    # Tell the memo which chain grew, so it need not look at the others (a hint only).
+    hints = vars(state).get(_HINTS_ATTR)
+    if hints is not None:
+        hints.add(op.author)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -382,6 +394,9 @@ class _Book:
     holds: dict[str, _Hold] = field(default_factory=dict)
     grants: dict[tuple[str, int], _Grant] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], str] = field(default_factory=dict)  # "ok" or a reason
+    table_len: int = 0
+    # granter -> chains pending on one of its grants
+    waiting: dict[str, set[str]] = field(default_factory=dict)
 
     def _add(self, account: str, node: str, delta: int) -> None:
         pair = (account, node)
@@ -477,7 +492,7 @@ class _Book:
             return "ok"
         raise AssertionError(f"unknown billing entry kind {kind!r}")
 
-    def refresh(self, state: State) -> None:
+    def refresh(self, state: State, hints: set[str]) -> None:
         if state.op_count == self.op_count:
             return
         self.op_count = state.op_count
@@ -485,39 +500,54 @@ class _Book:
         nodes_record = table.get("index:nodes")
         if nodes_record is None:
             return
-        nodes = sorted(nodes_record.firsts)
-        progress = True
-        while progress:
-            progress = False
-            for node in nodes:
-                seq = self.next.get(node, 1)
-                while True:
-                    record = table.get(_chain_key(node, seq))
-                    if record is None:
-                        break
-                    outcome = self.evaluate(node, seq, record.fields.get("e"))
-                    if outcome is None:
-                        break
-                    self.outcomes[(node, seq)] = outcome
-                    seq += 1
-                    progress = True
-                self.next[node] = seq
-                top = max(self.top.get(node, 0), seq - 1)
-                while _chain_key(node, top + 1) in table:
-                    top += 1
-                self.top[node] = top
+        # Each hint stands for at most one new key; more new keys than hints means ops came in
+        # some other way (a state merge): then every chain is looked at.
+        grown = len(table) - self.table_len
+        self.table_len = len(table)
+        work = set(nodes_record.firsts) if grown > len(hints) else set(hints)
+        hints.clear()
+        while work:
+            node = work.pop()
+            seq = start = self.next.get(node, 1)
+            prefix = f"chain:{node}:"
+            while True:
+                record = table.get(prefix + str(seq))
+                if record is None:
+                    break
+                outcome = self.evaluate(node, seq, record.fields.get("e"))
+                if outcome is None:
+                    # Pending on a grant: look again when the granter's chain moves.
+                    entry = record.fields.get("e")
+                    self.waiting.setdefault(entry["from_node"], set()).add(node)
+                    break
+                self.outcomes[(node, seq)] = outcome
+                seq += 1
+            self.next[node] = seq
+            top = max(self.top.get(node, 0), seq - 1)
+            while prefix + str(top + 1) in table:
+                top += 1
+            self.top[node] = top
+            if seq > start and node in self.waiting:
+                work |= self.waiting.pop(node)
 
 
-_BOOKS: weakref.WeakKeyDictionary[State, _Book] = weakref.WeakKeyDictionary()
+# The memo lives on the State it describes (and dies with it): the evaluated book, and the
+# chains that grew since it was last refreshed.
+_BOOK_ATTR: Final = "_billing_book"
+_HINTS_ATTR: Final = "_billing_hints"
 
 
 def _book(state: State) -> _Book:
-    book = _BOOKS.get(state)
+    memo = vars(state)
+    book: _Book | None = memo.get(_BOOK_ATTR)
+    if book is not None and book.op_count == state.op_count:
+        return book
     forks = state.tables["billing"].get("index:forks")
     forks_count = len(forks.firsts) if forks is not None else 0
     if book is None or book.forks_seen != forks_count:
-        book = _BOOKS[state] = _Book(state.network, forks_seen=forks_count)
-    book.refresh(state)
+        book = memo[_BOOK_ATTR] = _Book(state.network, forks_seen=forks_count)
+        memo[_HINTS_ATTR] = set()
+    book.refresh(state, memo[_HINTS_ATTR])
     return book
 
 

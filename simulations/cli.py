@@ -478,6 +478,19 @@ _SWEEP_TABLE_PLACEMENT = (
 
 
 # ... and for a mesh scenario.
+# ... and for a ledger scenario (``run ledger --seeds N`` sums them instead).
+_SWEEP_TABLE_LEDGER = (
+    "invariant_violations",
+    "local_decision_fraction",
+    "refused_spends",
+    "decisions",
+    "asks_sent",
+    "grants",
+    "ops_per_s",
+    "wall_s",
+)
+
+
 _SWEEP_TABLE_MESH = (
     "duplicate_addresses",
     "lost_at_end",
@@ -502,6 +515,8 @@ def _sweep_table(report: dict[str, Any]) -> str:
     names: tuple[str, ...] = _SWEEP_TABLE_PLACEMENT if placement else _SWEEP_TABLE
     if "duplicate_addresses" in report["metrics"]:
         names = _SWEEP_TABLE_MESH
+    if "local_decision_fraction" in report["metrics"]:
+        names = _SWEEP_TABLE_LEDGER
     for name in names:
         row = report["metrics"].get(name)
         if row is None:

@@ -56,7 +56,7 @@ much); if not enough arrive in time the driver refuses with ``InsufficientCredit
 The evaluation is incremental and cached on each ``State`` (a memo of a pure function of the
 applied ops: recomputing from scratch gives the same numbers). A node that signs two
 different ops with one ``seq`` (only a faulty signer can) is recorded as a fork; the op with
-the greater stamp counts, and the memo is rebuilt.
+the greater stamp counts, and the memo is rebuilt (as it is after a ``State.merge``).
 """
 
 from __future__ import annotations
@@ -500,11 +500,10 @@ class _Book:
         nodes_record = table.get("index:nodes")
         if nodes_record is None:
             return
-        # Each hint stands for at most one new key; more new keys than hints means ops came in
-        # some other way (a state merge): then every chain is looked at.
-        grown = len(table) - self.table_len
+        # A fresh book looks at every chain; after that, only at the chains the appliers
+        # announced (``_book`` starts afresh when entries came in another way).
+        work = set(nodes_record.firsts) if self.table_len == 0 else set(hints)
         self.table_len = len(table)
-        work = set(nodes_record.firsts) if grown > len(hints) else set(hints)
         hints.clear()
         while work:
             node = work.pop()
@@ -542,9 +541,13 @@ def _book(state: State) -> _Book:
     book: _Book | None = memo.get(_BOOK_ATTR)
     if book is not None and book.op_count == state.op_count:
         return book
-    forks = state.tables["billing"].get("index:forks")
+    table = state.tables["billing"]
+    forks = table.get("index:forks")
     forks_count = len(forks.firsts) if forks is not None else 0
-    if book is None or book.forks_seen != forks_count:
+    # More new entries than the appliers announced: ops came in another way (``State.merge``,
+    # which may also have replaced a forked entry): evaluate from scratch.
+    bypassed = book is not None and len(table) - book.table_len > len(memo[_HINTS_ATTR])
+    if book is None or book.forks_seen != forks_count or bypassed:
         book = memo[_BOOK_ATTR] = _Book(state.network, forks_seen=forks_count)
         memo[_HINTS_ATTR] = set()
     book.refresh(state, memo[_HINTS_ATTR])

@@ -35,6 +35,7 @@ class Chain:
         self.state = state
         self.seq = 0
         self.clock = 0
+        self.made: list[Op] = []
 
     def op(self, kind: str, **payload: object) -> Op:
         self.seq += 1
@@ -45,6 +46,7 @@ class Chain:
 
     def do(self, kind: str, **payload: object) -> str | None:
         made = self.op(kind, **payload)
+        self.made.append(made)
         self.state.ingest(made.body, made.sig)
         return billing.entry_outcome(self.state, self.key.address, self.seq)
 
@@ -422,3 +424,22 @@ def test_a_forked_seq_counts_the_greater_stamp_on_every_replica() -> None:
         assert billing.balance(state, ALICE.address)["available"] == 0
         assert billing.balance(state, BOB.address)["available"] == 7
     assert a.state_hash() == b.state_hash()
+
+
+def test_a_state_merge_is_evaluated_like_the_ops_themselves() -> None:
+    left, right, both = State(NET), State(NET), State(NET)
+    c1, c2 = Chain(N1, left), Chain(N2, right)
+    mint(c1, ALICE, 30, "a")
+    mint(c2, ALICE, 20, "b")
+    assert billing.balance(left, ALICE.address)["available"] == 30  # memo built before merge
+    grant = c2.op("billing.grant", account=ALICE.address, amount=5, to_node=N1.address)
+    right.ingest(grant.body, grant.sig)
+    left.merge(right)
+    assert billing.balance(left, ALICE.address)["available"] == 50
+    assert billing.rights_of(left, N2.address, ALICE.address) == 15
+    assert conserved(left)
+    # The same as applying every op to one replica.
+    for op in [*c1.made, *c2.made, grant]:
+        both.ingest(op.body, op.sig)
+    assert billing.balance(both, ALICE.address) == billing.balance(left, ALICE.address)
+    assert billing.totals(both) == billing.totals(left)

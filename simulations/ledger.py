@@ -1,5 +1,8 @@
 """A billing run: a fog of nodes spends credits with no coordinator, under faults and attack.
 
+Long on purpose: one event loop whose handlers are the nodes' drivers and whose checks read
+what the handlers recorded; split, each half would reach into the other's state.
+
 Theory of operation
 -------------------
 Every node holds a full replica (``node.ledger.state.State``) and runs the real billing core

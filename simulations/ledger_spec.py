@@ -36,10 +36,11 @@ seed's few dozen decisions are one noisy sample. The model and the metrics:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["LEDGER_NETWORK", "LedgerSpec", "LedgerSpecError", "parse_ledger"]
+__all__ = ["LEDGER_NETWORK", "LedgerSpec", "LedgerSpecError", "ledger_table", "parse_ledger"]
 
 # The network the run's ops are signed for: its genesis issuer is the well-known local key.
 LEDGER_NETWORK = "local"
@@ -118,3 +119,25 @@ def parse_ledger(data: dict[str, Any]) -> LedgerSpec:
     if spec.provision_factor <= 0:
         raise LedgerSpecError("ledger.provision_factor must be above 0: nothing could be spent")
     return spec
+
+
+def ledger_table(
+    data: dict[str, Any], other_run: bool, faults: Sequence[Any], error: type[Exception]
+) -> LedgerSpec | None:
+    """The scenario's ``[ledger]`` table parsed, or None; a bad one raises ``error`` (the
+    scenario's error type) naming what to fix. ``other_run``: it has [placement] or [mesh]."""
+    if "ledger" not in data:
+        return None
+    if not isinstance(data["ledger"], dict):
+        raise error("ledger must be a table: [ledger] accounts = ...")
+    if other_run:
+        raise error("a scenario has one of [placement], [mesh] or [ledger]")
+    if faults:
+        raise error(
+            f"fault '{faults[0].describe()}': a ledger scenario takes no [[faults]]; "
+            "its faults are [ledger] knobs"
+        )
+    try:
+        return parse_ledger(data["ledger"])
+    except LedgerSpecError as exc:
+        raise error(str(exc)) from None

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from node.gossip.config import GossipConfig
-from simulations.ledger_spec import LedgerSpec, LedgerSpecError, parse_ledger
+from simulations.ledger_spec import LedgerSpec, ledger_table
 from simulations.mesh_spec import MeshSpec, MeshSpecError, parse_mesh
 from simulations.network import LinkConfig
 from simulations.placement_spec import (
@@ -171,8 +171,7 @@ class Scenario:
     placement: PlacementSpec | None = None
     # Set: a mesh address run (``simulations.mesh``) instead of a gossip run.
     mesh: MeshSpec | None = None
-    # Set: a billing run (``simulations.ledger``) instead of a gossip run.
-    ledger: LedgerSpec | None = None
+    ledger: LedgerSpec | None = None  # set: a billing run (``simulations.ledger``)
 
     def with_overrides(
         self,
@@ -532,21 +531,7 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
             raise ScenarioError(str(exc)) from None
         if faults:
             raise ScenarioError(f"fault '{faults[0].describe()}': a mesh scenario takes no faults")
-    ledger = None
-    if "ledger" in data:
-        if not isinstance(data["ledger"], dict):
-            raise ScenarioError("ledger must be a table: [ledger] accounts = ...")
-        if placement is not None or mesh is not None:
-            raise ScenarioError("a scenario has one of [placement], [mesh] or [ledger]")
-        try:
-            ledger = parse_ledger(data["ledger"])
-        except LedgerSpecError as exc:
-            raise ScenarioError(str(exc)) from None
-        if faults:
-            raise ScenarioError(
-                f"fault '{faults[0].describe()}': a ledger scenario takes no [[faults]]; "
-                "its faults are [ledger] knobs"
-            )
+    ledger = ledger_table(data, placement is not None or mesh is not None, faults, ScenarioError)
     scenario = Scenario(
         name=name,
         description=description.strip(),
@@ -566,10 +551,7 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
         workload=_workload(data.get("workload", {})),
         faults=tuple(faults),
         # A placement or mesh run has no gossip state to converge.
-        check=_check(
-            data.get("check", {}),
-            converged_default=placement is None and mesh is None and ledger is None,
-        ),
+        check=_check(data.get("check", {}), converged_default=placement is None and mesh is None),
         source=source,
         placement=placement,
         mesh=mesh,

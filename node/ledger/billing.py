@@ -81,6 +81,7 @@ __all__ = [
     "FEE_BPS",
     "KINDS",
     "ORDER_KINDS",
+    "ORDER_SPECS",
     "TABLES",
     "Ask",
     "Decision",
@@ -184,9 +185,9 @@ class InsufficientCredits(OpRejected):
     def __init__(self, account: str, required: int, available: int, available_here: int) -> None:
         super().__init__(
             "insufficient_credits",
-            f"{account} needs {required} credits here; {available} are available in all "
-            f"(this node holds {available_here}, and peers did not grant the rest in time): "
-            "add credits or spend less",
+            f"{account} needs {required} credits; {available} are available in all, of which "
+            f"this node holds {available_here} and its peers did not cover the rest: add "
+            "credits or spend less",
             field="amount",
         )
         self.account = account

@@ -349,6 +349,8 @@ class LedgerSim:
             return
         if totals["rights_min"] < 0:
             self.violation("negative_rights", f"replica {v}: a pair at {totals['rights_min']}")
+        if totals["balance_min"] < 0:
+            self.violation("negative_balance", f"replica {v}: at {totals['balance_min']}")
         if totals["minted"] != totals["available"] + totals["held"]:
             self.violation(
                 "conservation",
@@ -673,7 +675,7 @@ class LedgerSim:
                 outcomes.append((key, outcome))
             if totals["minted"] != totals["available"] + totals["held"]:
                 self.violation("conservation", f"replica {u} at the end: {totals}")
-            if totals["rights_min"] < 0:
+            if totals["rights_min"] < 0 or totals["balance_min"] < 0:
                 self.violation("negative_rights", f"replica {u} at the end: {totals}")
             mine = (balances, tuple(outcomes))
             if reference is None:

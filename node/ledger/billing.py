@@ -578,13 +578,18 @@ def rights_of(state: State, node: str, account: str) -> int:
 
 
 def totals(state: State) -> dict[str, int]:
-    """Conservation: ``minted`` must equal ``available + held`` summed over accounts."""
+    """Conservation (``minted`` must equal ``available + held`` summed over accounts) and the
+    lowest (account, node) rights and account balance."""
     book = _book(state)
     return {
         "minted": book.minted_total,
         "available": sum(book.available.values()),
         "held": sum(book.held.values()),
         "rights_min": min(book.rights.values(), default=0),
+        # The lowest available or held amount of any account (never below zero).
+        "balance_min": min(
+            min(book.available.values(), default=0), min(book.held.values(), default=0)
+        ),
     }
 
 

@@ -132,6 +132,7 @@ def _apply_checking(ops: list[Op]) -> State:
         state.apply(op)
         totals = billing.totals(state)
         assert totals["rights_min"] >= 0
+        assert totals["balance_min"] >= 0
         assert totals["minted"] == totals["available"] + totals["held"]
         for account in ACCOUNTS:
             b = billing.balance(state, account.address)

@@ -84,7 +84,7 @@ def transfer(chain: Chain, frm: NodeKey, to: NodeKey, amount: int, key: str) -> 
 
 def conserved(state: State) -> bool:
     t = billing.totals(state)
-    return t["minted"] == t["available"] + t["held"] and t["rights_min"] >= 0
+    return t["minted"] == t["available"] + t["held"] and min(t["rights_min"], t["balance_min"]) >= 0
 
 
 def test_local_issuer_keystore_is_the_local_profiles_issuer() -> None:

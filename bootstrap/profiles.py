@@ -20,10 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_PROFILE", "DEVNET_PORT", "PROFILES", "Profile", "get_profile"]
+__all__ = [
+    "DEFAULT_PROFILE",
+    "DEVNET_PORT",
+    "LOCAL_ISSUER_ADDRESS",
+    "PROFILES",
+    "Profile",
+    "get_profile",
+]
 
 # The upstream's peer-to-peer port (form-p2p QUEUE_PORT); our libp2p listens there on devnet.
 DEVNET_PORT: Final = 53333
+
+# The well-known local issuer (bootstrap/local/issuer-keystore.json, password "local"), like
+# Hardhat's dev accounts: everybody knows its key, so only the ``local`` profile may trust it.
+LOCAL_ISSUER_ADDRESS: Final = "0xf434c297c7d2d71b08d95777f595ac35f2df3976"
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,9 @@ class Profile:
     agent_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # The fog's mesh range (node.mesh.addresses): the upstream formnet's default.
     mesh_cidr: str = "10.42.0.0/16"
+    # Genesis issuers: the only addresses whose mint orders mint credits (node.ledger.billing).
+    # The first one also holds the network's fee account. Empty: nobody can mint.
+    issuers: tuple[str, ...] = ()
 
 
 PROFILES: Final[dict[str, Profile]] = {
@@ -49,6 +63,7 @@ PROFILES: Final[dict[str, Profile]] = {
         listen_addrs=("/ip4/127.0.0.1/tcp/0",),
         bootstrap=(),
         mesh_cidr="10.42.0.0/16",
+        issuers=(LOCAL_ISSUER_ADDRESS,),
     ),
     "devnet": Profile(
         name="devnet",
@@ -62,6 +77,8 @@ PROFILES: Final[dict[str, Profile]] = {
         # Agents run in instances on the mesh; loopback is the node itself, never an agent.
         agent_networks=("10.0.0.0/8",),
         mesh_cidr="10.42.0.0/16",
+        # The devnet's issuers are not published yet; never the well-known local key.
+        issuers=(),
     ),
 }
 

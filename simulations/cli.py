@@ -4,6 +4,7 @@
 formation-sim list
 formation-sim run SCENARIO [--nodes N] [--seed S] [--duration S] [--core NAME]
                            [--json] [--plot FILE.png] [--trace FILE]
+formation-sim run ledger --seeds N [--nodes N] [--json]
 formation-sim sweep SCENARIO --seeds A..B [--jobs N] [--nodes N] [--duration S] [--core NAME]
                              [--json]
 ```
@@ -12,7 +13,8 @@ SCENARIO is a name from ``simulations/scenarios`` (see ``list``) or a path to a 
 The exit status is 0 when every check of the scenario holds, 1 when one fails (with the
 command that reproduces the run), 2 for a bad command line or scenario. ``sweep`` runs one
 scenario over many seeds and reports every metric's distribution and worst seed
-(``simulations.sweep``); it exits 1 when a check failed on any seed.
+(``simulations.sweep``); it exits 1 when a check failed on any seed. ``run --seeds N`` runs a
+ledger scenario on seeds 1..N and sums them into one report (``simulations.ledger``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         "--plot", metavar="FILE.png", help="draw the propagation CDF (needs matplotlib)"
     )
     run.add_argument("--trace", metavar="FILE", help="write the event trace (one line per event)")
+    run.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="a ledger scenario: run seeds 1..N, one summed report",
+    )
     sw = sub.add_parser(
         "sweep", help="run one scenario over many seeds: each metric's spread and worst seed"
     )
@@ -196,8 +204,69 @@ def _mesh_table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _ledger_table(m: dict[str, Any], description: str) -> str:
+    seeds = f"{m['seeds']} seeds" if "seeds" in m and "seed" not in m else f"seed {m['seed']}"
+    violations = m["invariant_violations"]
+    count = len(violations) if isinstance(violations, list) else violations
+    rows = [
+        ("scenario", f"{m['scenario']} ({description})"),
+        ("nodes", f"{_fmt(m['nodes'])}, {seeds}"),
+        ("invariant violations", _fmt(count)),
+        (
+            "spend decisions",
+            f"{_fmt(m['decisions'])}: {m['local_decision_fraction']:.4f} local, "
+            f"{_fmt(m['refused_spends'])} refused",
+        ),
+        (
+            "no effect",
+            f"{_fmt(m['duplicates_noop'])} duplicate submits, {_fmt(m['wrong_node_refused'])} "
+            "sent to a node the order does not name",
+        ),
+        ("core", f"{_fmt(m['ops_applied'])} ops applied, {_fmt(m['ops_per_s'])} ops/s wall"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = ["LEDGER", *(f"  {label:<{width}}  {value}" for label, value in rows)]
+    if "trace_hash" in m:
+        lines.append(f"trace_hash {m['trace_hash']}")
+    return "\n".join(lines)
+
+
+def _run_ledger_seeds(args: argparse.Namespace) -> int:
+    from simulations.ledger import run_ledger_seeds
+
+    scenario = load_scenario(args.scenario)
+    if scenario.ledger is None:
+        raise ScenarioError(
+            f"--seeds {args.seeds}: run --seeds is for ledger scenarios; for {scenario.name} use "
+            f"formation-sim sweep {args.scenario} --seeds 1..{args.seeds}"
+        )
+    if args.seeds < 1:
+        raise ScenarioError(f"--seeds {args.seeds}: use 1 or more")
+    scenario = scenario.with_overrides(nodes=args.nodes, duration_s=args.duration)
+    report = run_ledger_seeds(scenario, range(1, args.seeds + 1))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(_ledger_table(report, scenario.description))
+    if report["invariant_violations"] or report["checks_failed"]:
+        out = sys.stderr if args.json else sys.stdout
+        for seed, failures in report["checks_failed"].items():
+            for failure in failures:
+                print(f"CHECK FAILED (seed {seed}): {failure}", file=out)
+        for v in report["invariant_violations"][:20]:
+            print(
+                f"VIOLATION {v['invariant']} (seed {v['seed']}): {v['detail']}; reproduce with: "
+                f"formation-sim run {args.scenario} --seed {v['seed']}",
+                file=out,
+            )
+        return _EXIT_CHECK_FAILED
+    return 0
+
+
 def _table(result: RunResult) -> str:
     m = result.metrics
+    if m.get("kind") == "ledger":
+        return _ledger_table(m, result.scenario.description)
     if m.get("kind") == "placement":
         return _placement_table(result)
     if m.get("kind") == "mesh":
@@ -321,6 +390,8 @@ def _plot(result: RunResult, path: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.seeds is not None:
+        return _run_ledger_seeds(args)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -407,6 +478,19 @@ _SWEEP_TABLE_PLACEMENT = (
 
 
 # ... and for a mesh scenario.
+# ... and for a ledger scenario (``run ledger --seeds N`` sums them instead).
+_SWEEP_TABLE_LEDGER = (
+    "invariant_violations",
+    "local_decision_fraction",
+    "refused_spends",
+    "decisions",
+    "asks_sent",
+    "grants",
+    "ops_per_s",
+    "wall_s",
+)
+
+
 _SWEEP_TABLE_MESH = (
     "duplicate_addresses",
     "lost_at_end",
@@ -431,6 +515,8 @@ def _sweep_table(report: dict[str, Any]) -> str:
     names: tuple[str, ...] = _SWEEP_TABLE_PLACEMENT if placement else _SWEEP_TABLE
     if "duplicate_addresses" in report["metrics"]:
         names = _SWEEP_TABLE_MESH
+    if "local_decision_fraction" in report["metrics"]:
+        names = _SWEEP_TABLE_LEDGER
     for name in names:
         row = report["metrics"].get(name)
         if row is None:

@@ -1,7 +1,8 @@
 """The runs that replace a gossip run: which one a scenario's table selects.
 
 A scenario with ``[placement]`` is a placement run (``simulations.placement``), one with
-``[mesh]`` a mesh address run (``simulations.mesh``); ``engine.run_scenario`` asks here first.
+``[mesh]`` a mesh address run (``simulations.mesh``), one with ``[ledger]`` a billing run
+(``simulations.ledger``); ``engine.run_scenario`` asks here first.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import IO, Any
 
+from simulations.ledger import run_ledger
 from simulations.mesh import run_mesh
 from simulations.placement import run_placement
 from simulations.report import RunResult
@@ -25,6 +27,8 @@ def special_run(scenario: Scenario) -> SpecialRun | None:
         return _mesh
     if scenario.placement is not None:
         return run_placement
+    if scenario.ledger is not None:
+        return _ledger
     return None
 
 
@@ -33,3 +37,10 @@ def _mesh(
 ) -> RunResult:
     # A mesh run is over in well under a second of wall time per 1,000 nodes: no progress bar.
     return run_mesh(scenario, core_name, trace=trace)
+
+
+def _ledger(
+    scenario: Scenario, core_name: str, *, trace: IO[str] | None = None, progress: Any = None
+) -> RunResult:
+    # A ledger run takes tens of ms of wall time per seed: no progress bar.
+    return run_ledger(scenario, core_name, trace=trace)

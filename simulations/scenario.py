@@ -39,6 +39,7 @@ sides = 2
 
 [placement]                # set: a placement run instead of gossip (simulations.placement_spec)
 [mesh]                     # set: a mesh address run instead of gossip (simulations.mesh_spec)
+[ledger]                   # set: a billing run instead of gossip (simulations.ledger_spec)
 
 [check]
 converged = true           # identical digest roots and state hashes on every live node
@@ -61,6 +62,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from node.gossip.config import GossipConfig
+from simulations.ledger_spec import LedgerSpec, ledger_table
 from simulations.mesh_spec import MeshSpec, MeshSpecError, parse_mesh
 from simulations.network import LinkConfig
 from simulations.placement_spec import (
@@ -169,6 +171,7 @@ class Scenario:
     placement: PlacementSpec | None = None
     # Set: a mesh address run (``simulations.mesh``) instead of a gossip run.
     mesh: MeshSpec | None = None
+    ledger: LedgerSpec | None = None  # set: a billing run (``simulations.ledger``)
 
     def with_overrides(
         self,
@@ -471,6 +474,7 @@ _TOP: Final = frozenset(
         "check",
         "placement",
         "mesh",
+        "ledger",
     }
 )
 
@@ -527,6 +531,7 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
             raise ScenarioError(str(exc)) from None
         if faults:
             raise ScenarioError(f"fault '{faults[0].describe()}': a mesh scenario takes no faults")
+    ledger = ledger_table(data, placement is not None or mesh is not None, faults, ScenarioError)
     scenario = Scenario(
         name=name,
         description=description.strip(),
@@ -550,6 +555,7 @@ def parse_scenario(data: dict[str, Any], name: str, source: str = "") -> Scenari
         source=source,
         placement=placement,
         mesh=mesh,
+        ledger=ledger,
     )
     scenario.validate()
     return scenario

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from node.identity.keys import keccak256
+from node.ledger import billing as _billing
 from node.ledger import builds as _builds
 from node.ledger import kinds as _entities
 from node.ledger import mesh as _mesh
@@ -72,6 +73,7 @@ _KIND_LIST: Final = [
     *_placement.KINDS,
     *_mesh.KINDS,
     *_names.KINDS,
+    *_billing.KINDS,
 ]
 KINDS: Final[dict[str, Kind]] = {k.name: k for k in _KIND_LIST}
 assert len(KINDS) == len(_KIND_LIST), "two modules define the same op kind"
@@ -81,6 +83,7 @@ _TABLES: Final = (
     *_placement.TABLES,
     *_mesh.TABLES,
     *_names.TABLES,
+    *_billing.TABLES,
 )
 
 

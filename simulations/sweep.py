@@ -50,6 +50,9 @@ HIGHER_IS_BETTER = frozenset(
         "oracle_placed",
         "utilization",
         "oracle_utilization",
+        # ledger runs (simulations.ledger)
+        "local_decision_fraction",
+        "ops_per_s",
     }
 )
 # A sweep of more seeds than this is a typo (and would take hours).

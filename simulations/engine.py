@@ -45,7 +45,6 @@ says what must hold, and ``simulations.report`` builds what a run returns.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 import random
@@ -69,6 +68,8 @@ from simulations.report import RunResult as RunResult
 from simulations.runs import special_run
 from simulations.scenario import Scenario
 from simulations.sizes import WIRE_CHECK_EVERY, packet_size, wire_size
+from simulations.trace import CHUNK as _TRACE_CHUNK
+from simulations.trace import Tracer, trace_header
 from simulations.workload import Workload
 
 __all__ = [
@@ -92,7 +93,6 @@ OP: Final = 2
 START: Final = 3
 FAULT: Final = 4
 CHECK: Final = 5
-_TRACE_CHUNK: Final = 4096
 # Packets this big are always checked against node.gossip.wire (its limits: 4 MiB, 1,024).
 _WIRE_CHECK_BYTES: Final = 256 * 1024
 _WIRE_CHECK_MESSAGES: Final = 256
@@ -126,7 +126,6 @@ class Simulation:
             )
         self.scenario = scenario
         self.spec = core
-        self.trace_file = trace
         self.progress = progress
         self.rng = random.Random(scenario.seed)
         rng = self.rng
@@ -148,8 +147,7 @@ class Simulation:
         self.index: dict[str, int] = {}
         self.up_nodes: list[int] = []  # sorted indices of live nodes (workload origins)
         self.retired_stats: list[Any] = []
-        self.trace_digest = hashlib.blake2b(digest_size=16)
-        self._trace_lines: list[str] = []
+        self.tracer = Tracer(trace, trace_header(scenario, core.name))
         self._size_packet: Packet | None = None
         self._size_value = 0
         self._sized = 0
@@ -204,6 +202,8 @@ class Simulation:
             raise SimError(f"clock_skew_ms_max is over {_SKEW_S_MAX * 1000:g} ms; use less")
         log = SimLog(self.wires, self.now, keep_state=keep_state)
         node = SimNode(index, log, CORE_CLOCK_ORIGIN_S + skew, keep_state)
+        if self.tracer.on:
+            self.tracer.log_born(index, self.now)
         self.nodes.append(node)
         self.index[node.node_id] = index
         if index >= len(self.net.group):
@@ -228,7 +228,7 @@ class Simulation:
         heap = self.heap
         pop = heapq.heappop
         nodes = self.nodes
-        lines = self._trace_lines
+        lines = self.tracer.lines
         progress = self.progress
         while heap and not self._stop:
             if heap[0][0] > duration:
@@ -299,23 +299,14 @@ class Simulation:
                 else:
                     self.faults.apply(at, payload)
             if len(lines) >= _TRACE_CHUNK:
-                self._flush_trace()
+                self.tracer.flush()
                 if progress is not None:
                     progress(at, duration)
-        self._flush_trace()
+        self.tracer.close(self.events)
         if not self._stop:
             self.now = max(self.now, duration)
         wall_s = time.perf_counter() - started
         return report.finish(self, wall_s)
-
-    def _flush_trace(self) -> None:
-        if not self._trace_lines:
-            return
-        text = "\n".join(self._trace_lines) + "\n"
-        self._trace_lines.clear()
-        self.trace_digest.update(text.encode())
-        if self.trace_file is not None:
-            self.trace_file.write(text)
 
     def _blame(self, node: SimNode, what: str) -> str:
         return (
@@ -426,6 +417,8 @@ class Simulation:
         accepted = result.accepted
         for op in accepted:
             m.arrival(op.id, at, log.born_at)
+        if self.tracer.on:
+            self.tracer.deliveries(node.index, at, result)
         core = node.core
         assert core is not None
         effects = core.on_ops_accepted(at + node.clock_s, accepted, deliver.sender)
@@ -518,7 +511,7 @@ class Simulation:
             ups.remove(index)
 
     def trace(self, line: str) -> None:
-        self._trace_lines.append(line)
+        self.tracer.lines.append(line)
 
     # -- workload ------------------------------------------------------------------------------
 
@@ -555,9 +548,13 @@ class Simulation:
         op, payload = own(self.workload.op(clock[0], clock[1]))
         self.wires[op.id] = (op.body, op.sig)
         added = node.log.add(op, payload)
+        if self.tracer.on:
+            self.tracer.write(op.id, node.index, at, len(ups) - 1)
         if not self.metrics.op_created(op.id, at, len(ups) - 1) and added:
             # The same op written again elsewhere: this writer holds it from now on.
             self.metrics.arrival(op.id, at, node.log.born_at)
+            if self.tracer.on:
+                self.tracer.deliver(op.id, node.index, at, True)
         core = node.core
         assert core is not None
         effects = core.broadcast(at + node.clock_s, [op])

@@ -169,6 +169,8 @@ class Faults:
                 break
         if disk == "lost":
             node.log = SimLog(sim.wires, at, keep_state=node.keep_state)
+            if sim.tracer.on:
+                sim.tracer.log_born(node.index, at)
             incarnation = 0
         else:
             incarnation = node.incarnation + 1

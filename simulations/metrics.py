@@ -10,7 +10,10 @@ flat dict that ``formation-sim run --json`` prints. Definitions:
   existed when the op was created (a node that joins later, or restarts with its disk lost,
   is catching up on history, not measuring propagation); the origin is not counted. Delays go
   into a 0.1 ms histogram, so p50/p99 are exact to 0.1 ms at O(1) memory per pair; the max is
-  exact. ``time_to_99pct_ms``: per op, until 99 % of the nodes that were up when it was
+  exact. Delays are computed in milliseconds, as ``at * 1000.0 - created * 1000.0`` from the
+  engine's virtual seconds: the very values a ``--trace`` file records, so
+  ``simulations.trace_metrics`` recomputes every figure here from the file alone, to the bit.
+  ``time_to_99pct_ms``: per op, until 99 % of the nodes that were up when it was
   created held it (ops that never got there are counted in ``ops_not_reaching_99pct``). An op
   written again byte for byte is one op, timed from its first write (``ops_rewritten``).
 * **Traffic.** Every ``Send`` of every kind is one message (``msgs_per_op`` = all sends of the
@@ -51,6 +54,7 @@ __all__ = [
 
 HIST_RESOLUTION_MS: Final = 0.1
 _HIST_BUCKETS: Final = 600_000  # 60 s at 0.1 ms; later arrivals go to an overflow list
+_BUCKETS_PER_MS: Final = 10  # 1 / HIST_RESOLUTION_MS, as an int (no float rounding)
 _QUORUM: Final = 0.99
 
 # Every numeric metric of the report, so a scenario's [check.max]/[check.min] can be validated.
@@ -114,14 +118,14 @@ class Metrics:
     def __init__(self) -> None:
         # -- per op --
         self.op_index: dict[bytes, int] = {}
-        self.op_created_at: list[float] = []
+        self.op_created_ms: list[float] = []
         self.op_target: list[int] = []
         self.op_reached: list[int] = []
-        self.op_t99: list[float] = []
+        self.op_t99_ms: list[float] = []
         self.hist: list[int] = [0] * _HIST_BUCKETS
         self.hist_overflow_ms: list[float] = []
         self.arrivals = 0
-        self.delay_max_s = 0.0
+        self.delay_ms_max = 0.0
         # -- traffic --
         self.sends = 0
         self.bytes = 0
@@ -156,33 +160,33 @@ class Metrics:
             # which then reached 99 % of the nodes (seeds 10, 20, 22, 34, 37 of broadcast-25).
             self.ops_rewritten += 1
             return False
-        self.op_index[op_id] = len(self.op_created_at)
-        self.op_created_at.append(at)
+        self.op_index[op_id] = len(self.op_created_ms)
+        self.op_created_ms.append(at * 1000.0)
         self.op_target.append(math.ceil(_QUORUM * eligible))
         self.op_reached.append(0)
-        self.op_t99.append(0.0 if eligible == 0 else math.inf)
+        self.op_t99_ms.append(0.0 if eligible == 0 else math.inf)
         return True
 
     def arrival(self, op_id: bytes, at: float, log_born_at: float) -> None:
         k = self.op_index.get(op_id)
         if k is None:
             return
-        created = self.op_created_at[k]
-        if created < log_born_at:
+        created_ms = self.op_created_ms[k]
+        if created_ms < log_born_at * 1000.0:
             return
-        delay = at - created
+        delay = at * 1000.0 - created_ms  # ms, from the values a trace records
         self.arrivals += 1
-        bucket = int(delay * (1000.0 / HIST_RESOLUTION_MS))
+        bucket = int(delay * _BUCKETS_PER_MS)
         if bucket < _HIST_BUCKETS:
             self.hist[bucket] += 1
         else:
-            self.hist_overflow_ms.append(delay * 1000.0)
-        if delay > self.delay_max_s:
-            self.delay_max_s = delay
+            self.hist_overflow_ms.append(delay)
+        if delay > self.delay_ms_max:
+            self.delay_ms_max = delay
         reached = self.op_reached[k] + 1
         self.op_reached[k] = reached
         if reached == self.op_target[k]:
-            self.op_t99[k] = delay
+            self.op_t99_ms[k] = delay
 
     # -- summaries ---------------------------------------------------------------------------
 
@@ -221,8 +225,8 @@ class Metrics:
         return out
 
     def report(self, *, sim_s: float, live_nodes: int, nodes: int) -> dict[str, Any]:
-        ops = len(self.op_created_at)
-        t99 = sorted(t for t in self.op_t99 if math.isfinite(t))
+        ops = len(self.op_created_ms)
+        t99 = sorted(t for t in self.op_t99_ms if math.isfinite(t))
         heal_times = [c - h for h, c in self.heals if math.isfinite(c)]
         first = [c.first_dead_at - c.at for c in self.crashes if c.first_dead_at is not None]
         every = [c.all_dead_at - c.at for c in self.crashes if c.all_dead_at is not None]
@@ -232,9 +236,9 @@ class Metrics:
             "ops": ops,
             "propagation_ms_p50": _round(self.propagation_ms(0.50)),
             "propagation_ms_p99": _round(self.propagation_ms(0.99)),
-            "propagation_ms_max": _round(self.delay_max_s * 1000.0 if self.arrivals else math.nan),
-            "time_to_99pct_ms_p50": _round(percentile(t99, 0.5) * 1000.0),
-            "time_to_99pct_ms_max": _round(t99[-1] * 1000.0 if t99 else math.nan),
+            "propagation_ms_max": _round(self.delay_ms_max if self.arrivals else math.nan),
+            "time_to_99pct_ms_p50": _round(percentile(t99, 0.5)),
+            "time_to_99pct_ms_max": _round(t99[-1] if t99 else math.nan),
             "ops_not_reaching_99pct": ops - len(t99),
             "msgs": self.sends,
             "msgs_per_op": _round(self.sends / per, 2),

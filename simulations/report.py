@@ -118,7 +118,7 @@ def finish(sim: Simulation, wall_s: float) -> RunResult:
                 sim.retired_stats + [n.core.stats for n in sim.nodes if n.core is not None]
             ),
             "network": sc.network.describe(),
-            "trace_hash": sim.trace_digest.hexdigest(),
+            "trace_hash": sim.tracer.digest.hexdigest(),
         }
     )
     report = json_safe(report)

@@ -64,7 +64,15 @@ def test_trace_file_is_what_trace_hash_covers(tmp_path: Path) -> None:
 
     from simulations.cli import main
 
-    trace = tmp_path / "trace.txt"
+    # The file is JSON lines (docs/formats.md §7); its "e" records are the hashed event lines.
+    trace = tmp_path / "trace.jsonl"
     assert main(["run", "smoke-5", "--core", SIM_CORE, "--json", "--trace", str(trace)]) == 0
     expected = run("smoke-5").metrics["trace_hash"]
-    assert hashlib.blake2b(trace.read_bytes(), digest_size=16).hexdigest() == expected
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    events = "".join(r["line"] + "\n" for r in records if r["k"] == "e")
+    assert hashlib.blake2b(events.encode(), digest_size=16).hexdigest() == expected
+    assert records[-1] == {
+        "k": "end",
+        "events": run("smoke-5").metrics["events"],
+        "trace_hash": expected,
+    }

@@ -1,7 +1,7 @@
 """Tail benchmark (issue 14 §2): the gossip figures as distributions over many seeds.
 
 Run: ``.venv/bin/python benchmarks/bench_tails.py [--jobs 2] [--broadcast-seeds 1..200]
-[--fault-seeds 1..1000] [--fog-seeds 1..20] [--only broadcast-25,smoke-5,...]``. Each part is
+[--fault-seeds 1..1000] [--fog-seeds 1..20] [--only broadcast-25,smoke-5,...] [--out tails]``. Each part is
 one ``formation-sim sweep SCENARIO --seeds ... --jobs N --json`` in a fresh process
 (``sweep_bench.run_sweep``): broadcast-25 over 200 seeds (every seed: max propagation
 < 600 ms, every op at 99 % of the nodes), the small fault scenarios (smoke-5, churn-small,
@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--broadcast-seeds", default="1..200")
     parser.add_argument("--fault-seeds", default="1..1000")
     parser.add_argument("--fog-seeds", default=None, help="run fog-1000 on these seeds too")
-    parser.add_argument("--only", default=None, help="comma-separated scenario names")
+    parser.add_argument("--only", default=None, help="comma-separated scenario names, run in order")
+    parser.add_argument("--out", default="tails", help="results file: benchmarks/results/OUT.json")
     args = parser.parse_args()
     plan: list[tuple[str, str, dict[str, Target]]] = [
         *((name, args.fault_seeds, FAULT_TARGETS) for name in FAULT_SCENARIOS),
@@ -73,9 +74,13 @@ def main() -> None:
     ]
     if args.fog_seeds:
         plan.append(("fog-1000", args.fog_seeds, FOG_TARGETS))
-    if args.only:
-        wanted = set(args.only.split(","))
-        plan = [p for p in plan if p[0] in wanted]
+    if args.only:  # in the order given
+        by_name = {p[0]: p for p in plan}
+        wanted = args.only.split(",")
+        unknown = [name for name in wanted if name not in by_name]
+        if unknown:
+            parser.error(f"--only {args.only}: no part named {', '.join(unknown)}")
+        plan = [by_name[name] for name in wanted]
     if not args.fog_seeds:
         print(
             "fog-1000 skipped: ~100 s of a core per seed, 20 seeds do not fit this benchmark's "
@@ -90,7 +95,7 @@ def main() -> None:
         )
         # Written after every part: a long run stopped midway keeps what it measured.
         write_result(
-            "tails",
+            args.out,
             {
                 "benchmark": "tails",
                 "command": " ".join(["benchmarks/bench_tails.py", *sys.argv[1:]]),

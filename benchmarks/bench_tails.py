@@ -52,11 +52,20 @@ FAULT_TARGETS: dict[str, Target] = {
     "digest_roots_distinct": (1.0, "max"),
     "ops_lost": (0.0, "max"),
 }
+# A node whose disk dies with it (a crash for good, a crash that loses the disk) takes along an
+# op it wrote less than a flush interval before: tests/sim/test_tails.py says why.
+OPS_MAY_DIE_WITH_A_DISK = frozenset({"crash-detect", "churn-small"})
 FOG_TARGETS: dict[str, Target] = {
     "time_to_99pct_ms_max": (1000.0, "max"),
     "propagation_ms_max": (2000.0, "max"),
     "converged": (1.0, "min"),
 }
+
+
+def _fault_targets(name: str) -> dict[str, Target]:
+    if name in OPS_MAY_DIE_WITH_A_DISK:
+        return {k: v for k, v in FAULT_TARGETS.items() if k != "ops_lost"}
+    return FAULT_TARGETS
 
 
 def main() -> None:
@@ -69,7 +78,7 @@ def main() -> None:
     parser.add_argument("--out", default="tails", help="results file: benchmarks/results/OUT.json")
     args = parser.parse_args()
     plan: list[tuple[str, str, dict[str, Target]]] = [
-        *((name, args.fault_seeds, FAULT_TARGETS) for name in FAULT_SCENARIOS),
+        *((name, args.fault_seeds, _fault_targets(name)) for name in FAULT_SCENARIOS),
         ("broadcast-25", args.broadcast_seeds, BROADCAST_TARGETS),
     ]
     if args.fog_seeds:

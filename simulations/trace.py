@@ -8,7 +8,7 @@ newline, in order. That is all a run keeps when nobody asked for a trace, and it
 not depend on whether a file was asked for.
 
 With ``--trace FILE`` the run also streams a JSON-lines file (one JSON object per line, its
-``"k"`` says which; the reference is ``docs/formats.md`` §7):
+``"k"`` says which; the reference is ``docs/formats.md``, "Simulation trace"):
 
 * ``h`` (first line): format name and version, scenario, seed, node count, core, duration;
 * ``e``: one event line, exactly as hashed (so ``trace_hash`` can be checked from the file);

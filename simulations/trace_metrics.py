@@ -6,9 +6,9 @@ python -m simulations.trace_metrics FILE     # one JSON object on stdout
 
 Theory of operation
 -------------------
-The file is JSON lines (``docs/formats.md`` §7, ``simulations.trace``). One pass, in file
-order, with state per op and per node only (memory does not grow with the number of
-deliveries):
+The file is JSON lines (``docs/formats.md``, "Simulation trace"; ``simulations.trace``). One
+pass, in file order, with state per op and per node only (memory does not grow with the
+number of deliveries):
 
 * ``l`` (a node's op log began at ``t_ms``) sets that node's log birth;
 * ``w`` makes an op known, timed from its first write; its target is ``ceil(0.99 *

@@ -64,7 +64,7 @@ def test_trace_file_is_what_trace_hash_covers(tmp_path: Path) -> None:
 
     from simulations.cli import main
 
-    # The file is JSON lines (docs/formats.md §7); its "e" records are the hashed event lines.
+    # JSON lines (docs/formats.md, "Simulation trace"): its "e" records are the hashed lines.
     trace = tmp_path / "trace.jsonl"
     assert main(["run", "smoke-5", "--core", SIM_CORE, "--json", "--trace", str(trace)]) == 0
     expected = run("smoke-5").metrics["trace_hash"]

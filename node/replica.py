@@ -43,11 +43,23 @@ from node.ledger.op import Op, OpRejected, sign_op
 from node.ledger.state import State
 from node.store import Store
 
-__all__ = ["SNAPSHOT_EVERY_OPS", "Replica", "SubmitResult"]
+__all__ = ["SNAPSHOT_EVERY_OPS", "CommitFailed", "Replica", "SubmitResult"]
 
 # A snapshot bounds restart time: replay cost is ~7 µs per op, so 50k ops ≈ 0.35 s of
 # replay at most, while a snapshot of a large state costs far more than one op to write.
 SNAPSHOT_EVERY_OPS: Final = 50_000
+
+
+class CommitFailed(Exception):
+    """A write could not be made durable (the store's transaction failed and was rolled back):
+    nothing of it was stored or applied, so the client may retry it as it is."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(
+            f"the write was not stored ({type(cause).__name__}: {cause}); nothing of it was"
+            " applied, retry it"
+        )
+        self.cause = cause
 
 
 class Replica:

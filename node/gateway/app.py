@@ -29,7 +29,8 @@ expired grants are refused here.
 
 **Errors** (shape and codes: ``node.gateway.http``): ``401`` for anything about the signature
 (nothing is applied), ``400`` for a request the state refuses (the message names the field),
-``403`` for someone else's entity, ``404``, ``409``.
+``403`` for someone else's entity, ``404``, ``409``; ``503 not_stored`` when the store could
+not make the write durable (nothing of it was applied; the client may retry).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from node.ledger.request_op import (
     route_of,
 )
 from node.ledger.state import State, build_id_of, instance_id_of
-from node.replica import Replica, SubmitResult
+from node.replica import CommitFailed, Replica, SubmitResult
 
 __all__ = ["GatewayApp", "GatewayNode", "Mutation", "serve_gateway"]
 
@@ -234,7 +235,10 @@ class GatewayApp(AsgiApp):
         op = decode_op(op_body, request.signed.signature, self.replica.network)
         payload = State.check_op(op)
         self._precheck(op.kind, author, payload)
-        result = await self.node.submit_checked([(op, payload)])
+        try:
+            result = await self.node.submit_checked([(op, payload)])
+        except CommitFailed as exc:
+            raise HttpError(503, "not_stored", str(exc)) from None
         if result.deferred:
             raise HttpError(
                 401,

@@ -31,7 +31,7 @@ from node.identity.keys import NodeKey
 from node.ledger.op import REQUEST_ENVELOPE_VERSION, Op, decode_op, sign_op
 from node.ledger.request_op import canonical_message
 from node.ledger.state import build_id_of, instance_id_of
-from node.replica import Replica, SubmitResult
+from node.replica import CommitFailed, Replica, SubmitResult
 from tests.helpers import JS_DIR, NET, js_runtime, seeded_keys
 
 ALICE, BOB, DELEGATE = seeded_keys(3, seed=23)
@@ -525,3 +525,19 @@ def test_every_write_route_has_exactly_one_replicated_meaning() -> None:
     for endpoint in writes:
         assert route_of("POST", "/v1" + endpoint.path.replace("{id}", "ab" * 20)), endpoint
     assert len(writes) == len(ROUTES)
+
+
+async def test_a_write_the_store_cannot_make_durable_is_a_503_and_changes_nothing(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
+        raise CommitFailed(OSError(28, "No space left on device"))
+
+    monkeypatch.setattr(gateway.app.node, "submit_checked", broken)
+    before = gateway.ops
+    reply = await gateway.send("POST", "/v1/account/create", {"name": "alice"}, key=ALICE)
+    assert reply.status_code == 503, reply.text
+    assert reply.json()["error"] == "not_stored"
+    assert "No space left on device" in reply.json()["message"]
+    assert gateway.ops == before
+    assert gateway.replica.state.account(ALICE.address) is None

@@ -36,13 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from node.identity.keys import InvalidSignature, recover_address
 from node.ledger.request_op import (
     ParsedLine,
     RequestRejected,
     canonical_message,
-    line_digest,
     parse_line,
+    recover_line_signer,
 )
 
 __all__ = [
@@ -124,10 +123,11 @@ def _recover(headers: Mapping[str, str]) -> tuple[str, str, bytes, str]:
     if not line.isascii():
         raise AuthError("malformed_message", "the signed message must be ASCII")
     try:
-        # The digest rule per scheme is the one replicas use on request ops.
-        return line, recover_address(line_digest(line, scheme), signature), signature, scheme
-    except InvalidSignature as exc:
-        raise AuthError("bad_signature", str(exc)) from None
+        # The rule replicas use on request ops, and its memo: verifying the request op made of
+        # this request then costs no second recovery.
+        return line, recover_line_signer(line, signature, scheme), signature, scheme
+    except RequestRejected as exc:
+        raise AuthError(exc.code, str(exc.args[0])) from None
 
 
 def _carrier(headers: Mapping[str, str]) -> tuple[str, bytes, str]:

@@ -541,3 +541,28 @@ async def test_a_write_the_store_cannot_make_durable_is_a_503_and_changes_nothin
     assert "No space left on device" in reply.json()["message"]
     assert gateway.ops == before
     assert gateway.replica.state.account(ALICE.address) is None
+
+
+async def test_a_signed_write_recovers_its_signer_once(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.ledger.request_op as request_op
+
+    recoveries: list[bytes] = []
+    real = request_op.recover_address
+
+    def counted(digest: bytes, sig: bytes) -> str:
+        recoveries.append(digest)
+        return real(digest, sig)
+
+    monkeypatch.setattr(request_op, "recover_address", counted)
+    path, body = "/v1/account/create", _compact({"name": "alice"})
+    signed = sign(ALICE, "POST", path, body)
+    reply = await gateway.http.post(gateway.url + path, content=body, headers=signed)
+    assert reply.status_code == 201, reply.text
+    # Authenticated, then verified as a request op as every replica does: one recovery.
+    assert len(recoveries) == 1
+    # Its replay is still refused: the memo is no way around the nonce cache.
+    replay = await gateway.http.post(gateway.url + path, content=body, headers=signed)
+    assert (replay.status_code, replay.json()["error"]) == (401, "replayed")
+    assert gateway.ops == 1

@@ -406,3 +406,41 @@ def test_duplicate_keys_in_a_request_body_are_refused() -> None:
     with pytest.raises(OpRejected, match="twice") as refused:
         mutation_of("POST", "/v1/account/create", '{"name":"a","name":"b"}', ALICE.address, {})
     assert refused.value.code == "invalid_json"
+
+
+def test_the_signer_memo_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.ledger.request_op as request_op
+    from node.ledger.request_op import canonical_message, recover_line_signer, sign_line
+
+    alice, mallory = seeded_keys(2, seed=2323)
+    recoveries: list[bytes] = []
+    real = request_op.recover_address
+
+    def counted(digest: bytes, sig: bytes) -> str:
+        recoveries.append(sig)
+        return real(digest, sig)
+
+    monkeypatch.setattr(request_op, "recover_address", counted)
+    line = canonical_message("POST", "/v1/account/update", b"{}", 1_700_000_000, "memo-1")
+    sig = sign_line(alice, line)
+    assert recover_line_signer(line, sig, "personal") == alice.address
+    assert recover_line_signer(line, sig, "personal") == alice.address
+    assert len(recoveries) == 1  # the second asks the memo
+    # Another signature, scheme or line is recovered afresh and gets its own answer.
+    assert recover_line_signer(line, sign_line(mallory, line), "personal") == mallory.address
+    assert recover_line_signer(line, sig, "sha256d") != alice.address
+    other = line.replace("memo-1", "memo-2")
+    assert recover_line_signer(other, sig, "personal") != alice.address
+    assert len(recoveries) == 4
+    # A failure is not remembered as an answer: it fails every time, and is recovered each time.
+    bad = sig[:64] + bytes([29])
+    for _ in range(2):
+        with pytest.raises(OpRejected, match="bad_signature"):
+            recover_line_signer(line, bad, "personal")
+    # A long line is still verified, just not memoized.
+    long_line = canonical_message("GET", "/v1/x?" + "a" * 2000, b"", 1_700_000_000, "memo-3")
+    long_sig = sign_line(alice, long_line)
+    before = len(recoveries)
+    for _ in range(2):
+        assert recover_line_signer(long_line, long_sig, "personal") == alice.address
+    assert len(recoveries) == before + 2

@@ -182,11 +182,12 @@ class Replica:
         ops = [op for fresh in fresh_groups for op, _ in fresh]
         if not ops:
             return
-        self.store.append(ops)  # one transaction: durable from here on
+        seqs = self.store.append(ops)  # one transaction: durable from here on
         with self.lock:
             for fresh, result in zip(fresh_groups, results, strict=True):
                 accept(fresh, self.state.apply, result)
-        if self.store.last_seq() - self._snapshot_seq >= SNAPSHOT_EVERY_OPS:
+        # The newest seq is the last one just appended (seqs only grow): no query per commit.
+        if seqs and seqs[-1] - self._snapshot_seq >= SNAPSHOT_EVERY_OPS:
             self.snapshot()
 
     def snapshot(self) -> None:

@@ -8,7 +8,10 @@ authentication, the request op, its verification, the group commit (SQLite, fsyn
 What it reports is the process's CPU time per write (``time.process_time``, all threads), which
 a busy machine disturbs far less than requests per second, and the batching (writes per
 commit). ``--profile`` prints cProfile's top functions of the run with the most writers.
-Writes ``benchmarks/results/bench_write_path.json``.
+``--store`` measures what bounds a commit instead: the disk's fsync (a ``pwrite`` +
+``fdatasync`` loop), ``Replica.submit_checked_groups`` of 1 op and of 32 (thread CPU and wall
+per op), and commit latency over 200 commits of 32 ops (the slow ones run SQLite's automatic
+checkpoint). Writes ``benchmarks/results/bench_write_path.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from node.gateway.http import Request
 from node.gossip.config import GossipConfig
 from node.gossip.core import GossipCore
 from node.identity.keys import NodeKey
-from node.ledger.op import Op
+from node.ledger.admission import own
+from node.ledger.op import Op, sign_op
 from node.p2p.gossip_driver import GossipService
 from node.replica import Replica, SubmitResult
 
@@ -138,13 +142,89 @@ async def _run(writers: int, writes: int, profile: bool) -> dict[str, Any]:
     return row
 
 
+def _percentiles_ms(samples_s: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_s)
+    n = len(ordered)
+    return {
+        "p50_ms": round(1000 * ordered[n // 2], 2),
+        "p90_ms": round(1000 * ordered[int(n * 0.9)], 2),
+        "p99_ms": round(1000 * ordered[int(n * 0.99)], 2),
+        "max_ms": round(1000 * ordered[-1], 2),
+    }
+
+
+def store_costs() -> dict[str, Any]:
+    """What one commit costs on this disk and in this process."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-write-path-") as tmp:
+        path = Path(tmp) / "fsync.probe"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT)
+        try:
+            os.write(fd, bytes(4096 * 256))
+            os.fsync(fd)
+            rng = random.Random(5)
+            samples = []
+            for i in range(200):
+                os.pwrite(fd, rng.randbytes(4096), (i % 256) * 4096)
+                started = time.perf_counter()
+                os.fdatasync(fd)
+                samples.append(time.perf_counter() - started)
+        finally:
+            os.close(fd)
+        out["fdatasync_4k"] = _percentiles_ms(samples)
+        keys = [NodeKey(random.Random(i).randbytes(32)) for i in range(64)]
+        replica = Replica.open(Path(tmp) / "node", NET)
+        try:
+            now_ms = int(time.time() * 1000)
+            creates = [
+                own(sign_op(k, NET, (1_700_000_000_000, 0), "account.create", {"name": "x"}))
+                for k in keys
+            ]
+            replica.submit_checked_groups([[c] for c in creates], now_ms)
+            ops = [
+                own(
+                    sign_op(
+                        keys[i % 64],
+                        NET,
+                        (1_700_000_000_001 + i, 0),
+                        "account.update",
+                        {"description": f"d{i} " + "x" * 100},
+                    )
+                )
+                for i in range(1000 + 6400)
+            ]
+            for batch, first, count in ((1, 0, 1000), (32, 1000, 6400)):
+                cpu0, wall0 = time.thread_time(), time.perf_counter()
+                latencies = []
+                for start in range(first, first + count, batch):
+                    started = time.perf_counter()
+                    replica.submit_checked_groups([[o] for o in ops[start : start + batch]], now_ms)
+                    latencies.append(time.perf_counter() - started)
+                out[f"commit_of_{batch}"] = {
+                    "cpu_us_per_op": round(1e6 * (time.thread_time() - cpu0) / count, 1),
+                    "wall_us_per_op": round(1e6 * (time.perf_counter() - wall0) / count, 1),
+                    **_percentiles_ms(latencies),
+                }
+        finally:
+            replica.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--writes", type=int, default=3000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--label", default="")
+    parser.add_argument("--store", action="store_true", help="what one commit costs instead")
     args = parser.parse_args()
+    if args.store:
+        costs = store_costs()
+        for name, value in costs.items():
+            print(name, value)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({"benchmark": "write_path_store", "costs": costs}, indent=2))
+        return
     rows = []
     for writers in args.writers:
         profile = args.profile and writers == max(args.writers)

@@ -237,18 +237,21 @@ class GossipService:
             results = await self._commit([w.ops for w in batch])
         except Exception as exc:
             if len(batch) == 1:
-                log.error("a write could not be stored: %s", exc)
+                log.error("a write could not be stored: %s", exc, exc_info=exc)
                 batch[0].error = CommitFailed(exc)
                 return
             # The transaction was rolled back whole: nothing of the batch is stored or applied.
             log.warning(
-                "a group commit of %d writes failed (%s); committing each alone", len(batch), exc
+                "a group commit of %d writes failed (%s); committing each alone",
+                len(batch),
+                exc,
+                exc_info=exc,
             )
             for write in batch:
                 try:
                     write.result = (await self._commit([write.ops]))[0]
                 except Exception as alone:
-                    log.error("a write could not be stored: %s", alone)
+                    log.error("a write could not be stored: %s", alone, exc_info=alone)
                     write.error = CommitFailed(alone)
             return
         for write, result in zip(batch, results, strict=True):

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import trio
 
 from node.gateway.auth import WINDOW_S_DEFAULT, AuthError, NonceCache, authenticate
+from node.gateway.endpoint import Endpoint
 from node.gateway.http import AsgiApp, HttpError, Request, Response, Router
 from node.gateway.routes import ENDPOINTS
 from node.identity.keys import normalize_address
@@ -58,6 +59,10 @@ from node.ledger.state import State, build_id_of, instance_id_of
 from node.replica import CommitFailed, Replica, SubmitResult
 
 __all__ = ["GatewayApp", "GatewayNode", "Mutation", "serve_gateway"]
+
+# Routes matched ahead of their handler (for the body limit) that are kept at most; the
+# gateway has at most 512 requests in flight, so this is only reached by bodies never read.
+MATCHED_KEPT_MAX = 2048
 
 
 class GatewayNode(Protocol):
@@ -102,6 +107,10 @@ class GatewayApp(AsgiApp):
         self.proxy = proxy  # node.gateway.proxy.AgentProxy; None answers 503 on hire/run_task
         self.endpoints = ENDPOINTS
         self._router = Router(self.endpoints)
+        # Routes matched for their body limit, kept for the handler of the same request so a
+        # request is routed once (a pure function of method and path, so a stale entry is
+        # still right). Bounded: the in-flight bound keeps it small; cleared if it ever grows.
+        self._matched: dict[tuple[str, str], tuple[Endpoint, dict[str, str]]] = {}
         self._arrivals: dict[int, int] = {}
 
     @property
@@ -114,14 +123,23 @@ class GatewayApp(AsgiApp):
 
     def body_bytes_max(self, method: str, path: str) -> int:
         # Only a row that declares a raw body (the blob upload) reads more than the JSON limit.
+        probe = Request(method, path, path, {}, b"")
         try:
-            endpoint = self._router.match(Request(method, path, path, {}, b""))
+            endpoint = self._router.match(probe)
         except HttpError:
             return super().body_bytes_max(method, path)
+        if len(self._matched) >= MATCHED_KEPT_MAX:
+            self._matched.clear()
+        self._matched[(method, path)] = (endpoint, probe.params)
         return endpoint.body_bytes_max or super().body_bytes_max(method, path)
 
     async def handle(self, request: Request) -> Response:
-        endpoint = self._router.match(request)
+        matched = self._matched.pop((request.method, request.path), None)
+        if matched is None:
+            endpoint = self._router.match(request)
+        else:
+            endpoint, params = matched
+            request.params = dict(params)
         if endpoint.auth != "public" and (
             endpoint.auth == "signed" or _has_signature(request.headers)
         ):

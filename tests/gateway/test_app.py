@@ -566,3 +566,31 @@ async def test_a_signed_write_recovers_its_signer_once(
     replay = await gateway.http.post(gateway.url + path, content=body, headers=signed)
     assert (replay.status_code, replay.json()["error"]) == (401, "replayed")
     assert gateway.ops == 1
+
+
+async def test_a_request_is_routed_once_and_gets_its_own_path_parameters(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = await gateway.send("POST", "/v1/account/create", {"name": "alice"}, key=ALICE)
+    assert created.status_code == 201, created.text
+    await gateway.send("POST", "/v1/account/create", {"name": "bob"}, key=BOB)
+    router = gateway.app._router
+    real = router.match
+    calls: list[str] = []
+
+    def counted(request: Any) -> Any:
+        calls.append(request.path)
+        return real(request)
+
+    monkeypatch.setattr(router, "match", counted)
+    # Two reads of different accounts, in turn: each is routed once (for its body limit, and
+    # the handler reuses it) and each handler sees its own {address}.
+    for key in (ALICE, BOB):
+        got = await gateway.send("GET", f"/v1/account/{key.address}/get", key=key)
+        assert got.status_code == 200, got.text
+        assert got.json()["address"] == key.address
+    assert len(calls) == 2
+    # An unknown route is still a 404, and a route matched for nothing is not kept forever.
+    missing = await gateway.send("GET", "/v1/no/such/route")
+    assert missing.status_code == 404
+    assert gateway.app._matched == {}

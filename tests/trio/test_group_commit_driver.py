@@ -3,10 +3,12 @@ once durable, and a failing store fails its writes, one by one where it can, app
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -186,3 +188,48 @@ async def test_an_op_the_admission_refuses_is_refused_alone_in_its_batch(tmp_pat
         assert any(n > 1 for n in store.calls)
         nursery.cancel_scope.cancel()
     service.replica.close()
+
+
+async def test_writers_past_a_full_queue_wait_for_room_and_all_get_in(tmp_path: Path) -> None:
+    from node.gossip.config import GossipConfig
+    from node.gossip.core import GossipCore
+    from node.group_commit import GroupCommitLimits
+    from node.replica import Replica
+    from tests.trio.test_gossip_driver import KEYS
+
+    ops = _ops(24)
+    limits = GroupCommitLimits(writes_queued_max=3, ops_per_commit_max=2)
+    replica = Replica.open(tmp_path / "n0", NET)
+    key = KEYS[0]
+    core = GossipCore(key.address, key.address, GossipConfig.local(), random.Random(0), replica)
+    service = GossipService(core, replica, MemoryHub().transport(key.address), [], limits)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        store = _Store(service, delay_s=0.01)
+        waiting_max: list[int] = []
+        refused: list[int] = []
+        offer = service.group_commit.offer
+
+        def counted(item: Any, n_ops: int, size_bytes: int) -> bool:
+            taken = offer(item, n_ops, size_bytes)
+            if not taken:
+                refused.append(n_ops)
+            return taken
+
+        service.group_commit.offer = counted  # type: ignore[method-assign]
+
+        async def write(made: Op) -> None:
+            waiting_max.append(service.group_commit.waiting)
+            await service.submit_checked([own(made)])
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as writers:
+                for made in ops:
+                    writers.start_soon(write, made)
+        assert all(replica.has(made.id) for made in ops)
+        assert refused  # writers did find the queue full, waited, and got in
+        assert max(waiting_max) <= 3  # the queue never held more than its bound
+        assert max(store.calls) <= 2  # nor a commit more ops than its bound
+        assert service.writes_committed == len(ops)
+        nursery.cancel_scope.cancel()
+    replica.close()

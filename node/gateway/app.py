@@ -92,10 +92,13 @@ class GatewayApp(AsgiApp):
         clock: Callable[[], float] = time.time,
         window_s: int = WINDOW_S_DEFAULT,
         proxy: Any = None,
+        billing: Any = None,
         inflight_max: int = 512,
     ) -> None:
         super().__init__(inflight_max=inflight_max)
         self.node = node
+        # node.credits.service.CreditsService; None answers 503 on the billing writes.
+        self.billing = billing
         self.clock = clock
         self.nonces = NonceCache(window_s)
         self.proxy = proxy  # node.gateway.proxy.AgentProxy; None answers 503 on hire/run_task
@@ -242,6 +245,35 @@ class GatewayApp(AsgiApp):
                 f"the request is dated ahead of this node's clock ({result.deferred[0][1]}); check your clock",
             )
         return Mutation(op.kind, payload, "0x" + op.id.hex(), author)
+
+    def signed_order(self, request: Request) -> Op:
+        """A billing order: the signed request itself as a request op, verified as every
+        replica will verify it inside the chain op that carries it out. Only the account's own
+        key signs one (no delegated key spends or mints)."""
+        assert request.signed is not None
+        if request.header("x-act-as") is not None:
+            raise HttpError(
+                403,
+                "forbidden",
+                "billing orders are signed by the account's own key; a delegated key cannot "
+                "mint or move credits (drop X-Act-As)",
+            )
+        try:
+            body_text = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, "invalid_json", "the request body must be UTF-8 JSON") from None
+        op_body = request_op_body(
+            net=self.replica.network,
+            author=request.signed.signer,
+            method=request.method,
+            path=request.target,
+            body_text=body_text,
+            timestamp_s=request.signed.timestamp_s,
+            nonce=request.signed.nonce,
+            scheme=request.signed.scheme,
+            logical=self._tick(request.signed.timestamp_s),
+        )
+        return decode_op(op_body, request.signed.signature, self.replica.network)
 
     def _tick(self, second: int) -> int:
         """This gateway's arrival order among requests signed in ``second``."""

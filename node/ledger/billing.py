@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from bootstrap.profiles import PROFILES
 from node.identity.keys import NodeKey, eip191_hash
+from node.ledger.canonical import REQUEST_ENVELOPE_VERSION
 from node.ledger.op import Op, OpRejected, decode_op, sign_op
 from node.ledger.record import Kind, Tables
 from node.ledger.schema import Addr, Int, Obj, Spec, Str, check_payload
@@ -88,14 +89,18 @@ __all__ = [
     "InsufficientCredits",
     "SpendPlan",
     "balance",
+    "chain_entry",
     "check_order",
     "decide",
     "due_releases",
     "embed_order",
     "entry_outcome",
+    "evaluated_through",
     "executed",
+    "executed_at",
     "fee_account_of",
     "grant_answer",
+    "grants_awaiting",
     "hold_view",
     "issuers_of",
     "next_seq",
@@ -323,7 +328,12 @@ def _order_entry(op_kind: str, wall_ms: int, order_text: str) -> dict[str, Any]:
     # Verified when the op was checked: read the order back without a signature check.
     body = order_text.encode()
     order = json.loads(body)
-    fields = order["payload"]
+    if order.get("v") == REQUEST_ENVELOPE_VERSION:
+        # A signed gateway request (``node.ledger.request_op``): its fields are the JSON body
+        # the user signed (the billing routes take the body as it is).
+        fields = json.loads(order["req"]["body"])
+    else:
+        fields = order["payload"]
     entry.update(by=order["author"], key=fields["idempotency_key"], amount=fields["amount"])
     if kind == "hold":
         entry.update(payee=fields["payee"].lower(), expires_ms=fields["expires_ms"])
@@ -391,7 +401,8 @@ class _Book:
     minted_total: int = 0
     next: dict[str, int] = field(default_factory=dict)  # node -> first unevaluated seq
     top: dict[str, int] = field(default_factory=dict)  # node -> greatest seq present
-    keys: set[tuple[str, str, str]] = field(default_factory=set)  # (node, order author, key)
+    # (node, order author, key) -> the seq of the entry that carried the order out
+    keys: dict[tuple[str, str, str], int] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
     grants: dict[tuple[str, int], _Grant] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], str] = field(default_factory=dict)  # "ok" or a reason
@@ -436,7 +447,7 @@ class _Book:
             amount = entry["amount"]
             if kind != "mint" and self.rights.get((entry["by"], node), 0) < amount:
                 return "insufficient_rights"
-            self.keys.add(idem)
+            self.keys[idem] = seq
             if kind == "mint":
                 self.minted_total += amount
                 self._add(entry["to"], node, amount)
@@ -606,6 +617,37 @@ def entry_outcome(state: State, node: str, seq: int) -> str | None:
 def executed(state: State, node: str, author: str, idempotency_key: str) -> bool:
     """Whether ``node``'s chain already carried out ``author``'s order with that key."""
     return (node.lower(), author.lower(), idempotency_key) in _book(state).keys
+
+
+def executed_at(state: State, node: str, author: str, idempotency_key: str) -> int | None:
+    """The seq of the entry in ``node``'s chain that carried out ``author``'s order with that
+    key, or None: what a replayed order is answered with."""
+    return _book(state).keys.get((node.lower(), author.lower(), idempotency_key))
+
+
+def chain_entry(state: State, node: str, seq: int) -> tuple[str, dict[str, Any]] | None:
+    """(op id hex, entry) of ``node``'s chain entry ``seq`` as this replica holds it."""
+    record = state.tables["billing"].get(_chain_key(node.lower(), seq))
+    if record is None:
+        return None
+    return record.fields.get("id"), record.fields.get("e")
+
+
+def evaluated_through(state: State, node: str) -> int:
+    """The last seq of ``node``'s chain this replica has evaluated (0: none): every entry up
+    to it counts here; one past it is missing or pending."""
+    return _book(state).next.get(node.lower(), 1) - 1
+
+
+def grants_awaiting(state: State, node: str) -> list[tuple[str, int]]:
+    """(granter, seq) of the valid grants to ``node`` it has not accepted yet, oldest first:
+    rights in flight that only ``node``'s ``billing.accept`` can land."""
+    node = node.lower()
+    return sorted(
+        source
+        for source, grant in _book(state).grants.items()
+        if grant.to_node == node and not grant.accepted
+    )
 
 
 def hold_view(state: State, hold_id: str) -> dict[str, Any] | None:

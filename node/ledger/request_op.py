@@ -265,6 +265,11 @@ def _routes() -> list[Route]:
         route("POST", "/key/revoke", "key.revoke", _body_as_is),
         route("POST", "/dns/add", "dns.add", _body_as_is),
         route("POST", "/dns/remove", "dns.remove", _body_as_is),
+        # Billing orders (``node.ledger.billing``): never applied as ops of their own, only
+        # carried inside the chain op of the node the signed body names. No delegated key
+        # signs one (no scope covers ``billing``).
+        route("POST", "/billing/credits/mint", "billing.order.mint", _body_as_is),
+        route("POST", "/billing/credits/transfer", "billing.order.transfer", _body_as_is),
     ]
     for verb in ("stop", "start", "reboot", "delete"):
         routes.append(

@@ -1,0 +1,344 @@
+"""The credits service: the thin Trio driver of the billing core on one node.
+
+Theory of operation
+-------------------
+The billing core (``node.ledger.billing``) decides; this service carries its decisions out
+with the node's key, and talks to peers. It owns the node's **chain**: every billing op this
+node signs (``billing.mint``, ``.transfer``, ``.grant``, ``.accept``) is numbered with
+``next_seq`` and written (stored durably, applied, gossiped) under one lock, so two requests
+can never sign one seq, and each decision sees every entry signed before it.
+
+``carry_out(order)`` is a gateway request's path: ``decide`` on this replica, then
+
+* ``execute``: sign the chain op carrying the order; the answer comes once it is stored;
+* ``duplicate``: the order's idempotency key was carried out before (by this node's chain, or,
+  for an order naming another node, by that node's as this replica has seen it): answer the
+  original outcome (op id, seq, amount, to) with ``replayed``, and write nothing. The same key
+  with a different recipient or amount is ``idempotency_key_reused`` (409);
+* ``ask``: the node's rights do not cover the spend, but peers hold enough as this replica
+  sees them. Ask each of ``plan.asks`` at once over ``/formation/rights/1.0.0``
+  (``node.p2p.rights``), outside the lock (a peer asking us at the same time must be answered),
+  for at most ``ask_wait_s`` in all; ingest the granters' chain ops the answers carry, accept
+  every grant to this node, decide again, and refuse with ``InsufficientCredits`` (402) if the
+  rights are still short. Nothing is written for a refused order but the accepts, which move
+  the account's own rights to this node and change no balance.
+
+``answer_ask`` is the peer's side: under the same lock, grant what this node holds of the
+account, up to the ask (``grant_answer``), as a ``billing.grant`` in its chain, and answer with
+it and the chain ops before it that the asker lacks. A grant that arrives after the asker gave
+up is not lost: ``run`` accepts every grant addressed to this node that it sees (gossip brings
+them), every ``accept_every_s``.
+
+Bounds: at most ``ASKS_MAX`` asks per spend (the core's), ``ask_wait_s`` per spend,
+``ACCEPTS_PER_ROUND`` accepts per round, and the protocol's own (``node.p2p.rights``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import trio
+
+from node.ledger import billing
+from node.ledger.op import Op, OpRejected
+from node.p2p.rights import Granted, RightsAsk, answer_frame
+
+__all__ = [
+    "ACCEPT_EVERY_S",
+    "ASK_WAIT_S",
+    "ChainBusy",
+    "CreditsHost",
+    "CreditsService",
+    "CreditsStats",
+    "KeyReused",
+    "Outcome",
+]
+
+log = logging.getLogger(__name__)
+
+# How long a spend waits, in all, for the peers it asked for rights: a loopback or LAN round
+# trip and one fsync at the granter take milliseconds; past this the client gets its 402.
+ASK_WAIT_S: Final = 2.0
+ACCEPT_EVERY_S: Final = 1.0
+ACCEPTS_PER_ROUND: Final = 64
+_ASK_OPS_MAX: Final = 32  # node.p2p.rights.OPS_MAX: the chain ops one answer carries
+
+
+class ChainBusy(OpRejected):
+    """This node's own chain has an entry it cannot evaluate yet (HTTP 503: retry)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(
+            "busy",
+            f"node {node}'s billing chain waits for a grant it accepted; retry in a moment",
+        )
+
+
+class KeyReused(OpRejected):
+    """The idempotency key was used for a different movement (HTTP 409)."""
+
+
+class CreditsHost(Protocol):
+    """The node as the credits service sees it."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def network(self) -> str: ...
+
+    def read(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(state)`` under the replica's lock."""
+        ...
+
+    async def write(self, kind: str, payload: dict[str, Any]) -> Op:
+        """Sign as the node, store durably, apply and gossip; return the op."""
+        ...
+
+    async def ingest(self, ops: list[tuple[bytes, bytes]]) -> None:
+        """Verify, store and apply peers' ops (a granter's chain)."""
+        ...
+
+    async def get_wire(self, op_ids: list[bytes]) -> list[tuple[bytes, bytes]]:
+        """Stored ops by id (store I/O)."""
+        ...
+
+    async def ask(self, peer: str, account: str, amount: int, have: int) -> Granted | None:
+        """``node.p2p.rights.ask``; None when the peer could not be reached or answered badly."""
+        ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What carrying out an order did (or, ``replayed``, had done before)."""
+
+    op_id: str  # 0x + hex of the chain op
+    node: str
+    seq: int
+    kind: str  # billing.mint | billing.transfer
+    author: str  # the order's signer (the issuer, or the paying account)
+    to: str
+    amount: int
+    idempotency_key: str
+    replayed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op_id": self.op_id,
+            "node": self.node,
+            "seq": self.seq,
+            "kind": self.kind,
+            "from": self.author,
+            "to": self.to,
+            "amount": self.amount,
+            "idempotency_key": self.idempotency_key,
+            "replayed": self.replayed,
+        }
+
+
+@dataclass
+class CreditsStats:
+    executed: int = 0
+    replayed: int = 0
+    refused: int = 0
+    asks_sent: int = 0
+    asks_unanswered: int = 0
+    granted_in: int = 0  # credits of rights peers granted this node in answers
+    grants_given: int = 0
+    accepts: int = 0
+
+
+class CreditsService:
+    def __init__(self, host: CreditsHost, *, ask_wait_s: float = ASK_WAIT_S) -> None:
+        self.host = host
+        self.ask_wait_s = ask_wait_s
+        self.stats = CreditsStats()
+        self._lock = trio.Lock()  # the chain: one signer of this node's billing ops at a time
+
+    @property
+    def address(self) -> str:
+        return self.host.address
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept the grants addressed to this node, now and every ``ACCEPT_EVERY_S``."""
+        task_status.started(self)
+        while True:
+            await self.accept_awaiting()
+            await trio.sleep(ACCEPT_EVERY_S)
+
+    # -- a gateway request ------------------------------------------------------------------
+
+    async def carry_out(self, order: Op) -> Outcome:
+        """Carry out a verified order (see the module docstring). Raises ``OpRejected`` (bad
+        order, wrong node), ``KeyReused``, ``ChainBusy`` or ``billing.InsufficientCredits``."""
+        fields = billing.check_order(order, self.host.network)
+        me = self.address
+        if fields["node"] != me:
+            replay = self._replay(fields["node"], order, fields)
+            if replay is not None:
+                return replay
+            raise OpRejected(
+                "wrong_node",
+                f"the order names node {fields['node']}; send it to that node's gateway "
+                f"(this is {me}), or sign it again naming this node",
+                field="node",
+            )
+        deadline = trio.current_time() + self.ask_wait_s
+        asked = False
+        while True:
+            async with self._lock:
+                self._check_chain()
+                try:
+                    decision: billing.Decision = self.host.read(
+                        lambda state: billing.decide(state, me, order)
+                    )
+                except billing.InsufficientCredits:
+                    self.stats.refused += 1
+                    raise
+                if decision.action == "duplicate":
+                    replay = self._replay(me, order, fields)
+                    assert replay is not None  # decide said it was carried out here
+                    return replay
+                if decision.action == "execute":
+                    assert decision.kind is not None
+                    assert decision.payload is not None
+                    op = await self.host.write(decision.kind, decision.payload)
+                    self.stats.executed += 1
+                    return Outcome(
+                        "0x" + op.id.hex(),
+                        me,
+                        decision.payload["seq"],
+                        decision.kind,
+                        order.author,
+                        fields["to"],
+                        fields["amount"],
+                        fields["idempotency_key"],
+                        replayed=False,
+                    )
+                plan = decision.plan
+                assert plan is not None
+            if asked or trio.current_time() >= deadline:
+                self.stats.refused += 1
+                raise plan.refusal()
+            asked = True
+            await self._gather(plan, deadline)
+
+    def _replay(self, node: str, order: Op, fields: dict[str, Any]) -> Outcome | None:
+        """The original outcome of an order whose key ``node``'s chain carried out, or None."""
+        key = fields["idempotency_key"]
+
+        def find(state: Any) -> tuple[int, tuple[str, dict[str, Any]] | None] | None:
+            seq = billing.executed_at(state, node, order.author, key)
+            return None if seq is None else (seq, billing.chain_entry(state, node, seq))
+
+        found = self.host.read(find)
+        if found is None:
+            return None
+        seq, stored = found
+        assert stored is not None
+        op_id, entry = stored
+        kind = "billing." + entry["k"]
+        want = "billing." + order.kind[len("billing.order.") :]
+        if (kind, entry["to"], entry["amount"]) != (want, fields["to"], fields["amount"]):
+            raise KeyReused(
+                "idempotency_key_reused",
+                f"idempotency key {key!r} was used for {entry['k']} of {entry['amount']} to "
+                f"{entry['to']} (op 0x{op_id}); use a new key for a different movement",
+                field="idempotency_key",
+            )
+        self.stats.replayed += 1
+        return Outcome(
+            "0x" + op_id,
+            node,
+            seq,
+            kind,
+            order.author,
+            entry["to"],
+            entry["amount"],
+            key,
+            replayed=True,
+        )
+
+    def _check_chain(self) -> None:
+        me = self.address
+
+        def stalled(state: Any) -> bool:
+            return billing.evaluated_through(state, me) != billing.next_seq(state, me) - 1
+
+        if self.host.read(stalled):
+            raise ChainBusy(me)
+
+    async def _gather(self, plan: billing.SpendPlan, deadline: float) -> None:
+        """Ask the plan's peers at once, until ``deadline``; land what they granted."""
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                for ask in plan.asks:
+                    nursery.start_soon(self._ask_one, ask)
+        await self.accept_awaiting()
+
+    async def _ask_one(self, ask: billing.Ask) -> None:
+        have = self.host.read(lambda state: billing.evaluated_through(state, ask.peer))
+        self.stats.asks_sent += 1
+        got = await self.host.ask(ask.peer, ask.account, ask.amount, have)
+        if got is None:
+            self.stats.asks_unanswered += 1
+            return
+        self.stats.granted_in += got.granted
+        if got.ops:
+            await self.host.ingest(got.ops)
+
+    async def accept_awaiting(self) -> int:
+        """Accept the grants to this node not accepted yet (at most ``ACCEPTS_PER_ROUND``)."""
+        me = self.address
+        accepted = 0
+        async with self._lock:
+            awaiting: list[tuple[str, int]] = self.host.read(
+                lambda state: billing.grants_awaiting(state, me)
+            )
+            for granter, seq in awaiting[:ACCEPTS_PER_ROUND]:
+                payload = {
+                    "seq": self.host.read(lambda state: billing.next_seq(state, me)),
+                    "from_node": granter,
+                    "from_seq": seq,
+                }
+                await self.host.write("billing.accept", payload)
+                accepted += 1
+        self.stats.accepts += accepted
+        return accepted
+
+    # -- a peer's ask -----------------------------------------------------------------------
+
+    async def answer_ask(self, asker: str, ask: RightsAsk) -> bytes:
+        """Grant ``asker`` what this node holds of ``ask.account``, up to ``ask.amount``; the
+        answer frame of ``node.p2p.rights``."""
+        me = self.address
+        if asker == me:
+            return answer_frame(0, None, [])
+        async with self._lock:
+
+            def amount_of(state: Any) -> int:
+                if billing.evaluated_through(state, me) != billing.next_seq(state, me) - 1:
+                    return 0  # our own chain is not all counted: grant nothing now
+                return billing.grant_answer(state, me, billing.Ask(me, ask.account, ask.amount))
+
+            amount: int = self.host.read(amount_of)
+            if amount <= 0:
+                return answer_frame(0, None, [])
+            seq: int = self.host.read(lambda state: billing.next_seq(state, me))
+            op = await self.host.write(
+                "billing.grant",
+                {"seq": seq, "account": ask.account, "amount": amount, "to_node": asker},
+            )
+            self.stats.grants_given += 1
+            first = max(ask.have + 1, seq - _ASK_OPS_MAX + 1)
+
+            def ids_of(state: Any) -> list[bytes]:
+                found = [billing.chain_entry(state, me, k) for k in range(first, seq)]
+                return [bytes.fromhex(entry[0]) for entry in found if entry is not None]
+
+            ids: list[bytes] = self.host.read(ids_of)
+        before = await self.host.get_wire(ids) if ids else []
+        return answer_frame(amount, seq, [*before, (op.body, op.sig)])

@@ -76,12 +76,21 @@ class ClientError(Exception):
 class ApiError(ClientError):
     """The gateway refused the request (HTTP 4xx/5xx)."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        # The whole JSON error body: some refusals carry numbers (a 402's required/available).
+        self.details = details or {}
 
     def __repr__(self) -> str:
         return f"ApiError(status={self.status}, code={self.code!r}, message={self.message!r}, field={self.field!r})"
@@ -162,6 +171,7 @@ class GatewayClient:
         self.act_as = None if act_as is None else normalize_address(act_as)
         self._clock = clock
         self._nonce = nonce
+        self._node_address: str | None = None
         self._http = httpx.Client(
             transport=transport,
             timeout=timeout_s,
@@ -249,6 +259,7 @@ class GatewayClient:
                 body["error"],
                 message if isinstance(message, str) and message else body["error"],
                 field if isinstance(field, str) else None,
+                body,
             )
         text = " ".join(response.text.split())[:_ERROR_TEXT_CHARS_MAX]
         return ApiError(status, f"http_{status}", text or response.reason_phrase or "no message")
@@ -495,6 +506,48 @@ class GatewayClient:
 
     def key_revoke(self, delegate: str) -> Any:
         return self.request("POST", "/key/revoke", {"delegate": delegate})
+
+    # ---------------------------------------------------------------------------- credits
+
+    def node_address(self) -> str:
+        """The address of the gateway's node (``GET /node/info``), asked once per client: a
+        billing order must name the node that carries it out."""
+        if self._node_address is None:
+            info = self.node_info()
+            address = info.get("address") if isinstance(info, dict) else None
+            if not isinstance(address, str):
+                raise ClientError(f"the gateway at {self.base_url} did not say its node's address")
+            self._node_address = normalize_address(address)
+        return self._node_address
+
+    def _order(
+        self, route: str, to: str, amount: int, idempotency_key: str, node: str | None
+    ) -> Any:
+        body = {
+            "to": to,
+            "amount": amount,
+            "idempotency_key": idempotency_key,
+            "node": node if node is not None else self.node_address(),
+        }
+        return self.request("POST", route, body)
+
+    def credits_mint(
+        self, to: str, amount: int, idempotency_key: str, *, node: str | None = None
+    ) -> Any:
+        """Mint ``amount`` to ``to`` (the network's issuers only). ``node``: the node that
+        carries it out, by default the gateway's own. A retry with the same key answers the
+        original outcome (``replayed``)."""
+        return self._order("/billing/credits/mint", to, amount, idempotency_key, node)
+
+    def credits_transfer(
+        self, to: str, amount: int, idempotency_key: str, *, node: str | None = None
+    ) -> Any:
+        """Move ``amount`` from the signer's account to ``to``; ``ApiError`` 402
+        ``insufficient_credits`` (``details``: required, available) if it is not covered."""
+        return self._order("/billing/credits/transfer", to, amount, idempotency_key, node)
+
+    def credits_balance(self, address: str) -> Any:
+        return self.request("GET", f"/billing/balance/{_segment(address)}", signed=False)
 
     # ------------------------------------------------------------------------------ blobs
 

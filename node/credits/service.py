@@ -11,10 +11,12 @@ can never sign one seq, and each decision sees every entry signed before it.
 ``carry_out(order)`` is a gateway request's path: ``decide`` on this replica, then
 
 * ``execute``: sign the chain op carrying the order; the answer comes once it is stored;
-* ``duplicate``: the order's idempotency key was carried out before (by this node's chain, or,
-  for an order naming another node, by that node's as this replica has seen it): answer the
-  original outcome (op id, seq, amount, to) with ``replayed``, and write nothing. The same key
-  with a different recipient or amount is ``idempotency_key_reused`` (409);
+* ``duplicate``: the order's idempotency key was carried out before: by this node's chain, or
+  by any chain this replica has seen (``executed_anywhere``: a retry signed for another node,
+  or the same order sent to another gateway). Answer the original outcome (op id, node, seq,
+  amount, to) with ``replayed``, and write nothing. The same key with a different recipient or
+  amount is ``idempotency_key_reused`` (409). Only a retry during a partition, before the
+  original reached this node, can move credits twice (D18: a key is one node's);
 * ``ask``: the node's rights do not cover the spend, but peers hold enough as this replica
   sees them. Ask each of ``plan.asks`` at once over ``/formation/rights/1.0.0``
   (``node.p2p.rights``), outside the lock (a peer asking us at the same time must be answered),
@@ -176,10 +178,16 @@ class CreditsService:
         order, wrong node), ``KeyReused``, ``ChainBusy`` or ``billing.InsufficientCredits``."""
         fields = billing.check_order(order, self.host.network)
         me = self.address
+        # A key some chain already carried out (a retry signed for another node, say): answer
+        # that outcome rather than move credits again.
+        seen: tuple[str, int] | None = self.host.read(
+            lambda state: billing.executed_anywhere(state, order.author, fields["idempotency_key"])
+        )
+        if seen is not None:
+            replay = self._replay(seen[0], order, fields)
+            assert replay is not None
+            return replay
         if fields["node"] != me:
-            replay = self._replay(fields["node"], order, fields)
-            if replay is not None:
-                return replay
             raise OpRejected(
                 "wrong_node",
                 f"the order names node {fields['node']}; send it to that node's gateway "

@@ -97,6 +97,7 @@ __all__ = [
     "entry_outcome",
     "evaluated_through",
     "executed",
+    "executed_anywhere",
     "executed_at",
     "fee_account_of",
     "grant_answer",
@@ -403,6 +404,8 @@ class _Book:
     top: dict[str, int] = field(default_factory=dict)  # node -> greatest seq present
     # (node, order author, key) -> the seq of the entry that carried the order out
     keys: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # (order author, key) -> the first (node, seq) that carried one out, in any chain
+    key_first: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
     grants: dict[tuple[str, int], _Grant] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], str] = field(default_factory=dict)  # "ok" or a reason
@@ -448,6 +451,7 @@ class _Book:
             if kind != "mint" and self.rights.get((entry["by"], node), 0) < amount:
                 return "insufficient_rights"
             self.keys[idem] = seq
+            self.key_first.setdefault((entry["by"], entry["key"]), (node, seq))
             if kind == "mint":
                 self.minted_total += amount
                 self._add(entry["to"], node, amount)
@@ -623,6 +627,14 @@ def executed_at(state: State, node: str, author: str, idempotency_key: str) -> i
     """The seq of the entry in ``node``'s chain that carried out ``author``'s order with that
     key, or None: what a replayed order is answered with."""
     return _book(state).keys.get((node.lower(), author.lower(), idempotency_key))
+
+
+def executed_anywhere(state: State, author: str, idempotency_key: str) -> tuple[str, int] | None:
+    """(node, seq) of an entry in any chain this replica has evaluated that carried out an
+    order of ``author`` with that key, or None. Not a guarantee (two nodes in a partition can
+    each carry out one), but it lets a gateway answer a retry sent to another node as a
+    replay instead of moving credits again."""
+    return _book(state).key_first.get((author.lower(), idempotency_key))
 
 
 def chain_entry(state: State, node: str, seq: int) -> tuple[str, dict[str, Any]] | None:

@@ -520,30 +520,22 @@ class GatewayClient:
             self._node_address = normalize_address(address)
         return self._node_address
 
-    def _order(
-        self, route: str, to: str, amount: int, idempotency_key: str, node: str | None
-    ) -> Any:
-        body = {
-            "to": to,
-            "amount": amount,
-            "idempotency_key": idempotency_key,
-            "node": node if node is not None else self.node_address(),
-        }
+    def _order(self, route: str, to: str, amount: int, key: str, node: str | None) -> Any:
+        node = node if node is not None else self.node_address()
+        body = {"to": to, "amount": amount, "idempotency_key": key, "node": node}
         return self.request("POST", route, body)
 
     def credits_mint(
         self, to: str, amount: int, idempotency_key: str, *, node: str | None = None
     ) -> Any:
-        """Mint ``amount`` to ``to`` (the network's issuers only). ``node``: the node that
-        carries it out, by default the gateway's own. A retry with the same key answers the
-        original outcome (``replayed``)."""
+        """Mint (issuers only) through ``node``, by default the gateway's own; a retry with
+        the same key answers the original outcome (``replayed``)."""
         return self._order("/billing/credits/mint", to, amount, idempotency_key, node)
 
     def credits_transfer(
         self, to: str, amount: int, idempotency_key: str, *, node: str | None = None
     ) -> Any:
-        """Move ``amount`` from the signer's account to ``to``; ``ApiError`` 402
-        ``insufficient_credits`` (``details``: required, available) if it is not covered."""
+        """As ``credits_mint``, from the signer's account; 402 ``details``: required, available."""
         return self._order("/billing/credits/transfer", to, amount, idempotency_key, node)
 
     def credits_balance(self, address: str) -> Any:

@@ -402,8 +402,9 @@ class _Book:
     minted_total: int = 0
     next: dict[str, int] = field(default_factory=dict)  # node -> first unevaluated seq
     top: dict[str, int] = field(default_factory=dict)  # node -> greatest seq present
+    keys: set[tuple[str, str, str]] = field(default_factory=set)  # (node, order author, key)
     # (node, order author, key) -> the seq of the entry that carried the order out
-    keys: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    key_seq: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # (order author, key) -> the first (node, seq) that carried one out, in any chain
     key_first: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
@@ -450,7 +451,8 @@ class _Book:
             amount = entry["amount"]
             if kind != "mint" and self.rights.get((entry["by"], node), 0) < amount:
                 return "insufficient_rights"
-            self.keys[idem] = seq
+            self.keys.add(idem)
+            self.key_seq[idem] = seq
             self.key_first.setdefault((entry["by"], entry["key"]), (node, seq))
             if kind == "mint":
                 self.minted_total += amount
@@ -626,7 +628,7 @@ def executed(state: State, node: str, author: str, idempotency_key: str) -> bool
 def executed_at(state: State, node: str, author: str, idempotency_key: str) -> int | None:
     """The seq of the entry in ``node``'s chain that carried out ``author``'s order with that
     key, or None: what a replayed order is answered with."""
-    return _book(state).keys.get((node.lower(), author.lower(), idempotency_key))
+    return _book(state).key_seq.get((node.lower(), author.lower(), idempotency_key))
 
 
 def executed_anywhere(state: State, author: str, idempotency_key: str) -> tuple[str, int] | None:

@@ -605,8 +605,19 @@ class _CreditsHost:
         with self.node.replica.lock:  # worker threads apply ops meanwhile
             return fn(self.node.replica.state)
 
-    async def write(self, kind: str, payload: dict[str, Any]) -> Op:
-        return await self.node.gossip.write(self.node.key, kind, payload)
+    def sign(self, kind: str, payload: dict[str, Any]) -> Op:
+        return self.node.replica.sign(self.node.key, kind, payload, int(time.time() * 1000))
+
+    async def store(self, ops: list[Op]) -> None:
+        """The node's own chain ops, in one group commit with whatever else is waiting."""
+        from node.ledger.admission import own
+
+        result = await self.node.gossip.submit_checked([own(op) for op in ops])
+        if len(result.accepted) != len(ops):
+            raise RuntimeError(
+                f"{len(ops) - len(result.accepted)} of {len(ops)} chain ops were not taken: "
+                f"deferred {result.deferred}, duplicates {len(result.duplicates)}"
+            )
 
     async def ingest(self, ops: list[tuple[bytes, bytes]]) -> None:
         """A granter's chain ops: verified here like any peer's, then stored and spread."""

@@ -37,9 +37,10 @@ Bounds: at most ``ASKS_MAX`` asks per spend (the core's), ``ask_wait_s`` per spe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import trio
@@ -66,6 +67,8 @@ log = logging.getLogger(__name__)
 ASK_WAIT_S: Final = 2.0
 ACCEPT_EVERY_S: Final = 1.0
 ACCEPTS_PER_ROUND: Final = 64
+# Chain ops stored in one commit at most (one fsync for all of them).
+COMMIT_OPS_MAX: Final = 64
 _ASK_OPS_MAX: Final = 32  # node.p2p.rights.OPS_MAX: the chain ops one answer carries
 
 
@@ -96,8 +99,14 @@ class CreditsHost(Protocol):
         """``fn(state)`` under the replica's lock."""
         ...
 
-    async def write(self, kind: str, payload: dict[str, Any]) -> Op:
-        """Sign as the node, store durably, apply and gossip; return the op."""
+    def sign(self, kind: str, payload: dict[str, Any]) -> Op:
+        """Sign as the node with the replica's clock; store nothing (no await: the chain
+        lock's holder signs and queues in one step)."""
+        ...
+
+    async def store(self, ops: list[Op]) -> None:
+        """Store durably (one commit), apply and gossip the node's own ``ops``; raise if any
+        is not taken."""
         ...
 
     async def ingest(self, ops: list[tuple[bytes, bytes]]) -> None:
@@ -151,6 +160,18 @@ class CreditsStats:
     granted_in: int = 0  # credits of rights peers granted this node in answers
     grants_given: int = 0
     accepts: int = 0
+    commits: int = 0  # of chain ops, each storing one or more
+
+
+@dataclass(eq=False)
+class _Queued:
+    """A chain op signed and waiting for the committer; ``done`` once stored (or failed)."""
+
+    op: Op
+    entry: billing.Signed
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+    taken: bool = False  # in a commit under way
 
 
 class CreditsService:
@@ -158,18 +179,90 @@ class CreditsService:
         self.host = host
         self.ask_wait_s = ask_wait_s
         self.stats = CreditsStats()
-        self._lock = trio.Lock()  # the chain: one signer of this node's billing ops at a time
+        # The chain: one signer of this node's billing ops at a time (decide, seq, sign, queue).
+        self._lock = trio.Lock()
+        # Signed, not applied yet, in seq order: the committer stores them in batches.
+        self._queued: list[_Queued] = []
+        self._wake = trio.Event()
+        self._committing = False
 
     @property
     def address(self) -> str:
         return self.host.address
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Accept the grants addressed to this node, now and every ``ACCEPT_EVERY_S``."""
-        task_status.started(self)
+        """The committer, and the accepts of grants addressed to this node, now and every
+        ``ACCEPT_EVERY_S``."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._committer)
+            self._committing = True
+            task_status.started(self)
+            while True:
+                await self.accept_awaiting()
+                await trio.sleep(ACCEPT_EVERY_S)
+
+    # -- the chain ----------------------------------------------------------------------------
+
+    def _signed(self) -> list[billing.Signed]:
+        return [queued.entry for queued in self._queued]
+
+    def _decide(self, order: Op) -> billing.Decision:
+        signed = self._signed()
+        decision: billing.Decision = self.host.read(
+            lambda state: billing.decide(state, self.address, order, signed)
+        )
+        return decision
+
+    def _next_seq(self) -> int:
+        signed = self._signed()
+        seq: int = self.host.read(lambda state: billing.next_seq(state, self.address, signed))
+        return seq
+
+    def _queue(self, kind: str, payload: dict[str, Any], entry: billing.Signed) -> _Queued:
+        """Sign a chain op and queue it for the committer. Call under the chain lock, with no
+        await between the decision and this, so the next decision sees it in ``_signed``."""
+        queued = _Queued(self.host.sign(kind, payload), entry)
+        self._queued.append(queued)
+        self._wake.set()
+        return queued
+
+    async def _stored(self, queued: _Queued) -> Op:
+        if not self._committing:  # no committer running (a test driving the service alone)
+            await self._commit_once()
+        await queued.done.wait()
+        if queued.error is not None:
+            raise ChainBusy(self.address) from queued.error
+        return queued.op
+
+    async def _committer(self) -> None:
         while True:
-            await self.accept_awaiting()
-            await trio.sleep(ACCEPT_EVERY_S)
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while any(not queued.taken for queued in self._queued):
+                await self._commit_once()
+
+    async def _commit_once(self) -> None:
+        """Store the queued ops not yet taken, in seq order, in one commit. On a failure every
+        queued op fails with it (none of them was stored or sent, so their seqs are free
+        again): a later op must never be stored without the earlier ones."""
+        batch = [queued for queued in self._queued if not queued.taken][:COMMIT_OPS_MAX]
+        if not batch:
+            return
+        for queued in batch:
+            queued.taken = True
+        try:
+            await self.host.store([queued.op for queued in batch])
+        except Exception as exc:
+            log.exception("credits: storing %d chain ops failed", len(batch))
+            failed, self._queued = self._queued, []
+            for queued in failed:
+                queued.error = exc
+                queued.done.set()
+            return
+        for queued in batch:
+            self._queued.remove(queued)
+            queued.done.set()
+        self.stats.commits += 1
 
     # -- a gateway request ------------------------------------------------------------------
 
@@ -178,31 +271,32 @@ class CreditsService:
         order, wrong node), ``KeyReused``, ``ChainBusy`` or ``billing.InsufficientCredits``."""
         fields = billing.check_order(order, self.host.network)
         me = self.address
-        # A key some chain already carried out (a retry signed for another node, say): answer
-        # that outcome rather than move credits again.
-        seen: tuple[str, int] | None = self.host.read(
-            lambda state: billing.executed_anywhere(state, order.author, fields["idempotency_key"])
-        )
-        if seen is not None:
-            replay = self._replay(seen[0], order, fields)
-            assert replay is not None
-            return replay
-        if fields["node"] != me:
-            raise OpRejected(
-                "wrong_node",
-                f"the order names node {fields['node']}; send it to that node's gateway "
-                f"(this is {me}), or sign it again naming this node",
-                field="node",
-            )
+        key = fields["idempotency_key"]
         deadline = trio.current_time() + self.ask_wait_s
         asked = False
         while True:
+            # A key some chain already carried out (a retry signed for another node, say):
+            # answer that outcome rather than move credits again.
+            seen: tuple[str, int] | None = self.host.read(
+                lambda state: billing.executed_anywhere(state, order.author, key)
+            )
+            if seen is not None:
+                replay = self._replay(seen[0], order, fields)
+                assert replay is not None
+                return replay
+            if fields["node"] != me:
+                raise OpRejected(
+                    "wrong_node",
+                    f"the order names node {fields['node']}; send it to that node's gateway "
+                    f"(this is {me}), or sign it again naming this node",
+                    field="node",
+                )
+            waiting: _Queued | None = None
+            plan: billing.SpendPlan | None = None
             async with self._lock:
                 self._check_chain()
                 try:
-                    decision: billing.Decision = self.host.read(
-                        lambda state: billing.decide(state, me, order)
-                    )
+                    decision = self._decide(order)
                 except billing.InsufficientCredits:
                     self.stats.refused += 1
                     raise
@@ -210,24 +304,41 @@ class CreditsService:
                     replay = self._replay(me, order, fields)
                     assert replay is not None  # decide said it was carried out here
                     return replay
-                if decision.action == "execute":
+                if decision.action == "pending":
+                    waiting = next(q for q in self._queued if q.entry.key == (order.author, key))
+                elif decision.action == "execute":
                     assert decision.kind is not None
                     assert decision.payload is not None
-                    op = await self.host.write(decision.kind, decision.payload)
-                    self.stats.executed += 1
-                    return Outcome(
-                        "0x" + op.id.hex(),
-                        me,
+                    spends = decision.kind != "billing.mint"
+                    entry = billing.Signed(
                         decision.payload["seq"],
-                        decision.kind,
-                        order.author,
-                        fields["to"],
-                        fields["amount"],
-                        fields["idempotency_key"],
-                        replayed=False,
+                        account=order.author if spends else None,
+                        amount=fields["amount"] if spends else 0,
+                        key=(order.author, key),
                     )
-                plan = decision.plan
-                assert plan is not None
+                    kind = decision.kind
+                    queued = self._queue(kind, decision.payload, entry)
+                else:
+                    plan = decision.plan
+            if waiting is not None:  # the same key, being stored: then answer as a replay
+                with contextlib.suppress(ChainBusy):
+                    await self._stored(waiting)
+                continue
+            if decision.action == "execute":
+                op = await self._stored(queued)
+                self.stats.executed += 1
+                return Outcome(
+                    "0x" + op.id.hex(),
+                    me,
+                    entry.seq,
+                    kind,
+                    order.author,
+                    fields["to"],
+                    fields["amount"],
+                    key,
+                    replayed=False,
+                )
+            assert plan is not None
             if asked or trio.current_time() >= deadline:
                 self.stats.refused += 1
                 raise plan.refusal()
@@ -299,54 +410,57 @@ class CreditsService:
             await self.host.ingest(got.ops)
 
     async def accept_awaiting(self) -> int:
-        """Accept the grants to this node not accepted yet (at most ``ACCEPTS_PER_ROUND``)."""
+        """Accept the grants to this node not accepted yet (at most ``ACCEPTS_PER_ROUND``);
+        returns once the accepts are stored."""
         me = self.address
-        accepted = 0
+        queued: list[_Queued] = []
         async with self._lock:
+            signed = self._signed()
             awaiting: list[tuple[str, int]] = self.host.read(
-                lambda state: billing.grants_awaiting(state, me)
+                lambda state: billing.grants_awaiting(state, me, signed)
             )
             for granter, seq in awaiting[:ACCEPTS_PER_ROUND]:
-                payload = {
-                    "seq": self.host.read(lambda state: billing.next_seq(state, me)),
-                    "from_node": granter,
-                    "from_seq": seq,
-                }
-                await self.host.write("billing.accept", payload)
-                accepted += 1
-        self.stats.accepts += accepted
-        return accepted
+                next_seq = self._next_seq()
+                payload = {"seq": next_seq, "from_node": granter, "from_seq": seq}
+                entry = billing.Signed(next_seq, accepts=(granter, seq))
+                queued.append(self._queue("billing.accept", payload, entry))
+        for one in queued:
+            await self._stored(one)
+        self.stats.accepts += len(queued)
+        return len(queued)
 
     # -- a peer's ask -----------------------------------------------------------------------
 
     async def answer_ask(self, asker: str, ask: RightsAsk) -> bytes:
         """Grant ``asker`` what this node holds of ``ask.account``, up to ``ask.amount``; the
-        answer frame of ``node.p2p.rights``."""
+        answer frame of ``node.p2p.rights``, sent only once the grant is stored."""
         me = self.address
         if asker == me:
             return answer_frame(0, None, [])
         async with self._lock:
+            signed = self._signed()
 
             def amount_of(state: Any) -> int:
                 if billing.evaluated_through(state, me) != billing.next_seq(state, me) - 1:
                     return 0  # our own chain is not all counted: grant nothing now
-                return billing.grant_answer(state, me, billing.Ask(me, ask.account, ask.amount))
+                wanted = billing.Ask(me, ask.account, ask.amount)
+                return billing.grant_answer(state, me, wanted, signed)
 
             amount: int = self.host.read(amount_of)
             if amount <= 0:
                 return answer_frame(0, None, [])
-            seq: int = self.host.read(lambda state: billing.next_seq(state, me))
-            op = await self.host.write(
-                "billing.grant",
-                {"seq": seq, "account": ask.account, "amount": amount, "to_node": asker},
-            )
-            self.stats.grants_given += 1
-            first = max(ask.have + 1, seq - _ASK_OPS_MAX + 1)
+            seq: int = self.host.read(lambda state: billing.next_seq(state, me, signed))
+            payload = {"seq": seq, "account": ask.account, "amount": amount, "to_node": asker}
+            entry = billing.Signed(seq, account=ask.account, amount=amount)
+            queued = self._queue("billing.grant", payload, entry)
+        op = await self._stored(queued)
+        self.stats.grants_given += 1
+        first = max(ask.have + 1, seq - _ASK_OPS_MAX + 1)
 
-            def ids_of(state: Any) -> list[bytes]:
-                found = [billing.chain_entry(state, me, k) for k in range(first, seq)]
-                return [bytes.fromhex(entry[0]) for entry in found if entry is not None]
+        def ids_of(state: Any) -> list[bytes]:
+            found = [billing.chain_entry(state, me, k) for k in range(first, seq)]
+            return [bytes.fromhex(entry[0]) for entry in found if entry is not None]
 
-            ids: list[bytes] = self.host.read(ids_of)
+        ids: list[bytes] = self.host.read(ids_of)
         before = await self.host.get_wire(ids) if ids else []
         return answer_frame(amount, seq, [*before, (op.body, op.sig)])

@@ -62,6 +62,7 @@ the greater stamp counts, and the memo is rebuilt (as it is after a ``State.merg
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
@@ -87,6 +88,7 @@ __all__ = [
     "Ask",
     "Decision",
     "InsufficientCredits",
+    "Signed",
     "SpendPlan",
     "balance",
     "chain_entry",
@@ -610,9 +612,34 @@ def totals(state: State) -> dict[str, int]:
     }
 
 
-def next_seq(state: State, node: str) -> int:
-    """The seq of ``node``'s next chain op (one past the greatest this replica holds)."""
-    return _book(state).top.get(node.lower(), 0) + 1
+def next_seq(state: State, node: str, signed: Sequence[Signed] = ()) -> int:
+    """The seq of ``node``'s next chain op: one past the greatest this replica holds, or past
+    the entries ``node`` signed and has not applied yet (``signed``)."""
+    top = _book(state).top.get(node.lower(), 0)
+    return max([top, *(entry.seq for entry in signed)]) + 1
+
+
+@dataclass(frozen=True)
+class Signed:
+    """An entry a node signed in its chain whose write is not applied yet: a driver that
+    stores several entries in one commit decides the next ones as if they were applied, but
+    counts only what they take (never what they give) until they are."""
+
+    seq: int
+    account: str | None = None  # whose rights the entry takes from the node (transfer, grant)
+    amount: int = 0
+    key: tuple[str, str] | None = None  # (order author, idempotency key) it carries out
+    accepts: tuple[str, int] | None = None  # (granter, seq) of the grant it accepts
+
+
+def _live(state: State, node: str, signed: Sequence[Signed]) -> list[Signed]:
+    """The entries of ``signed`` this replica has not evaluated yet."""
+    first = _book(state).next.get(node, 1)
+    return [entry for entry in signed if entry.seq >= first]
+
+
+def _reserved(live: Sequence[Signed], account: str) -> int:
+    return sum(entry.amount for entry in live if entry.account == account)
 
 
 def entry_outcome(state: State, node: str, seq: int) -> str | None:
@@ -653,14 +680,17 @@ def evaluated_through(state: State, node: str) -> int:
     return _book(state).next.get(node.lower(), 1) - 1
 
 
-def grants_awaiting(state: State, node: str) -> list[tuple[str, int]]:
-    """(granter, seq) of the valid grants to ``node`` it has not accepted yet, oldest first:
-    rights in flight that only ``node``'s ``billing.accept`` can land."""
+def grants_awaiting(
+    state: State, node: str, signed: Sequence[Signed] = ()
+) -> list[tuple[str, int]]:
+    """(granter, seq) of the valid grants to ``node`` it has not accepted yet (nor signed an
+    accept of, in ``signed``), oldest first: rights in flight only ``node`` can land."""
     node = node.lower()
+    accepting = {entry.accepts for entry in _live(state, node, signed)}
     return sorted(
         source
         for source, grant in _book(state).grants.items()
-        if grant.to_node == node and not grant.accepted
+        if grant.to_node == node and not grant.accepted and source not in accepting
     )
 
 
@@ -725,11 +755,14 @@ class SpendPlan:
         return InsufficientCredits(self.account, self.required, self.available, self.available_here)
 
 
-def plan_spend(state: State, node: str, account: str, required: int) -> SpendPlan:
-    """Cover ``required`` from ``node``'s own rights, else ask the peers holding the most."""
+def plan_spend(
+    state: State, node: str, account: str, required: int, reserved: int = 0
+) -> SpendPlan:
+    """Cover ``required`` from ``node``'s own rights (less ``reserved``, what entries it
+    signed and has not applied take), else ask the peers holding the most."""
     book = _book(state)
     node, account = node.lower(), account.lower()
-    here = book.rights.get((account, node), 0)
+    here = max(0, book.rights.get((account, node), 0) - reserved)
     asks: list[Ask] = []
     if here < required:
         deficit = required - here
@@ -748,15 +781,19 @@ def plan_spend(state: State, node: str, account: str, required: int) -> SpendPla
     return SpendPlan(account, required, here, book.available.get(account, 0), tuple(asks))
 
 
-def grant_answer(state: State, node: str, ask: Ask) -> int:
-    """How much ``node`` grants for ``ask``: what it holds of the account, up to the ask."""
-    return min(ask.amount, _book(state).rights.get((ask.account, node.lower()), 0))
+def grant_answer(state: State, node: str, ask: Ask, signed: Sequence[Signed] = ()) -> int:
+    """How much ``node`` grants for ``ask``: what it holds of the account (less what its
+    ``signed`` entries take), up to the ask."""
+    node = node.lower()
+    held = _book(state).rights.get((ask.account, node), 0)
+    return max(0, min(ask.amount, held - _reserved(_live(state, node, signed), ask.account)))
 
 
 @dataclass(frozen=True)
 class Decision:
     """What the node does with an order: ``execute`` (sign ``kind`` with ``payload`` in its
-    chain), ``duplicate`` (already carried out: answer as before, change nothing) or ``ask``
+    chain), ``duplicate`` (already carried out: answer as before, change nothing),
+    ``pending`` (being carried out: wait for it, then decide again) or ``ask``
     (``plan`` lists the peers to ask; refuse with ``plan.refusal()`` if none answer in time)."""
 
     action: str
@@ -765,10 +802,12 @@ class Decision:
     plan: SpendPlan | None = None
 
 
-def decide(state: State, node: str, order: Op) -> Decision:
-    """The driver's step for a verified order at ``node``. Raises ``OpRejected`` for an order
-    that is not for this node or not valid, and ``InsufficientCredits`` when no peer holds
-    enough to ask for."""
+def decide(state: State, node: str, order: Op, signed: Sequence[Signed] = ()) -> Decision:
+    """The driver's step for a verified order at ``node``, with the entries it signed and
+    has not applied yet (``signed``). Raises ``OpRejected`` for an order that is not for this
+    node or not valid, and ``InsufficientCredits`` when no peer holds enough to ask for.
+    ``pending``: an entry in ``signed`` carries out the same key; decide again once it is
+    applied (it is then a ``duplicate``)."""
     fields = check_order(order, state.network)
     node = node.lower()
     if fields["node"] != node:
@@ -778,11 +817,15 @@ def decide(state: State, node: str, order: Op) -> Decision:
         )
     if executed(state, node, order.author, fields["idempotency_key"]):
         return Decision("duplicate")
+    live = _live(state, node, signed)
+    if any(entry.key == (order.author, fields["idempotency_key"]) for entry in live):
+        return Decision("pending")
     kind = "billing." + order.kind[len("billing.order.") :]
-    payload = {"seq": next_seq(state, node), "order": embed_order(order)}
+    payload = {"seq": next_seq(state, node, live), "order": embed_order(order)}
     if kind == "billing.mint":
         return Decision("execute", kind, payload)
-    plan = plan_spend(state, node, order.author, fields["amount"])
+    reserved = _reserved(live, order.author)
+    plan = plan_spend(state, node, order.author, fields["amount"], reserved)
     if plan.local:
         return Decision("execute", kind, payload, plan)
     if not plan.coverable:

@@ -13,7 +13,10 @@ Starts one ``formation-node run`` process on the local network (``node.devnet.Lo
 
 Each becomes one chain op signed by the node, verified, stored with fsync and applied before
 the answer (the node's chain is written one op at a time: see docs/decisions.md D22).
-Signing happens before the clock starts. Beside them, in this process and on one core: the
+Signing happens before the clock starts. ``service``: the same transfers handed straight to
+``CreditsService.carry_out`` in this process (a replica with fsync, no HTTP, no client
+threads), by 1 and 8 concurrent tasks, with the chain ops stored per commit. Beside them, in
+this process and on one core: the
 core's ``billing.decide`` per second on the same replica shape, and chain ops ingested per
 second (``State.ingest``: the op's and the embedded order's signatures, the check, the apply
 and the evaluation), which is what every other replica spends on each movement.
@@ -35,15 +38,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
 
 from node.client.api import GatewayClient
 from node.client.signer import sign_request
+from node.credits.service import CreditsService
 from node.devnet import LocalFog, process_usage
 from node.identity.keys import NodeKey
 from node.identity.keystore import read_keystore
 from node.ledger import billing
-from node.ledger.op import Op
+from node.ledger.op import Op, decode_op
+from node.ledger.request_op import request_op_body
 from node.ledger.state import State
+from node.replica import Replica
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "ledger_gateway.json"
@@ -142,14 +149,26 @@ def bench_core(count: int) -> list[dict[str, Any]]:
     for seq in range(1, 2 * count + 2):
         if seq == 1 or seq % 2 == 0:
             order = billing.sign_order(
-                ISSUER, NET, (seq, 0), "billing.order.mint", to=payer.address,
-                amount=10, idempotency_key=f"m{seq}", node=node.address,
+                ISSUER,
+                NET,
+                (seq, 0),
+                "billing.order.mint",
+                to=payer.address,
+                amount=10,
+                idempotency_key=f"m{seq}",
+                node=node.address,
             )
             kind = "billing.mint"
         else:
             order = billing.sign_order(
-                payer, NET, (seq, 0), "billing.order.transfer", to=payee.address,
-                amount=1, idempotency_key=f"t{seq}", node=node.address,
+                payer,
+                NET,
+                (seq, 0),
+                "billing.order.transfer",
+                to=payee.address,
+                amount=1,
+                idempotency_key=f"t{seq}",
+                node=node.address,
             )
             kind = "billing.transfer"
         chain.append(billing.sign_chain(node, NET, (seq, 1), kind, seq=seq, order=order))
@@ -185,6 +204,99 @@ def bench_core(count: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+class _LocalHost:
+    """One node's replica (fsync and all) as the credits service's host, without a network."""
+
+    def __init__(self, key: NodeKey, replica: Replica) -> None:
+        self.key, self.replica, self.network = key, replica, NET
+
+    @property
+    def address(self) -> str:
+        return self.key.address
+
+    def read(self, fn: Any) -> Any:
+        with self.replica.lock:
+            return fn(self.replica.state)
+
+    def sign(self, kind: str, payload: dict[str, Any]) -> Op:
+        return self.replica.sign(self.key, kind, payload, int(time.time() * 1000))
+
+    async def store(self, ops: list[Op]) -> None:
+        checked = [(op, State.check_op(op)) for op in ops]
+        now_ms = int(time.time() * 1000)
+        result = await trio.to_thread.run_sync(self.replica.submit_checked, checked, now_ms)
+        assert len(result.accepted) == len(ops)
+
+    async def ingest(self, ops: list[tuple[bytes, bytes]]) -> None:
+        raise AssertionError("one node: nothing to ingest")
+
+    async def get_wire(self, op_ids: list[bytes]) -> list[tuple[bytes, bytes]]:
+        return self.replica.get_wire(op_ids)
+
+    async def ask(self, peer: str, account: str, amount: int, have: int) -> None:
+        raise AssertionError("one node: nobody to ask")
+
+
+def bench_service(tasks: int, count: int) -> dict[str, Any]:
+    """``CreditsService.carry_out`` of signed transfers (v: 2 orders, as the gateway makes
+    them) by ``tasks`` concurrent tasks, in this process: the node's work without HTTP."""
+    node, payer, payee = _key(600), _key(601), _key(602)
+    orders = []
+    for i in range(count + 1):
+        kind = "mint" if i == 0 else "transfer"
+        route = f"/v1/billing/credits/{kind}"
+        signer = ISSUER if i == 0 else payer
+        to = payer.address if i == 0 else payee.address
+        _, body, headers = _prepared(
+            "", node.address, signer, route, to, 10**6 if i == 0 else 1, f"s{i}"
+        )
+        line = headers["X-Message"]
+        t, nonce = int(line.split(":")[-2]), line.split(":")[-1]
+        op_body = request_op_body(
+            net=NET, author=signer.address, method="POST", path=route,
+            body_text=body.decode(), timestamp_s=t, nonce=nonce,
+        )  # fmt: skip
+        orders.append(decode_op(op_body, bytes.fromhex(headers["X-Signature"][2:]), NET))
+
+    async def run() -> float:
+        with tempfile.TemporaryDirectory(prefix="bench-credits-") as tmp:
+            replica = Replica.open(Path(tmp), NET)
+            service = CreditsService(_LocalHost(node, replica))
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(service.run)
+                    await service.carry_out(orders[0])
+                    todo = iter(orders[1:])
+
+                    async def worker() -> None:
+                        for order in todo:
+                            await service.carry_out(order)
+
+                    started = time.perf_counter()
+                    async with trio.open_nursery() as workers:
+                        for _ in range(tasks):
+                            workers.start_soon(worker)
+                    wall_s = time.perf_counter() - started
+                    assert billing.balance(replica.state, payee.address)["available"] == count
+                    nursery.cancel_scope.cancel()
+                commits = service.stats.commits
+            finally:
+                replica.close()
+        rows_extra["commits"] = commits
+        return wall_s
+
+    rows_extra: dict[str, Any] = {}
+    wall_s = trio.run(run)
+    return {
+        "layer": "service",
+        "kind": "transfer",
+        "clients": tasks,
+        "ops": count,
+        "ops_per_s": round(count / wall_s, 1),
+        "ops_per_commit": round((count + 1) / rows_extra["commits"], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
@@ -193,6 +305,9 @@ def main() -> None:
     assert all(c >= 1 for c in args.clients) and args.ops >= max(args.clients)
 
     rows = bench_core(args.ops)
+    for clients in args.clients:
+        print(f"service transfer x {args.ops} with {clients} tasks ...", flush=True)
+        rows.append(bench_service(clients, args.ops))
     with tempfile.TemporaryDirectory(prefix="bench-ledger-gw-") as tmp:
         fog = LocalFog(Path(tmp), extra_args=("--heartbeat-s", "0"))
         try:

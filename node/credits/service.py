@@ -4,13 +4,21 @@ Theory of operation
 -------------------
 The billing core (``node.ledger.billing``) decides; this service carries its decisions out
 with the node's key, and talks to peers. It owns the node's **chain**: every billing op this
-node signs (``billing.mint``, ``.transfer``, ``.grant``, ``.accept``) is numbered with
-``next_seq`` and written (stored durably, applied, gossiped) under one lock, so two requests
-can never sign one seq, and each decision sees every entry signed before it.
+node signs (``billing.mint``, ``.transfer``, ``.grant``, ``.accept``) is decided, numbered
+and signed under one lock, so two requests can never sign one seq, and queued for the
+**committer**, which stores the queued ops in seq order, all that wait in one commit (one
+fsync; applied, then gossiped), and only then are their requests answered. A decision sees
+the entries signed before it even while they wait (``billing.Signed``: the seqs they took,
+the rights they take, the keys they carry out; never the rights they give), so the node never
+signs an entry its replica would find invalid. A failed commit fails every queued op (none
+was stored or sent, so their seqs are free again): a later op is never stored without the
+earlier ones.
 
 ``carry_out(order)`` is a gateway request's path: ``decide`` on this replica, then
 
-* ``execute``: sign the chain op carrying the order; the answer comes once it is stored;
+* ``execute``: sign the chain op carrying the order and queue it; the answer comes once it
+  is stored;
+* ``pending``: a queued op carries out the same key: wait for it, then answer as a replay;
 * ``duplicate``: the order's idempotency key was carried out before: by this node's chain, or
   by any chain this replica has seen (``executed_anywhere``: a retry signed for another node,
   or the same order sent to another gateway). Answer the original outcome (op id, node, seq,
@@ -32,7 +40,9 @@ up is not lost: ``run`` accepts every grant addressed to this node that it sees 
 them), every ``accept_every_s``.
 
 Bounds: at most ``ASKS_MAX`` asks per spend (the core's), ``ask_wait_s`` per spend,
-``ACCEPTS_PER_ROUND`` accepts per round, and the protocol's own (``node.p2p.rights``).
+``ACCEPTS_PER_ROUND`` accepts per round, ``COMMIT_OPS_MAX`` ops per commit (the queue itself
+is bounded by the gateway's in-flight requests, each of which queues at most one op), and
+the protocol's own (``node.p2p.rights``).
 """
 
 from __future__ import annotations

@@ -433,3 +433,27 @@ async def test_concurrent_spends_share_commits_and_never_overdraw(
     assert {a.json()["op_id"][2:] for a in answers if a.status_code == 200} <= stored
     # Fewer commits than chain ops: concurrent spends shared an fsync.
     assert fog.a.stats.commits < fog.a.stats.executed == 31
+
+
+async def test_a_retry_through_another_node_answers_the_original(fog: Fog) -> None:
+    # Alice's payment carried out by B; her client retries through A, naming A.
+    await fog.b.carry_out(_order_at_b(ALICE, 80))
+    fog.sync()
+    order = billing.sign_order(
+        ALICE,
+        NET,
+        (int(time.time() * 1000), next(_clock)),
+        "billing.order.transfer",
+        to=BOB.address,
+        amount=20,
+        idempotency_key="pay-once",
+        node=NODE_B.address,
+    )
+    original = await fog.b.carry_out(order)
+    fog.sync()
+    before = fog.ops
+    retried = await fog.transfer(ALICE, BOB, 20, "pay-once")  # names A
+    assert retried.status_code == 200, retried.text
+    assert retried.json() == {**original.to_json(), "replayed": True}
+    assert retried.json()["node"] == NODE_B.address
+    assert fog.ops == before

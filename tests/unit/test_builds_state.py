@@ -15,9 +15,7 @@ CONTEXT = "ab" * 32
 
 
 def _request(key=ALICE, formfile=FORMFILE, context=CONTEXT, **extra):  # type: ignore[no-untyped-def]
-    return op(
-        key, "build.request", {"name": "web", "formfile": formfile, "context": context, **extra}
-    )
+    return op(key, "build.request", {"name": "web", "formfile": formfile, "context": context, **extra})
 
 
 def _announce(node):  # type: ignore[no-untyped-def]

@@ -85,11 +85,8 @@ _ASK_OPS_MAX: Final = 32  # node.p2p.rights.OPS_MAX: the chain ops one answer ca
 class ChainBusy(OpRejected):
     """This node's own chain has an entry it cannot evaluate yet (HTTP 503: retry)."""
 
-    def __init__(self, node: str) -> None:
-        super().__init__(
-            "busy",
-            f"node {node}'s billing chain waits for a grant it accepted; retry in a moment",
-        )
+    def __init__(self, node: str, why: str = "waits for a grant it accepted") -> None:
+        super().__init__("busy", f"node {node}'s billing chain {why}; retry in a moment")
 
 
 class KeyReused(OpRejected):
@@ -241,7 +238,7 @@ class CreditsService:
             await self._commit_once()
         await queued.done.wait()
         if queued.error is not None:
-            raise ChainBusy(self.address) from queued.error
+            raise ChainBusy(self.address, "could not store its last ops") from queued.error
         return queued.op
 
     async def _committer(self) -> None:

@@ -411,6 +411,8 @@ class _Book:
     key_first: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
     grants: dict[tuple[str, int], _Grant] = field(default_factory=dict)
+    # to_node -> (granter, seq) of its grants not accepted yet (what its driver must land)
+    unaccepted: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], str] = field(default_factory=dict)  # "ok" or a reason
     table_len: int = 0
     # granter -> chains pending on one of its grants
@@ -442,6 +444,7 @@ class _Book:
             if grant.accepted:
                 return "grant_already_accepted"
             grant.accepted = True
+            self.unaccepted.get(node, set()).discard(source)
             self._bump(self.in_flight, grant.account, -grant.amount)
             self._bump(self.available, grant.account, -grant.amount)
             self._add(grant.account, node, grant.amount)
@@ -509,6 +512,7 @@ class _Book:
             self._bump(self.in_flight, account, amount)
             self._bump(self.available, account, amount)
             self.grants[(node, seq)] = _Grant(account, amount, entry["to_node"])
+            self.unaccepted.setdefault(entry["to_node"], set()).add((node, seq))
             return "ok"
         raise AssertionError(f"unknown billing entry kind {kind!r}")
 
@@ -687,11 +691,7 @@ def grants_awaiting(
     accept of, in ``signed``), oldest first: rights in flight only ``node`` can land."""
     node = node.lower()
     accepting = {entry.accepts for entry in _live(state, node, signed)}
-    return sorted(
-        source
-        for source, grant in _book(state).grants.items()
-        if grant.to_node == node and not grant.accepted and source not in accepting
-    )
+    return sorted(_book(state).unaccepted.get(node, set()) - accepting)
 
 
 def hold_view(state: State, hold_id: str) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ class _Host:
     peers: dict[str, CreditsService] = field(default_factory=dict)
     answering: bool = True  # False: asks go unanswered (the peer is gone)
     deliver: bool = True  # False: the peer grants, but its answer is lost
+    store_fails: int = 0  # the next N commits fail (a full disk)
 
     @property
     def address(self) -> str:
@@ -66,6 +67,9 @@ class _Host:
         return self.replica.sign(self.key, kind, payload, int(time.time() * 1000))
 
     async def store(self, ops: list[Op]) -> None:
+        if self.store_fails:
+            self.store_fails -= 1
+            raise OSError(28, "No space left on device")
         checked = [(op, State.check_op(op)) for op in ops]
         now_ms = int(time.time() * 1000)
         result = await trio.to_thread.run_sync(self.replica.submit_checked, checked, now_ms)
@@ -457,3 +461,16 @@ async def test_a_retry_through_another_node_answers_the_original(fog: Fog) -> No
     assert retried.json() == {**original.to_json(), "replayed": True}
     assert retried.json()["node"] == NODE_B.address
     assert fog.ops == before
+
+
+async def test_a_failed_commit_answers_503_writes_nothing_and_frees_the_seq(fog: Fog) -> None:
+    assert (await fog.mint(ALICE, 50, "m")).status_code == 200
+    _host(fog.a).store_fails = 1
+    before = fog.ops
+    failed = await fog.transfer(ALICE, BOB, 10, "disk-full")
+    assert (failed.status_code, failed.json()["error"]) == (503, "busy")
+    assert "could not store" in failed.json()["message"]
+    assert fog.ops == before
+    retried = await fog.transfer(ALICE, BOB, 10, "disk-full")  # the client's retry
+    assert (retried.status_code, retried.json()["seq"]) == (200, 2)
+    assert fog.balance(fog.ra, BOB)["available"] == 10

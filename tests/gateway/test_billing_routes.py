@@ -474,3 +474,22 @@ async def test_a_failed_commit_answers_503_writes_nothing_and_frees_the_seq(fog:
     retried = await fog.transfer(ALICE, BOB, 10, "disk-full")  # the client's retry
     assert (retried.status_code, retried.json()["seq"]) == (200, 2)
     assert fog.balance(fog.ra, BOB)["available"] == 10
+
+
+async def test_the_same_key_twice_at_once_moves_credits_once(
+    fog: Fog, nursery: trio.Nursery
+) -> None:
+    await nursery.start(fog.a.run)
+    assert (await fog.mint(ALICE, 50, "m")).status_code == 200
+    answers: list[httpx.Response] = []
+
+    async def pay() -> None:
+        answers.append(await fog.transfer(ALICE, BOB, 10, "double-click"))
+
+    async with trio.open_nursery() as clicks:
+        for _ in range(4):
+            clicks.start_soon(pay)
+    assert [a.status_code for a in answers] == [200] * 4
+    assert len({a.json()["op_id"] for a in answers}) == 1
+    assert sorted(a.json()["replayed"] for a in answers) == [False, True, True, True]
+    assert fog.balance(fog.ra, BOB)["available"] == 10

@@ -217,13 +217,13 @@ class GatewayClient:
             timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
         )
         if signed and self.key is not None:
-            target = request.url.raw_path.decode("ascii")
-            request.headers.update(
-                sign_request(self.key, method, target, body, int(self._clock()), self._nonce())
-            )
+            target, now_s = request.url.raw_path.decode("ascii"), int(self._clock())
+            act_as = None if self.act_as == self.key.address else self.act_as
+            signature = sign_request(self.key, method, target, body, now_s, self._nonce(), act_as)
+            request.headers.update(signature)
             # Names the key that must have signed, so a signature by any other key is refused
-            # as 401 wrong_signer rather than read as some stranger's request. Under act_as it
-            # is still the signing key: X-Act-As says whose account, X-Signer whose signature.
+            # as 401 wrong_signer. Under act_as the signed v2 line (and X-Act-As, which must
+            # agree) says whose account, X-Signer whose signature.
             request.headers["X-Signer"] = self.key.address
             if self.act_as is not None:
                 request.headers["X-Act-As"] = self.act_as

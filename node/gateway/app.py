@@ -23,7 +23,8 @@ needs from this node's state (an entity's name, the allow-list tags a delete tak
 something that exists, ``404`` for an update of something that does not).
 
 **Delegated keys.** A request signed by a key the account granted (``POST /key/grant``) acts
-for that account when it names it in ``X-Act-As`` and the grant covers the route's scope; the
+for that account when its signed line names it (``formation:v2``, see ``acting_for``; an
+``X-Act-As`` header outside the signature is refused) and the grant covers the route's scope; the
 gateway embeds the grant op in the request op so other replicas can check it. Revoked or
 expired grants are refused here.
 
@@ -164,14 +165,8 @@ class GatewayApp(AsgiApp):
         any). State only: no I/O on the event loop."""
         assert request.signed is not None
         signer = request.signed.signer
-        act_as = request.header("x-act-as")
-        if act_as is None:
-            return signer, None
-        try:
-            account = normalize_address(act_as.strip())
-        except ValueError as exc:
-            raise HttpError(400, "invalid_header", f"X-Act-As: {exc}") from None
-        if account == signer:
+        account = self.acting_for(request)
+        if account is None:
             return signer, None
         with self.replica.lock:
             grant = self.state.grant(account, signer)
@@ -191,6 +186,43 @@ class GatewayApp(AsgiApp):
             )
         return account, bytes.fromhex(grant["grant_op"])
 
+    def acting_for(self, request: Request) -> str | None:
+        """The account a delegated key's signed line acts for, or None for the signer's own.
+
+        The account must be inside the signature (the ``formation:v2`` line): an ``X-Act-As``
+        header the line does not say, or says otherwise, is refused with 401, since anyone on
+        the way could have added or altered it.
+        """
+        assert request.signed is not None
+        signer, signed_as = request.signed.signer, request.signed.act_as
+        header = request.header("x-act-as")
+        if header is not None:
+            try:
+                claimed = normalize_address(header.strip())
+            except ValueError as exc:
+                raise HttpError(400, "invalid_header", f"X-Act-As: {exc}") from None
+            if signed_as is None and claimed != signer:
+                raise HttpError(
+                    401,
+                    "act_as_unsigned",
+                    f"X-Act-As names {claimed} but the signed message does not: a delegated key "
+                    "signs the formation:v2 line, which ends with the account it acts for "
+                    "(docs/api.md section 3)",
+                )
+            if signed_as is not None and claimed != signed_as:
+                raise HttpError(
+                    401,
+                    "act_as_mismatch",
+                    f"X-Act-As says {claimed}, the signed message acts for {signed_as}",
+                )
+        if signed_as == signer:
+            raise HttpError(
+                401,
+                "malformed_message",
+                "the signed message acts for its own signer: sign the formation:v1 line instead",
+            )
+        return signed_as
+
     # -- writes -----------------------------------------------------------------------------
 
     async def mutate(self, request: Request) -> Mutation:
@@ -201,7 +233,7 @@ class GatewayApp(AsgiApp):
             raise HttpError(400, "invalid_request", "state-changing requests take no query string")
         route, params = found
         scope = SCOPE_OF_KIND.get(route.kind.partition(".")[0], "key")
-        if request.header("x-act-as") is not None and scope == "key":
+        if scope == "key" and self.acting_for(request) is not None:
             raise HttpError(
                 403, "forbidden", "keys cannot grant or revoke keys; sign as the account"
             )
@@ -251,12 +283,12 @@ class GatewayApp(AsgiApp):
         replica will verify it inside the chain op that carries it out. Only the account's own
         key signs one (no delegated key spends or mints)."""
         assert request.signed is not None
-        if request.header("x-act-as") is not None:
+        if self.acting_for(request) is not None:
             raise HttpError(
                 403,
                 "forbidden",
                 "billing orders are signed by the account's own key; a delegated key cannot "
-                "mint or move credits (drop X-Act-As)",
+                "mint or move credits (sign as the account)",
             )
         try:
             body_text = request.body.decode("utf-8")

@@ -141,7 +141,8 @@ def openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
                     "name": "X-Signature",
                     "description": (
                         "0x + 65-byte EIP-191 signature of the X-Message line "
-                        "formation:v1:METHOD:path?query:sha256hex(body):unix_s:nonce"
+                        "formation:v1:METHOD:path?query:sha256hex(body):unix_s:nonce "
+                        "(a delegated key: formation:v2:...:nonce:0x<account it acts for>)"
                     ),
                 }
             },

@@ -122,10 +122,15 @@ class Fog:
         return billing.balance(replica.state, who.address)
 
     async def send(
-        self, path: str, body: Any, key: NodeKey, headers: dict[str, str] | None = None
+        self,
+        path: str,
+        body: Any,
+        key: NodeKey,
+        headers: dict[str, str] | None = None,
+        act_as: str | None = None,
     ) -> httpx.Response:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        sent = {**sign(key, "POST", path, data), **(headers or {})}
+        sent = {**sign(key, "POST", path, data, act_as=act_as), **(headers or {})}
         return await self.http.post(self.url + path, content=data, headers=sent)
 
     async def mint(self, to: NodeKey, amount: int, key: str, node: str = "") -> httpx.Response:
@@ -264,10 +269,13 @@ async def test_a_float_amount_is_refused(fog: Fog) -> None:
 async def test_a_delegated_key_cannot_move_credits(fog: Fog) -> None:
     assert (await fog.mint(ALICE, 50, "m")).status_code == 200
     before = fog.ops
-    refused = await fog.send(
+    refused = await fog.send("/v1/billing/credits/transfer", _GOOD, STRANGER, act_as=ALICE.address)
+    assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
+    # An X-Act-As header the signature does not cover is refused before anything else.
+    unsigned = await fog.send(
         "/v1/billing/credits/transfer", _GOOD, STRANGER, headers={"X-Act-As": ALICE.address}
     )
-    assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
+    assert (unsigned.status_code, unsigned.json()["error"]) == (401, "act_as_unsigned")
     assert fog.ops == before
 
 

@@ -588,8 +588,8 @@ async def run_control(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED
 
 
 @dataclass(frozen=True)
-class _CreditsHost:
-    """The node as the credits service sees it (``node.credits.service.CreditsHost``)."""
+class _NodeView:
+    """What every service's view of the node shares: its address, network and state reads."""
 
     node: Node
 
@@ -604,6 +604,11 @@ class _CreditsHost:
     def read(self, fn: Any) -> Any:
         with self.node.replica.lock:  # worker threads apply ops meanwhile
             return fn(self.node.replica.state)
+
+
+@dataclass(frozen=True)
+class _CreditsHost(_NodeView):
+    """The node as the credits service sees it (``node.credits.service.CreditsHost``)."""
 
     def sign(self, kind: str, payload: dict[str, Any]) -> Op:
         return self.node.replica.sign(self.node.key, kind, payload, int(time.time() * 1000))
@@ -696,22 +701,8 @@ async def announce(node: Node) -> None:
 
 
 @dataclass(frozen=True)
-class _BuildHost:
+class _BuildHost(_NodeView):
     """The node as the build service sees it (``node.pack.service.BuildHost``)."""
-
-    node: Node
-
-    @property
-    def address(self) -> str:
-        return self.node.key.address
-
-    @property
-    def network(self) -> str:
-        return self.node.settings.network
-
-    def read(self, fn: Any) -> Any:
-        with self.node.replica.lock:  # worker threads apply ops meanwhile
-            return fn(self.node.replica.state)
 
     async def write(self, kind: str, payload: dict[str, Any]) -> None:
         await self.node.gossip.write(self.node.key, kind, payload)
@@ -752,18 +743,8 @@ def choose_vmm(settings: NodeSettings) -> tuple[str | None, str]:
 
 
 @dataclass(frozen=True)
-class _NodeHost:
+class _NodeHost(_NodeView):
     """The node as placement and the VM supervisor see it (``node.placement.service.NodeHost``)."""
-
-    node: Node
-
-    @property
-    def address(self) -> str:
-        return self.node.key.address
-
-    def read(self, fn: Any) -> Any:
-        with self.node.replica.lock:  # worker threads apply ops meanwhile
-            return fn(self.node.replica.state)
 
     async def write(self, kind: str, payload: dict[str, Any]) -> None:
         await self.node.gossip.write(self.node.key, kind, payload)

@@ -139,19 +139,14 @@ class GatewayApp(AsgiApp):
                 )
             except AuthError as exc:
                 raise HttpError(401, exc.code, str(exc)) from None
-            claimed = request.header("x-signer")
-            if claimed is not None:
-                try:
-                    claimed = normalize_address(claimed.strip())
-                except ValueError as exc:
-                    raise HttpError(400, "invalid_header", f"X-Signer: {exc}") from None
-                if claimed != request.signed.signer:
-                    raise HttpError(
-                        401,
-                        "wrong_signer",
-                        f"the request says it is signed by {claimed} but the signature is "
-                        f"{request.signed.signer}'s: sign with {claimed}'s key",
-                    )
+            claimed = _header_address(request, "X-Signer")
+            if claimed is not None and claimed != request.signed.signer:
+                raise HttpError(
+                    401,
+                    "wrong_signer",
+                    f"the request says it is signed by {claimed} but the signature is "
+                    f"{request.signed.signer}'s: sign with {claimed}'s key",
+                )
         try:
             return await endpoint.handler(self, request)
         except OpRejected as exc:
@@ -195,12 +190,8 @@ class GatewayApp(AsgiApp):
         """
         assert request.signed is not None
         signer, signed_as = request.signed.signer, request.signed.act_as
-        header = request.header("x-act-as")
-        if header is not None:
-            try:
-                claimed = normalize_address(header.strip())
-            except ValueError as exc:
-                raise HttpError(400, "invalid_header", f"X-Act-As: {exc}") from None
+        claimed = _header_address(request, "X-Act-As")
+        if claimed is not None:
             if signed_as is None and claimed != signer:
                 raise HttpError(
                     401,
@@ -413,3 +404,14 @@ async def serve_gateway(
     from node.gateway.server import serve_http
 
     await serve_http(app, host, port, task_status=task_status)
+
+
+def _header_address(request: Request, name: str) -> str | None:
+    """The address a header names (normalized), None without it, 400 if it is no address."""
+    text = request.header(name.lower())
+    if text is None:
+        return None
+    try:
+        return normalize_address(text.strip())
+    except ValueError as exc:
+        raise HttpError(400, "invalid_header", f"{name}: {exc}") from None

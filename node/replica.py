@@ -167,6 +167,13 @@ class Replica:
         self._commit(fresh_groups, results)
         return results
 
+    def sign(self, key: NodeKey, kind: str, payload: dict[str, Any], now_ms: int) -> Op:
+        """Sign an op as ``key`` with this replica's clock, and nothing more: its writer
+        stores it later (``submit_checked``, e.g. several in one commit)."""
+        with self.lock:
+            stamp = self.hlc.now(now_ms)
+        return sign_op(key, self.network, stamp, kind, payload)
+
     def write(self, key: NodeKey, kind: str, payload: dict[str, Any], now_ms: int) -> Op:
         """Sign an op as ``key`` with this replica's clock, store it durably and apply it.
 

@@ -7,6 +7,11 @@ Every request that changes or reads private state carries a signature of one ASC
 
     formation:v1:<METHOD>:<path with query>:<sha256 hex of the body>:<unix seconds>:<nonce>
 
+A delegated key acting for an account signs ``formation:v2:`` with the same fields and then
+``:<0x account>``; ``SignedRequest.act_as`` is that account. The ``X-Act-As`` header, if sent,
+must say the same, and without a v2 line it is refused: a header outside the signature could be
+added or altered by anyone on the way.
+
 The signer is whoever's key recovers from the signature; there are no accounts, passwords or
 sessions. The line binds the signature to this request (method, path, body), to a moment
 (the timestamp must be within ``window_s`` of the node's clock) and to one use (the nonce may
@@ -188,6 +193,7 @@ class SignedRequest:
     scheme: str  # "personal" (EIP-191) or "sha256d" (the upstream carrier)
     timestamp_s: int
     nonce: str
+    act_as: str | None = None  # the account a delegated key's v2 line acts for
 
 
 def authenticate(
@@ -224,7 +230,9 @@ def authenticate(
             f"the signed timestamp is {now_s - parsed.timestamp_s:+d} s from the node's clock; the window is ±{nonces.window_s} s (check your clock and sign again)",
         )
     nonces.use(signer, parsed.nonce, parsed.timestamp_s, now_s)
-    return SignedRequest(signer, line, signature, scheme, parsed.timestamp_s, parsed.nonce)
+    return SignedRequest(
+        signer, line, signature, scheme, parsed.timestamp_s, parsed.nonce, parsed.act_as
+    )
 
 
 def verify(

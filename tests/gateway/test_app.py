@@ -70,11 +70,12 @@ class Gateway:
         key: NodeKey | None = None,
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
+        act_as: str | None = None,
     ) -> httpx.Response:
         data = raw if raw is not None else b"" if body is None else _compact(body)
         sent = dict(headers or {})
         if key is not None:
-            sent.update(sign(key, method, path, data))
+            sent.update(sign(key, method, path, data, act_as=act_as))
         return await self.http.request(method, self.url + path, content=data, headers=sent)
 
 
@@ -83,12 +84,18 @@ def _compact(body: Any) -> bytes:
 
 
 def sign(
-    key: NodeKey, method: str, path: str, body: bytes, *, t: int | None = None
+    key: NodeKey,
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    t: int | None = None,
+    act_as: str | None = None,
 ) -> dict[str, str]:
-    """Headers as eth-account makes them: personal_sign of the canonical line."""
-    line = canonical_message(
-        method, path, body, int(time.time()) if t is None else t, secrets.token_urlsafe(12)
-    )
+    """Headers as eth-account makes them: personal_sign of the canonical line (the v2 line
+    naming ``act_as`` for a delegated key)."""
+    now_s = int(time.time()) if t is None else t
+    line = canonical_message(method, path, body, now_s, secrets.token_urlsafe(12), act_as)
     signed = Account.sign_message(encode_defunct(text=line), private_key=key.secret)
     return {"X-Message": line, "X-Signature": "0x" + bytes(signed.signature).hex()}
 
@@ -293,9 +300,9 @@ async def test_private_agents_are_listed_only_to_owner_and_allowed(gateway: Gate
 
 
 async def test_a_delegated_key_acts_within_its_grant_until_revoked(gateway: Gateway) -> None:
-    acting = {"X-Act-As": ALICE.address}
+    acting: dict[str, Any] = {"headers": {"X-Act-As": ALICE.address}, "act_as": ALICE.address}
     job = {"name": "job", "formfile": "NAME job\n"}
-    refused = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, headers=acting)
+    refused = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, **acting)
     assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
     grant = {
         "delegate": DELEGATE.address,
@@ -305,17 +312,32 @@ async def test_a_delegated_key_acts_within_its_grant_until_revoked(gateway: Gate
     }
     granted = await gateway.send("POST", "/v1/key/grant", grant, key=ALICE)
     assert granted.status_code == 200, granted.text
-    made = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, headers=acting)
+    # The account must be inside the signature: X-Act-As alone (a v1 line), or altered on the
+    # way, is refused and writes nothing.
+    ops_before = gateway.ops
+    header_only = await gateway.send(
+        "POST", "/v1/instance/create", job, key=DELEGATE, headers=acting["headers"]
+    )
+    assert (header_only.status_code, header_only.json()["error"]) == (401, "act_as_unsigned")
+    altered = await gateway.send(
+        "POST",
+        "/v1/instance/create",
+        job,
+        key=DELEGATE,
+        headers={"X-Act-As": BOB.address},
+        act_as=ALICE.address,
+    )
+    assert (altered.status_code, altered.json()["error"]) == (401, "act_as_mismatch")
+    assert gateway.ops == ops_before
+    made = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, **acting)
     assert made.status_code == 201, made.text
     assert made.json()["instance"]["instance_owner"] == ALICE.address
-    listed = await gateway.send("GET", "/v1/instance/list", key=DELEGATE, headers=acting)
+    listed = await gateway.send("GET", "/v1/instance/list", key=DELEGATE, **acting)
     assert listed.json()["count"] == 1
     # Outside the grant's scopes, and keys granting keys.
-    agent = await gateway.send(
-        "POST", "/v1/agents/create", {"name": "a"}, key=DELEGATE, headers=acting
-    )
+    agent = await gateway.send("POST", "/v1/agents/create", {"name": "a"}, key=DELEGATE, **acting)
     assert agent.status_code == 403
-    regrant = await gateway.send("POST", "/v1/key/grant", grant, key=DELEGATE, headers=acting)
+    regrant = await gateway.send("POST", "/v1/key/grant", grant, key=DELEGATE, **acting)
     assert regrant.status_code == 403
     keys = await gateway.send("GET", "/v1/key/list", key=ALICE)
     assert [k["label"] for k in keys.json()["keys"]] == ["ci"]
@@ -324,7 +346,7 @@ async def test_a_delegated_key_acts_within_its_grant_until_revoked(gateway: Gate
     )
     assert revoked.json()["grant"]["revoked"] is True
     after = await gateway.send(
-        "POST", "/v1/instance/create", {**job, "name": "job2"}, key=DELEGATE, headers=acting
+        "POST", "/v1/instance/create", {**job, "name": "job2"}, key=DELEGATE, **acting
     )
     assert after.status_code == 403
 

@@ -11,6 +11,7 @@ import pytest
 from node.identity.keys import NodeKey
 from node.ledger.op import Op, OpRejected, decode_op
 from node.ledger.request_op import (
+    RequestRejected,
     canonical_message,
     mutation_of,
     request_op_body,
@@ -36,10 +37,16 @@ def request_op(
     grant: tuple[bytes, bytes] | None = None,
     scheme: str = "personal",
     net: str = NET,
+    signed_as: str | None = None,
+    v1_line: bool = False,
 ) -> tuple[bytes, bytes]:
+    """A request op as a gateway builds it. A delegated one (``grant``) is signed over the v2
+    line naming ``author`` unless ``signed_as`` names another account or ``v1_line`` leaves the
+    account out (both forgeries a replica must refuse)."""
     text = "" if body is None else json.dumps(body, separators=(",", ":"))
     nonce = nonce or f"n{random.Random(path + text + str(t)).getrandbits(64):x}"
-    line = canonical_message(method, path, text.encode(), t, nonce)
+    act_as = None if grant is None or v1_line else signed_as or author or signer.address
+    line = canonical_message(method, path, text.encode(), t, nonce, act_as)
     wire_body = request_op_body(
         net=net,
         author=author or signer.address,
@@ -195,6 +202,32 @@ def test_a_delegated_key_acts_for_the_account_within_its_grant() -> None:
     fresh = State(NET)
     assert ingest(fresh, (op.body, op.sig)).author == ALICE.address
     assert Op.trusted(op.body, op.sig).via == DELEGATE.address
+
+
+@pytest.mark.parametrize("forgery", ["v1 line", "another account"])
+def test_a_delegated_op_whose_signature_does_not_name_the_account_is_refused(
+    forgery: str,
+) -> None:
+    """The account a delegate acts for is inside the signature: an op whose signed line leaves
+    it out (X-Act-As only), or names another account, recovers no signer the grant names."""
+    state = State(NET)
+    grant = _grant(["instance"])
+    ingest(state, grant)
+    wire = request_op(
+        DELEGATE,
+        "/v1/instance/create",
+        {"name": "job", "formfile": "x"},
+        author=ALICE.address,
+        grant=grant,
+        v1_line=forgery == "v1 line",
+        signed_as=BOB.address if forgery == "another account" else None,
+    )
+    before = state.state_hash()
+    with pytest.raises(RequestRejected) as caught:
+        state.ingest(*wire)
+    assert caught.value.code == "unauthorized"
+    assert state.instance(instance_id_of(ALICE.address, "job")) is None
+    assert state.state_hash() == before
 
 
 @pytest.mark.parametrize(

@@ -22,11 +22,15 @@ starts at the later of one (scaled) period after this one started, and this one'
 **Suspicion (Lifeguard LHA-suspicion).** A suspect is declared DEAD when its suspicion timer
 runs out. The timer starts at ``max = suspicion_max_mult x min`` and shrinks towards
 ``min = suspicion_mult x max(1, log10 N) x probe_interval_s`` as independent confirmations
-arrive, log-scaled so the first few matter most (memberlist's formula, ``suspicion_timeouts``
-and ``suspicion_deadline`` below). ``MemberUpdate`` carries no originator, so a confirmation is
-counted per distinct *sender* of a matching SUSPECT claim: a relayed copy counts like an
-independent one, which makes the timer reach ``min`` sooner than Lifeguard intends (never
-sooner than ``min``).
+arrive, log-scaled so the first few matter most (memberlist's formula, pure functions in
+``suspicion.py``). A confirmation is a SUSPECT claim about the same incarnation from a
+different *originator* (``MemberUpdate.origin``, kept on the wire, so a relayed copy of one
+member's suspicion counts once, whoever relays it). Confirmations must travel: a member whose
+own probe of an already-suspect member fails, or who hears a suspicion from an originator new
+to it, re-disseminates that claim with its originator (memberlist's ``suspectNode`` does the
+same), bounded by the ``expected`` confirmations a timer can use. Without this, every survivor
+suspected on its own but nobody heard of it, and a crash took the nearly full ``max`` to be
+declared (D24).
 
 **Incarnations and precedence.** A claim ``(incarnation, state)`` beats another about the same
 member if it is lexicographically larger, with ALIVE < SUSPECT < DEAD = LEFT (SWIM). Only a
@@ -104,6 +108,11 @@ from node.gossip.messages import (
     PingReq,
     Welcome,
 )
+from node.gossip.suspicion import (
+    suspicion_confirmations,
+    suspicion_deadline,
+    suspicion_timeouts,
+)
 
 __all__ = [
     "INCARNATION_MAX",
@@ -148,30 +157,6 @@ _EVENT: Final = {
     MemberState.DEAD: "dead",
     MemberState.LEFT: "left",
 }
-
-
-def suspicion_timeouts(config: GossipConfig, n: int) -> tuple[float, float]:
-    """``(min_s, max_s)`` of a suspicion timer in a cluster of ``n`` live members."""
-    min_s = config.suspicion_mult * max(1.0, math.log10(max(1, n))) * config.probe_interval_s
-    return min_s, max(min_s, config.suspicion_max_mult * min_s)
-
-
-def suspicion_confirmations(config: GossipConfig, n: int) -> int:
-    """Independent confirmations that shrink a suspicion timer all the way to ``min_s``.
-
-    None in clusters too small to supply them (memberlist's rule).
-    """
-    k = int(config.suspicion_mult) - 2
-    return 0 if n - 2 < k else max(0, k)
-
-
-def suspicion_deadline(
-    start_s: float, min_s: float, max_s: float, expected: int, confirmations: int
-) -> float:
-    if expected < 1:
-        return start_s + min_s
-    fraction = math.log(confirmations + 1) / math.log(expected + 1)
-    return start_s + max(min_s, max_s - fraction * (max_s - min_s))
 
 
 def retransmit_limit(config: GossipConfig, n: int) -> int:
@@ -501,7 +486,12 @@ class Membership:
                     if len(out) >= room:
                         break
                     out.append(queued.update)
-                # A claim already sent above as a priority one counts as transmitted too.
+                elif node == to:
+                    # The buddy claim told the accused, nobody who spreads it: no transmit
+                    # spent (else packets to a crashed member, probes and reconnects among
+                    # them, use up the budget meant for the survivors).
+                    continue
+                # Our own LEFT claim, sent above as a priority one, counts as transmitted.
                 queued.transmits += 1
                 if queued.transmits >= limit:
                     del self._queue[node]
@@ -815,8 +805,14 @@ class Membership:
                 update.state is MemberState.SUSPECT
                 and member.state is MemberState.SUSPECT
                 and update.incarnation == member.incarnation
+                and self._confirm(member, update.origin or via)
+                and disseminate
+                and update.node not in self._queue
             ):
-                self._confirm(member, update.origin or via)
+                # News to us, so maybe to others: pass this originator's claim on, unless a
+                # claim about this member is still being sent (our own confirmation, say),
+                # which one about the same incarnation would push out of the queue.
+                self._enqueue(self._suspect_claim(member, update.origin or via))
             return
         if update.addr and update.incarnation > member.incarnation:
             member.addr = update.addr
@@ -844,6 +840,12 @@ class Membership:
             member.suspicion = _Suspicion(now, expected, min_s, max_s, deadline, {via})
             member.origin = via
             self._push_timer(deadline, "suspect", member.node)
+            if via != self.self_id and expected and len(self._probe_order) < 2 * len(self._members):
+                # Heard, not seen: probe it next, so our own verdict (a confirmation, or
+                # nothing) comes within a probe period instead of whenever this round reaches
+                # it (up to N periods). It costs one extra probe in this round; the bound
+                # keeps a flood of claims from growing the round without end.
+                self._probe_order.insert(self._probe_index, member.node)
         elif state in (MemberState.DEAD, MemberState.LEFT):
             self._push_timer(now + self.config.dead_forget_s, "forget", member.node)
         if state is MemberState.ALIVE and not was_live:
@@ -852,12 +854,13 @@ class Membership:
             detail: dict[str, object] = {"incarnation": incarnation, "was": was.name.lower()}
             self._events.append(Notify(_EVENT[state], member.node, detail))
 
-    def _confirm(self, member: _Member, via: str) -> None:
+    def _confirm(self, member: _Member, via: str) -> bool:
+        """Count ``via``'s suspicion of ``member``; True if it was a new, usable confirmation."""
         suspicion = member.suspicion
         if suspicion is None or via in suspicion.confirmers:
-            return
+            return False
         if len(suspicion.confirmers) - 1 >= suspicion.expected:
-            return
+            return False
         suspicion.confirmers.add(via)
         self.stats["suspicion_confirmations"] += 1
         deadline = suspicion_deadline(
@@ -870,6 +873,13 @@ class Membership:
         if deadline < suspicion.deadline_s:
             suspicion.deadline_s = deadline
             self._push_timer(deadline, "suspect", member.node)
+        return True
+
+    @staticmethod
+    def _suspect_claim(member: _Member, origin: str) -> MemberUpdate:
+        return MemberUpdate(
+            member.node, member.addr, MemberState.SUSPECT, member.incarnation, origin
+        )
 
     def _suspect(self, now: float, node: str) -> None:
         member = self._members.get(node)
@@ -879,8 +889,9 @@ class Membership:
             self.stats["suspicions_raised"] += 1
             self._transition(now, member, MemberState.SUSPECT, member.incarnation, self.self_id)
             self._enqueue(member.claim())
-        elif member.state is MemberState.SUSPECT:
-            self._confirm(member, self.self_id)
+        elif member.state is MemberState.SUSPECT and self._confirm(member, self.self_id):
+            # Our own, independent suspicion: others count it only if they hear it.
+            self._enqueue(self._suspect_claim(member, self.self_id))
 
     def _on_claim_about_self(self, update: MemberUpdate) -> None:
         if self._left:

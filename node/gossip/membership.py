@@ -185,23 +185,12 @@ class _Member:
     suspicion: _Suspicion | None = None
     heard_s: float | None = None
     origin: str = ""  # who raised the current suspicion
-    # The last claim() built: a Welcome lists up to 256 members, and most of them have not
-    # changed since the last one; checked field by field, so no code path must invalidate it.
-    cached: MemberUpdate | None = None
 
     def claim(self) -> MemberUpdate:
+        # Built afresh: caching one per member cost ~100 KB per node at 1,000 members (fog-1000
+        # peak RSS 490 -> 593 MB) to save ~5 % of the CPU.
         origin = self.origin if self.state is MemberState.SUSPECT else ""
-        cached = self.cached
-        if (
-            cached is not None
-            and cached.state is self.state
-            and cached.incarnation == self.incarnation
-            and cached.addr == self.addr
-            and cached.origin == origin
-        ):
-            return cached
-        self.cached = MemberUpdate(self.node, self.addr, self.state, self.incarnation, origin)
-        return self.cached
+        return MemberUpdate(self.node, self.addr, self.state, self.incarnation, origin)
 
 
 @dataclass(slots=True)
@@ -810,7 +799,7 @@ class Membership:
 
     def _push_queued(self, node: str, transmits: int, order: int) -> None:
         heap = self._queue_heap
-        if len(heap) > 2 * len(self._queue) + 64:
+        if len(heap) > len(self._queue) + len(self._queue) // 4 + 64:
             # Mostly stale (replaced claims): rebuild from the queue, O(Q) now and then.
             heap[:] = [(q.transmits, -q.order, n) for n, q in self._queue.items()]
             heapq.heapify(heap)

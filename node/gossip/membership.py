@@ -28,7 +28,9 @@ different *originator* (``MemberUpdate.origin``, kept on the wire, so a relayed 
 member's suspicion counts once, whoever relays it). Confirmations must travel: a member whose
 own probe of an already-suspect member fails, or who hears a suspicion from an originator new
 to it, re-disseminates that claim with its originator (memberlist's ``suspectNode`` does the
-same), bounded by the ``expected`` confirmations a timer can use. Without this, every survivor
+same), bounded by the ``expected`` confirmations a timer can use; and a member that hears of a
+suspicion probes the suspect next, so its own verdict comes within a period instead of when
+its round reaches the suspect. Without this, every survivor
 suspected on its own but nobody heard of it, and a crash took the nearly full ``max`` to be
 declared (D24).
 
@@ -43,10 +45,13 @@ claims), and a full table (``members_max``) ignores new members.
 **Dissemination.** Every accepted change is queued once per member (a newer claim replaces an
 older one) and piggybacked by ``take_updates`` on whatever the node sends, least-sent and
 newest first, at most ``retransmit_mult x ceil(log10(N + 1))`` times (at least 3). Two claims
-jump the queue without being counted: our own LEFT claim after ``leave``, and our SUSPECT or
-DEAD claim about the recipient itself (Lifeguard's buddy system: a falsely suspected member
-hears it from the next packet we send it and refutes at once). Claims learned from a
-``Welcome`` are old news and are not re-disseminated.
+jump the queue: our own LEFT claim after ``leave`` (counted as a transmission when queued),
+and our SUSPECT or DEAD claim about the recipient itself (Lifeguard's buddy system: a falsely
+suspected member hears it from the next packet we send it and refutes at once; not counted,
+since the accused does not spread it and packets to a crashed member would otherwise use up
+the budget meant for the survivors). The queue is a lazy heap, so picking a packet's claims
+costs O(k log Q), not a scan. Claims learned from a ``Welcome`` are old news and are not
+re-disseminated.
 
 **Local health (Lifeguard LHA-probe).** ``local_health`` rises by one for a failed probe with no
 relay to ask, by the number of missing nacks for a failed indirect probe, and by one each time

@@ -20,8 +20,10 @@ Start order, and why:
 
 * transport: the node's addresses exist only once it listens; the core and the announce use them;
 * gossip (the core, one sender per peer, the bootstrap dialers): every write goes through it;
+* credits (``node.credits.service``): it writes the node's billing chain through gossip, and
+  accepts the rights peers granted it;
 * metrics: the exporter copies every part's counters (the gateway's once it serves);
-* gateway: it submits writes through gossip;
+* gateway: it submits writes through gossip, and billing orders through credits;
 * control socket: ``status`` reads what all of the above published (URLs included);
 * the ``node.announce`` op: written once every service serves, so peers that read it can
   reach the node at once;
@@ -77,6 +79,7 @@ from node.placement.core import Resources
 from node.replica import Replica
 
 if TYPE_CHECKING:
+    from node.credits.service import CreditsService
     from node.gateway.app import GatewayApp
     from node.ledger.op import Op
     from node.mesh.link import MeshLink
@@ -305,6 +308,7 @@ class Node:
     gossip: GossipService
     rng: random.Random  # the node's one source of randomness (core, bootstrap backoff)
     blobs: BlobStore  # content-addressed: build contexts and images (<data_dir>/blobs)
+    credits: CreditsService | None = None  # the billing chain's driver (build_node makes it)
     metrics_url: str = ""
     gateway: Gateway | None = None
     builds: BuildService | None = None  # None: this node does not build (tools missing)
@@ -462,6 +466,11 @@ def build_node(home: Home, transport: Transport) -> Node:
         blobs=blobs,
     )
     vm_query.register(transport, node.vm_answer, node.is_node)
+    from node.credits.service import CreditsService
+    from node.p2p import rights
+
+    node.credits = CreditsService(_CreditsHost(node))
+    rights.register(transport, node.credits.answer_ask, node.is_node)
     return node
 
 
@@ -485,6 +494,8 @@ async def run_node(home: Home, *, task_status: Any = trio.TASK_STATUS_IGNORED) -
         node = build_node(home, transport)
         node.vmm_name, node.vmm_note = vmm_name, vmm_note
         await nursery.start(run_gossip, node)
+        assert node.credits is not None
+        await nursery.start(node.credits.run)
         node.metrics_url = await nursery.start(run_metrics, node)
         node.gateway = await nursery.start(run_gateway, node)
         await nursery.start(run_control, node)
@@ -548,7 +559,7 @@ async def run_gateway(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED
     from node.gateway.proxy import AgentProxy
 
     host, port = gateway_address(where)
-    app = GatewayApp(node, proxy=AgentProxy(node.settings.agent_networks))
+    app = GatewayApp(node, proxy=AgentProxy(node.settings.agent_networks), billing=node.credits)
     async with trio.open_nursery() as nursery:
         try:
             url: str = await nursery.start(serve_gateway, app, host, port)
@@ -574,6 +585,73 @@ async def run_control(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED
 
     handlers = {"status": node.status, "arrivals": arrivals}
     await serve_control(node.settings.data_dir, handlers, task_status=task_status)
+
+
+@dataclass(frozen=True)
+class _NodeView:
+    """What every service's view of the node shares: its address, network and state reads."""
+
+    node: Node
+
+    @property
+    def address(self) -> str:
+        return self.node.key.address
+
+    @property
+    def network(self) -> str:
+        return self.node.settings.network
+
+    def read(self, fn: Any) -> Any:
+        with self.node.replica.lock:  # worker threads apply ops meanwhile
+            return fn(self.node.replica.state)
+
+
+@dataclass(frozen=True)
+class _CreditsHost(_NodeView):
+    """The node as the credits service sees it (``node.credits.service.CreditsHost``)."""
+
+    def sign(self, kind: str, payload: dict[str, Any]) -> Op:
+        return self.node.replica.sign(self.node.key, kind, payload, int(time.time() * 1000))
+
+    async def store(self, ops: list[Op]) -> None:
+        """The node's own chain ops, in one group commit with whatever else is waiting."""
+        from node.ledger.admission import own
+
+        result = await self.node.gossip.submit_checked([own(op) for op in ops])
+        if len(result.accepted) != len(ops):
+            raise RuntimeError(
+                f"{len(ops) - len(result.accepted)} of {len(ops)} chain ops were not taken: "
+                f"deferred {result.deferred}, duplicates {len(result.duplicates)}"
+            )
+
+    async def ingest(self, ops: list[tuple[bytes, bytes]]) -> None:
+        """A granter's chain ops: verified here like any peer's, then stored and spread."""
+        from node.ledger.op import OpRejected, decode_op
+        from node.ledger.state import State
+
+        checked = []
+        for body, sig in ops:
+            try:
+                op = decode_op(body, sig, self.network)
+                checked.append((op, State.check_op(op)))
+            except OpRejected as exc:
+                logger.info("credits: a granter's op was refused: %s", exc)
+        fresh = [(op, p) for op, p in checked if not self.node.replica.has(op.id)]
+        if fresh:
+            await self.node.gossip.submit_checked(fresh)
+
+    async def get_wire(self, op_ids: list[bytes]) -> list[tuple[bytes, bytes]]:
+        return await trio.to_thread.run_sync(self.node.replica.get_wire, op_ids)
+
+    async def ask(self, peer: str, account: str, amount: int, have: int) -> Any:
+        from node.p2p import rights
+        from node.p2p.transport import TransportError
+
+        try:
+            return await rights.ask(self.node.transport, peer, account, amount, have)
+        except (TransportError, ValueError) as exc:
+            logger.info("credits: asking %s for rights failed: %s", peer, exc)
+            return None
 
 
 # A host's capacity report after a change (a slot taken or released) waits at most this long,
@@ -623,22 +701,8 @@ async def announce(node: Node) -> None:
 
 
 @dataclass(frozen=True)
-class _BuildHost:
+class _BuildHost(_NodeView):
     """The node as the build service sees it (``node.pack.service.BuildHost``)."""
-
-    node: Node
-
-    @property
-    def address(self) -> str:
-        return self.node.key.address
-
-    @property
-    def network(self) -> str:
-        return self.node.settings.network
-
-    def read(self, fn: Any) -> Any:
-        with self.node.replica.lock:  # worker threads apply ops meanwhile
-            return fn(self.node.replica.state)
 
     async def write(self, kind: str, payload: dict[str, Any]) -> None:
         await self.node.gossip.write(self.node.key, kind, payload)
@@ -679,18 +743,8 @@ def choose_vmm(settings: NodeSettings) -> tuple[str | None, str]:
 
 
 @dataclass(frozen=True)
-class _NodeHost:
+class _NodeHost(_NodeView):
     """The node as placement and the VM supervisor see it (``node.placement.service.NodeHost``)."""
-
-    node: Node
-
-    @property
-    def address(self) -> str:
-        return self.node.key.address
-
-    def read(self, fn: Any) -> Any:
-        with self.node.replica.lock:  # worker threads apply ops meanwhile
-            return fn(self.node.replica.state)
 
     async def write(self, kind: str, payload: dict[str, Any]) -> None:
         await self.node.gossip.write(self.node.key, kind, payload)

@@ -43,11 +43,23 @@ from node.ledger.op import Op, OpRejected, sign_op
 from node.ledger.state import State
 from node.store import Store
 
-__all__ = ["SNAPSHOT_EVERY_OPS", "Replica", "SubmitResult"]
+__all__ = ["SNAPSHOT_EVERY_OPS", "CommitFailed", "Replica", "SubmitResult"]
 
 # A snapshot bounds restart time: replay cost is ~7 µs per op, so 50k ops ≈ 0.35 s of
 # replay at most, while a snapshot of a large state costs far more than one op to write.
 SNAPSHOT_EVERY_OPS: Final = 50_000
+
+
+class CommitFailed(Exception):
+    """A write could not be made durable (the store's transaction failed and was rolled back):
+    nothing of it was stored or applied, so the client may retry it as it is."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(
+            f"the write was not stored ({type(cause).__name__}: {cause}); nothing of it was"
+            " applied, retry it"
+        )
+        self.cause = cause
 
 
 class Replica:
@@ -155,6 +167,13 @@ class Replica:
         self._commit(fresh_groups, results)
         return results
 
+    def sign(self, key: NodeKey, kind: str, payload: dict[str, Any], now_ms: int) -> Op:
+        """Sign an op as ``key`` with this replica's clock, and nothing more: its writer
+        stores it later (``submit_checked``, e.g. several in one commit)."""
+        with self.lock:
+            stamp = self.hlc.now(now_ms)
+        return sign_op(key, self.network, stamp, kind, payload)
+
     def write(self, key: NodeKey, kind: str, payload: dict[str, Any], now_ms: int) -> Op:
         """Sign an op as ``key`` with this replica's clock, store it durably and apply it.
 
@@ -170,11 +189,12 @@ class Replica:
         ops = [op for fresh in fresh_groups for op, _ in fresh]
         if not ops:
             return
-        self.store.append(ops)  # one transaction: durable from here on
+        seqs = self.store.append(ops)  # one transaction: durable from here on
         with self.lock:
             for fresh, result in zip(fresh_groups, results, strict=True):
                 accept(fresh, self.state.apply, result)
-        if self.store.last_seq() - self._snapshot_seq >= SNAPSHOT_EVERY_OPS:
+        # The newest seq is the last one just appended (seqs only grow): no query per commit.
+        if seqs and seqs[-1] - self._snapshot_seq >= SNAPSHOT_EVERY_OPS:
             self.snapshot()
 
     def snapshot(self) -> None:

@@ -76,12 +76,21 @@ class ClientError(Exception):
 class ApiError(ClientError):
     """The gateway refused the request (HTTP 4xx/5xx)."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        # The whole JSON error body: some refusals carry numbers (a 402's required/available).
+        self.details = details or {}
 
     def __repr__(self) -> str:
         return f"ApiError(status={self.status}, code={self.code!r}, message={self.message!r}, field={self.field!r})"
@@ -162,6 +171,7 @@ class GatewayClient:
         self.act_as = None if act_as is None else normalize_address(act_as)
         self._clock = clock
         self._nonce = nonce
+        self._node_address: str | None = None
         self._http = httpx.Client(
             transport=transport,
             timeout=timeout_s,
@@ -207,13 +217,13 @@ class GatewayClient:
             timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
         )
         if signed and self.key is not None:
-            target = request.url.raw_path.decode("ascii")
-            request.headers.update(
-                sign_request(self.key, method, target, body, int(self._clock()), self._nonce())
-            )
+            target, now_s = request.url.raw_path.decode("ascii"), int(self._clock())
+            act_as = None if self.act_as == self.key.address else self.act_as
+            signature = sign_request(self.key, method, target, body, now_s, self._nonce(), act_as)
+            request.headers.update(signature)
             # Names the key that must have signed, so a signature by any other key is refused
-            # as 401 wrong_signer rather than read as some stranger's request. Under act_as it
-            # is still the signing key: X-Act-As says whose account, X-Signer whose signature.
+            # as 401 wrong_signer. Under act_as the signed v2 line (and X-Act-As, which must
+            # agree) says whose account, X-Signer whose signature.
             request.headers["X-Signer"] = self.key.address
             if self.act_as is not None:
                 request.headers["X-Act-As"] = self.act_as
@@ -249,6 +259,7 @@ class GatewayClient:
                 body["error"],
                 message if isinstance(message, str) and message else body["error"],
                 field if isinstance(field, str) else None,
+                body,
             )
         text = " ".join(response.text.split())[:_ERROR_TEXT_CHARS_MAX]
         return ApiError(status, f"http_{status}", text or response.reason_phrase or "no message")
@@ -495,6 +506,40 @@ class GatewayClient:
 
     def key_revoke(self, delegate: str) -> Any:
         return self.request("POST", "/key/revoke", {"delegate": delegate})
+
+    # ---------------------------------------------------------------------------- credits
+
+    def node_address(self) -> str:
+        """The address of the gateway's node (``GET /node/info``), asked once per client: a
+        billing order must name the node that carries it out."""
+        if self._node_address is None:
+            info = self.node_info()
+            address = info.get("address") if isinstance(info, dict) else None
+            if not isinstance(address, str):
+                raise ClientError(f"the gateway at {self.base_url} did not say its node's address")
+            self._node_address = normalize_address(address)
+        return self._node_address
+
+    def _order(self, route: str, to: str, amount: int, key: str, node: str | None) -> Any:
+        node = node if node is not None else self.node_address()
+        body = {"to": to, "amount": amount, "idempotency_key": key, "node": node}
+        return self.request("POST", route, body)
+
+    def credits_mint(
+        self, to: str, amount: int, idempotency_key: str, *, node: str | None = None
+    ) -> Any:
+        """Mint (issuers only) through ``node``, by default the gateway's own; a retry with
+        the same key answers the original outcome (``replayed``)."""
+        return self._order("/billing/credits/mint", to, amount, idempotency_key, node)
+
+    def credits_transfer(
+        self, to: str, amount: int, idempotency_key: str, *, node: str | None = None
+    ) -> Any:
+        """As ``credits_mint``, from the signer's account; 402 ``details``: required, available."""
+        return self._order("/billing/credits/transfer", to, amount, idempotency_key, node)
+
+    def credits_balance(self, address: str) -> Any:
+        return self.request("GET", f"/billing/balance/{_segment(address)}", signed=False)
 
     # ------------------------------------------------------------------------------ blobs
 

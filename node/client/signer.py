@@ -7,6 +7,7 @@ The gateway authenticates a request by the key that signed one line describing i
 
     formation:v1:<METHOD>:<path with query>:<sha256 hex of the body>:<unix seconds>:<nonce>
 
+(``formation:v2:`` and ``:<0x account>`` at the end for a delegated key acting for an account),
 so the client's whole job is to build that line from exactly what it will send and attach it
 with its EIP-191 ``personal_sign`` signature: ``X-Message`` (the line) and ``X-Signature``
 (``0x`` + hex of r‖s‖v, 65 bytes, v 27/28), the carrier any wallet can produce too.
@@ -44,8 +45,12 @@ def sign_request(
     body: bytes,
     now_s: int,
     nonce: str,
+    act_as: str | None = None,
 ) -> dict[str, str]:
     """The ``X-Message`` and ``X-Signature`` headers that authenticate this request as ``key``.
+
+    ``act_as`` (a normalized address) signs the ``formation:v2`` line of a delegated key acting
+    for that account: the account is inside the signature, not only in ``X-Act-As``.
 
     Raises ``ValueError`` for a nonce or path the gateway would refuse, so a mistake shows up
     here rather than as a ``malformed_message`` from the server.
@@ -60,6 +65,6 @@ def sign_request(
             f"the signed path must be the ASCII request target starting with '/', got "
             f"{path_with_query!r}; percent-encode it first"
         )
-    line = canonical_message(method, path_with_query, body, now_s, nonce)
+    line = canonical_message(method, path_with_query, body, now_s, nonce, act_as)
     signature = key.sign_personal(line.encode("ascii"))
     return {"X-Message": line, "X-Signature": "0x" + signature.hex()}

@@ -23,13 +23,15 @@ needs from this node's state (an entity's name, the allow-list tags a delete tak
 something that exists, ``404`` for an update of something that does not).
 
 **Delegated keys.** A request signed by a key the account granted (``POST /key/grant``) acts
-for that account when it names it in ``X-Act-As`` and the grant covers the route's scope; the
+for that account when its signed line names it (``formation:v2``, see ``acting_for``; an
+``X-Act-As`` header outside the signature is refused) and the grant covers the route's scope; the
 gateway embeds the grant op in the request op so other replicas can check it. Revoked or
 expired grants are refused here.
 
 **Errors** (shape and codes: ``node.gateway.http``): ``401`` for anything about the signature
 (nothing is applied), ``400`` for a request the state refuses (the message names the field),
-``403`` for someone else's entity, ``404``, ``409``.
+``403`` for someone else's entity, ``404``, ``409``; ``503 not_stored`` when the store could
+not make the write durable (nothing of it was applied; the client may retry).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any, Protocol
 import trio
 
 from node.gateway.auth import WINDOW_S_DEFAULT, AuthError, NonceCache, authenticate
+from node.gateway.endpoint import Endpoint
 from node.gateway.http import AsgiApp, HttpError, Request, Response, Router
 from node.gateway.routes import ENDPOINTS
 from node.identity.keys import normalize_address
@@ -54,9 +57,13 @@ from node.ledger.request_op import (
     route_of,
 )
 from node.ledger.state import State, build_id_of, instance_id_of
-from node.replica import Replica, SubmitResult
+from node.replica import CommitFailed, Replica, SubmitResult
 
 __all__ = ["GatewayApp", "GatewayNode", "Mutation", "serve_gateway"]
+
+# Routes matched ahead of their handler (for the body limit) that are kept at most; the
+# gateway has at most 512 requests in flight, so this is only reached by bodies never read.
+MATCHED_KEPT_MAX = 2048
 
 
 class GatewayNode(Protocol):
@@ -92,15 +99,22 @@ class GatewayApp(AsgiApp):
         clock: Callable[[], float] = time.time,
         window_s: int = WINDOW_S_DEFAULT,
         proxy: Any = None,
+        billing: Any = None,
         inflight_max: int = 512,
     ) -> None:
         super().__init__(inflight_max=inflight_max)
         self.node = node
+        # node.credits.service.CreditsService; None answers 503 on the billing writes.
+        self.billing = billing
         self.clock = clock
         self.nonces = NonceCache(window_s)
         self.proxy = proxy  # node.gateway.proxy.AgentProxy; None answers 503 on hire/run_task
         self.endpoints = ENDPOINTS
         self._router = Router(self.endpoints)
+        # Routes matched for their body limit, kept for the handler of the same request so a
+        # request is routed once (a pure function of method and path, so a stale entry is
+        # still right). Bounded: the in-flight bound keeps it small; cleared if it ever grows.
+        self._matched: dict[tuple[str, str], tuple[Endpoint, dict[str, str]]] = {}
         self._arrivals: dict[int, int] = {}
 
     @property
@@ -113,14 +127,23 @@ class GatewayApp(AsgiApp):
 
     def body_bytes_max(self, method: str, path: str) -> int:
         # Only a row that declares a raw body (the blob upload) reads more than the JSON limit.
+        probe = Request(method, path, path, {}, b"")
         try:
-            endpoint = self._router.match(Request(method, path, path, {}, b""))
+            endpoint = self._router.match(probe)
         except HttpError:
             return super().body_bytes_max(method, path)
+        if len(self._matched) >= MATCHED_KEPT_MAX:
+            self._matched.clear()
+        self._matched[(method, path)] = (endpoint, probe.params)
         return endpoint.body_bytes_max or super().body_bytes_max(method, path)
 
     async def handle(self, request: Request) -> Response:
-        endpoint = self._router.match(request)
+        matched = self._matched.pop((request.method, request.path), None)
+        if matched is None:
+            endpoint = self._router.match(request)
+        else:
+            endpoint, params = matched
+            request.params = dict(params)
         if endpoint.auth != "public" and (
             endpoint.auth == "signed" or _has_signature(request.headers)
         ):
@@ -135,19 +158,14 @@ class GatewayApp(AsgiApp):
                 )
             except AuthError as exc:
                 raise HttpError(401, exc.code, str(exc)) from None
-            claimed = request.header("x-signer")
-            if claimed is not None:
-                try:
-                    claimed = normalize_address(claimed.strip())
-                except ValueError as exc:
-                    raise HttpError(400, "invalid_header", f"X-Signer: {exc}") from None
-                if claimed != request.signed.signer:
-                    raise HttpError(
-                        401,
-                        "wrong_signer",
-                        f"the request says it is signed by {claimed} but the signature is "
-                        f"{request.signed.signer}'s: sign with {claimed}'s key",
-                    )
+            claimed = _header_address(request, "X-Signer")
+            if claimed is not None and claimed != request.signed.signer:
+                raise HttpError(
+                    401,
+                    "wrong_signer",
+                    f"the request says it is signed by {claimed} but the signature is "
+                    f"{request.signed.signer}'s: sign with {claimed}'s key",
+                )
         try:
             return await endpoint.handler(self, request)
         except OpRejected as exc:
@@ -161,14 +179,8 @@ class GatewayApp(AsgiApp):
         any). State only: no I/O on the event loop."""
         assert request.signed is not None
         signer = request.signed.signer
-        act_as = request.header("x-act-as")
-        if act_as is None:
-            return signer, None
-        try:
-            account = normalize_address(act_as.strip())
-        except ValueError as exc:
-            raise HttpError(400, "invalid_header", f"X-Act-As: {exc}") from None
-        if account == signer:
+        account = self.acting_for(request)
+        if account is None:
             return signer, None
         with self.replica.lock:
             grant = self.state.grant(account, signer)
@@ -188,6 +200,39 @@ class GatewayApp(AsgiApp):
             )
         return account, bytes.fromhex(grant["grant_op"])
 
+    def acting_for(self, request: Request) -> str | None:
+        """The account a delegated key's signed line acts for, or None for the signer's own.
+
+        The account must be inside the signature (the ``formation:v2`` line): an ``X-Act-As``
+        header the line does not say, or says otherwise, is refused with 401, since anyone on
+        the way could have added or altered it.
+        """
+        assert request.signed is not None
+        signer, signed_as = request.signed.signer, request.signed.act_as
+        claimed = _header_address(request, "X-Act-As")
+        if claimed is not None:
+            if signed_as is None and claimed != signer:
+                raise HttpError(
+                    401,
+                    "act_as_unsigned",
+                    f"X-Act-As names {claimed} but the signed message does not: a delegated key "
+                    "signs the formation:v2 line, which ends with the account it acts for "
+                    "(docs/api.md section 3)",
+                )
+            if signed_as is not None and claimed != signed_as:
+                raise HttpError(
+                    401,
+                    "act_as_mismatch",
+                    f"X-Act-As says {claimed}, the signed message acts for {signed_as}",
+                )
+        if signed_as == signer:
+            raise HttpError(
+                401,
+                "malformed_message",
+                "the signed message acts for its own signer: sign the formation:v1 line instead",
+            )
+        return signed_as
+
     # -- writes -----------------------------------------------------------------------------
 
     async def mutate(self, request: Request) -> Mutation:
@@ -198,7 +243,7 @@ class GatewayApp(AsgiApp):
             raise HttpError(400, "invalid_request", "state-changing requests take no query string")
         route, params = found
         scope = SCOPE_OF_KIND.get(route.kind.partition(".")[0], "key")
-        if request.header("x-act-as") is not None and scope == "key":
+        if scope == "key" and self.acting_for(request) is not None:
             raise HttpError(
                 403, "forbidden", "keys cannot grant or revoke keys; sign as the account"
             )
@@ -234,7 +279,10 @@ class GatewayApp(AsgiApp):
         op = decode_op(op_body, request.signed.signature, self.replica.network)
         payload = State.check_op(op)
         self._precheck(op.kind, author, payload)
-        result = await self.node.submit_checked([(op, payload)])
+        try:
+            result = await self.node.submit_checked([(op, payload)])
+        except CommitFailed as exc:
+            raise HttpError(503, "not_stored", str(exc)) from None
         if result.deferred:
             raise HttpError(
                 401,
@@ -242,6 +290,35 @@ class GatewayApp(AsgiApp):
                 f"the request is dated ahead of this node's clock ({result.deferred[0][1]}); check your clock",
             )
         return Mutation(op.kind, payload, "0x" + op.id.hex(), author)
+
+    def signed_order(self, request: Request) -> Op:
+        """A billing order: the signed request itself as a request op, verified as every
+        replica will verify it inside the chain op that carries it out. Only the account's own
+        key signs one (no delegated key spends or mints)."""
+        assert request.signed is not None
+        if self.acting_for(request) is not None:
+            raise HttpError(
+                403,
+                "forbidden",
+                "billing orders are signed by the account's own key; a delegated key cannot "
+                "mint or move credits (sign as the account)",
+            )
+        try:
+            body_text = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, "invalid_json", "the request body must be UTF-8 JSON") from None
+        op_body = request_op_body(
+            net=self.replica.network,
+            author=request.signed.signer,
+            method=request.method,
+            path=request.target,
+            body_text=body_text,
+            timestamp_s=request.signed.timestamp_s,
+            nonce=request.signed.nonce,
+            scheme=request.signed.scheme,
+            logical=self._tick(request.signed.timestamp_s),
+        )
+        return decode_op(op_body, request.signed.signature, self.replica.network)
 
     def _tick(self, second: int) -> int:
         """This gateway's arrival order among requests signed in ``second``."""
@@ -349,3 +426,14 @@ async def serve_gateway(
     from node.gateway.server import serve_http
 
     await serve_http(app, host, port, task_status=task_status)
+
+
+def _header_address(request: Request, name: str) -> str | None:
+    """The address a header names (normalized), None without it, 400 if it is no address."""
+    text = request.header(name.lower())
+    if text is None:
+        return None
+    try:
+        return normalize_address(text.strip())
+    except ValueError as exc:
+        raise HttpError(400, "invalid_header", f"{name}: {exc}") from None

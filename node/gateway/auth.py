@@ -7,6 +7,11 @@ Every request that changes or reads private state carries a signature of one ASC
 
     formation:v1:<METHOD>:<path with query>:<sha256 hex of the body>:<unix seconds>:<nonce>
 
+A delegated key acting for an account signs ``formation:v2:`` with the same fields and then
+``:<0x account>``; ``SignedRequest.act_as`` is that account. The ``X-Act-As`` header, if sent,
+must say the same, and without a v2 line it is refused: a header outside the signature could be
+added or altered by anyone on the way.
+
 The signer is whoever's key recovers from the signature; there are no accounts, passwords or
 sessions. The line binds the signature to this request (method, path, body), to a moment
 (the timestamp must be within ``window_s`` of the node's clock) and to one use (the nonce may
@@ -36,13 +41,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from node.identity.keys import InvalidSignature, recover_address
 from node.ledger.request_op import (
     ParsedLine,
     RequestRejected,
     canonical_message,
-    line_digest,
     parse_line,
+    recover_line_signer,
 )
 
 __all__ = [
@@ -124,10 +128,11 @@ def _recover(headers: Mapping[str, str]) -> tuple[str, str, bytes, str]:
     if not line.isascii():
         raise AuthError("malformed_message", "the signed message must be ASCII")
     try:
-        # The digest rule per scheme is the one replicas use on request ops.
-        return line, recover_address(line_digest(line, scheme), signature), signature, scheme
-    except InvalidSignature as exc:
-        raise AuthError("bad_signature", str(exc)) from None
+        # The rule replicas use on request ops, and its memo: verifying the request op made of
+        # this request then costs no second recovery.
+        return line, recover_line_signer(line, signature, scheme), signature, scheme
+    except RequestRejected as exc:
+        raise AuthError(exc.code, str(exc.args[0])) from None
 
 
 def _carrier(headers: Mapping[str, str]) -> tuple[str, bytes, str]:
@@ -188,6 +193,7 @@ class SignedRequest:
     scheme: str  # "personal" (EIP-191) or "sha256d" (the upstream carrier)
     timestamp_s: int
     nonce: str
+    act_as: str | None = None  # the account a delegated key's v2 line acts for
 
 
 def authenticate(
@@ -224,7 +230,9 @@ def authenticate(
             f"the signed timestamp is {now_s - parsed.timestamp_s:+d} s from the node's clock; the window is ±{nonces.window_s} s (check your clock and sign again)",
         )
     nonces.use(signer, parsed.nonce, parsed.timestamp_s, now_s)
-    return SignedRequest(signer, line, signature, scheme, parsed.timestamp_s, parsed.nonce)
+    return SignedRequest(
+        signer, line, signature, scheme, parsed.timestamp_s, parsed.nonce, parsed.act_as
+    )
 
 
 def verify(

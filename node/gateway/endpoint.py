@@ -47,6 +47,8 @@ class Endpoint:
     body_type: str = "application/json"
     body_bytes_max: int | None = None  # None: http.REQUEST_BODY_BYTES_MAX
     response_type: str = "application/json"  # of the success answer
+    # Answers beyond the ones every route of its kind can give: (status, description).
+    responses: tuple[tuple[int, str], ...] = ()
 
 
 def kind_schema(kind: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -29,6 +29,24 @@ _ERROR_SCHEMA: Final = {
     },
 }
 
+# A spend the rights in reach could not cover (node.ledger.billing.InsufficientCredits).
+_INSUFFICIENT_SCHEMA: Final = {
+    "type": "object",
+    "required": ["error", "message", "required", "available"],
+    "properties": {
+        **_ERROR_SCHEMA["properties"],  # type: ignore[dict-item]
+        "required": {"type": "integer", "description": "the credits the spend needs"},
+        "available": {
+            "type": "integer",
+            "description": "the account's available credits in all, as this node sees them",
+        },
+        "available_here": {
+            "type": "integer",
+            "description": "what this node held of them once its peers answered (or not)",
+        },
+    },
+}
+
 
 def _schema_of(media_type: str) -> dict[str, Any]:
     if media_type == "application/json":
@@ -93,6 +111,14 @@ def openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
                     "application/json": {"schema": body if body is not None else {"type": "object"}}
                 },
             }
+        for status, description in endpoint.responses:
+            schema = "InsufficientCredits" if status == 402 else "Error"
+            operation["responses"][str(status)] = {
+                "description": description,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+                },
+            }
         paths.setdefault(f"/v1{endpoint.path}", {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -107,7 +133,7 @@ def openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": {"Error": _ERROR_SCHEMA},
+            "schemas": {"Error": _ERROR_SCHEMA, "InsufficientCredits": _INSUFFICIENT_SCHEMA},
             "securitySchemes": {
                 "signedRequest": {
                     "type": "apiKey",
@@ -115,7 +141,8 @@ def openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
                     "name": "X-Signature",
                     "description": (
                         "0x + 65-byte EIP-191 signature of the X-Message line "
-                        "formation:v1:METHOD:path?query:sha256hex(body):unix_s:nonce"
+                        "formation:v1:METHOD:path?query:sha256hex(body):unix_s:nonce "
+                        "(a delegated key: formation:v2:...:nonce:0x<account it acts for>)"
                     ),
                 }
             },

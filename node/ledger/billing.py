@@ -62,12 +62,14 @@ the greater stamp counts, and the memo is rebuilt (as it is after a ``State.merg
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
 from bootstrap.profiles import PROFILES
 from node.identity.keys import NodeKey, eip191_hash
+from node.ledger.canonical import REQUEST_ENVELOPE_VERSION
 from node.ledger.op import Op, OpRejected, decode_op, sign_op
 from node.ledger.record import Kind, Tables
 from node.ledger.schema import Addr, Int, Obj, Spec, Str, check_payload
@@ -86,16 +88,22 @@ __all__ = [
     "Ask",
     "Decision",
     "InsufficientCredits",
+    "Signed",
     "SpendPlan",
     "balance",
+    "chain_entry",
     "check_order",
     "decide",
     "due_releases",
     "embed_order",
     "entry_outcome",
+    "evaluated_through",
     "executed",
+    "executed_anywhere",
+    "executed_at",
     "fee_account_of",
     "grant_answer",
+    "grants_awaiting",
     "hold_view",
     "issuers_of",
     "next_seq",
@@ -323,7 +331,12 @@ def _order_entry(op_kind: str, wall_ms: int, order_text: str) -> dict[str, Any]:
     # Verified when the op was checked: read the order back without a signature check.
     body = order_text.encode()
     order = json.loads(body)
-    fields = order["payload"]
+    if order.get("v") == REQUEST_ENVELOPE_VERSION:
+        # A signed gateway request (``node.ledger.request_op``): its fields are the JSON body
+        # the user signed (the billing routes take the body as it is).
+        fields = json.loads(order["req"]["body"])
+    else:
+        fields = order["payload"]
     entry.update(by=order["author"], key=fields["idempotency_key"], amount=fields["amount"])
     if kind == "hold":
         entry.update(payee=fields["payee"].lower(), expires_ms=fields["expires_ms"])
@@ -392,8 +405,14 @@ class _Book:
     next: dict[str, int] = field(default_factory=dict)  # node -> first unevaluated seq
     top: dict[str, int] = field(default_factory=dict)  # node -> greatest seq present
     keys: set[tuple[str, str, str]] = field(default_factory=set)  # (node, order author, key)
+    # (node, order author, key) -> the seq of the entry that carried the order out
+    key_seq: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # (order author, key) -> the first (node, seq) that carried one out, in any chain
+    key_first: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
     grants: dict[tuple[str, int], _Grant] = field(default_factory=dict)
+    # to_node -> (granter, seq) of its grants not accepted yet (what its driver must land)
+    unaccepted: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
     outcomes: dict[tuple[str, int], str] = field(default_factory=dict)  # "ok" or a reason
     table_len: int = 0
     # granter -> chains pending on one of its grants
@@ -425,6 +444,7 @@ class _Book:
             if grant.accepted:
                 return "grant_already_accepted"
             grant.accepted = True
+            self.unaccepted.get(node, set()).discard(source)
             self._bump(self.in_flight, grant.account, -grant.amount)
             self._bump(self.available, grant.account, -grant.amount)
             self._add(grant.account, node, grant.amount)
@@ -437,6 +457,8 @@ class _Book:
             if kind != "mint" and self.rights.get((entry["by"], node), 0) < amount:
                 return "insufficient_rights"
             self.keys.add(idem)
+            self.key_seq[idem] = seq
+            self.key_first.setdefault((entry["by"], entry["key"]), (node, seq))
             if kind == "mint":
                 self.minted_total += amount
                 self._add(entry["to"], node, amount)
@@ -490,6 +512,7 @@ class _Book:
             self._bump(self.in_flight, account, amount)
             self._bump(self.available, account, amount)
             self.grants[(node, seq)] = _Grant(account, amount, entry["to_node"])
+            self.unaccepted.setdefault(entry["to_node"], set()).add((node, seq))
             return "ok"
         raise AssertionError(f"unknown billing entry kind {kind!r}")
 
@@ -593,9 +616,34 @@ def totals(state: State) -> dict[str, int]:
     }
 
 
-def next_seq(state: State, node: str) -> int:
-    """The seq of ``node``'s next chain op (one past the greatest this replica holds)."""
-    return _book(state).top.get(node.lower(), 0) + 1
+def next_seq(state: State, node: str, signed: Sequence[Signed] = ()) -> int:
+    """The seq of ``node``'s next chain op: one past the greatest this replica holds, or past
+    the entries ``node`` signed and has not applied yet (``signed``)."""
+    top = _book(state).top.get(node.lower(), 0)
+    return max([top, *(entry.seq for entry in signed)]) + 1
+
+
+@dataclass(frozen=True)
+class Signed:
+    """An entry a node signed in its chain whose write is not applied yet: a driver that
+    stores several entries in one commit decides the next ones as if they were applied, but
+    counts only what they take (never what they give) until they are."""
+
+    seq: int
+    account: str | None = None  # whose rights the entry takes from the node (transfer, grant)
+    amount: int = 0
+    key: tuple[str, str] | None = None  # (order author, idempotency key) it carries out
+    accepts: tuple[str, int] | None = None  # (granter, seq) of the grant it accepts
+
+
+def _live(state: State, node: str, signed: Sequence[Signed]) -> list[Signed]:
+    """The entries of ``signed`` this replica has not evaluated yet."""
+    first = _book(state).next.get(node, 1)
+    return [entry for entry in signed if entry.seq >= first]
+
+
+def _reserved(live: Sequence[Signed], account: str) -> int:
+    return sum(entry.amount for entry in live if entry.account == account)
 
 
 def entry_outcome(state: State, node: str, seq: int) -> str | None:
@@ -606,6 +654,44 @@ def entry_outcome(state: State, node: str, seq: int) -> str | None:
 def executed(state: State, node: str, author: str, idempotency_key: str) -> bool:
     """Whether ``node``'s chain already carried out ``author``'s order with that key."""
     return (node.lower(), author.lower(), idempotency_key) in _book(state).keys
+
+
+def executed_at(state: State, node: str, author: str, idempotency_key: str) -> int | None:
+    """The seq of the entry in ``node``'s chain that carried out ``author``'s order with that
+    key, or None: what a replayed order is answered with."""
+    return _book(state).key_seq.get((node.lower(), author.lower(), idempotency_key))
+
+
+def executed_anywhere(state: State, author: str, idempotency_key: str) -> tuple[str, int] | None:
+    """(node, seq) of an entry in any chain this replica has evaluated that carried out an
+    order of ``author`` with that key, or None. Not a guarantee (two nodes in a partition can
+    each carry out one), but it lets a gateway answer a retry sent to another node as a
+    replay instead of moving credits again."""
+    return _book(state).key_first.get((author.lower(), idempotency_key))
+
+
+def chain_entry(state: State, node: str, seq: int) -> tuple[str, dict[str, Any]] | None:
+    """(op id hex, entry) of ``node``'s chain entry ``seq`` as this replica holds it."""
+    record = state.tables["billing"].get(_chain_key(node.lower(), seq))
+    if record is None:
+        return None
+    return record.fields.get("id"), record.fields.get("e")
+
+
+def evaluated_through(state: State, node: str) -> int:
+    """The last seq of ``node``'s chain this replica has evaluated (0: none): every entry up
+    to it counts here; one past it is missing or pending."""
+    return _book(state).next.get(node.lower(), 1) - 1
+
+
+def grants_awaiting(
+    state: State, node: str, signed: Sequence[Signed] = ()
+) -> list[tuple[str, int]]:
+    """(granter, seq) of the valid grants to ``node`` it has not accepted yet (nor signed an
+    accept of, in ``signed``), oldest first: rights in flight only ``node`` can land."""
+    node = node.lower()
+    accepting = {entry.accepts for entry in _live(state, node, signed)}
+    return sorted(_book(state).unaccepted.get(node, set()) - accepting)
 
 
 def hold_view(state: State, hold_id: str) -> dict[str, Any] | None:
@@ -669,11 +755,14 @@ class SpendPlan:
         return InsufficientCredits(self.account, self.required, self.available, self.available_here)
 
 
-def plan_spend(state: State, node: str, account: str, required: int) -> SpendPlan:
-    """Cover ``required`` from ``node``'s own rights, else ask the peers holding the most."""
+def plan_spend(
+    state: State, node: str, account: str, required: int, reserved: int = 0
+) -> SpendPlan:
+    """Cover ``required`` from ``node``'s own rights (less ``reserved``, what entries it
+    signed and has not applied take), else ask the peers holding the most."""
     book = _book(state)
     node, account = node.lower(), account.lower()
-    here = book.rights.get((account, node), 0)
+    here = max(0, book.rights.get((account, node), 0) - reserved)
     asks: list[Ask] = []
     if here < required:
         deficit = required - here
@@ -692,15 +781,19 @@ def plan_spend(state: State, node: str, account: str, required: int) -> SpendPla
     return SpendPlan(account, required, here, book.available.get(account, 0), tuple(asks))
 
 
-def grant_answer(state: State, node: str, ask: Ask) -> int:
-    """How much ``node`` grants for ``ask``: what it holds of the account, up to the ask."""
-    return min(ask.amount, _book(state).rights.get((ask.account, node.lower()), 0))
+def grant_answer(state: State, node: str, ask: Ask, signed: Sequence[Signed] = ()) -> int:
+    """How much ``node`` grants for ``ask``: what it holds of the account (less what its
+    ``signed`` entries take), up to the ask."""
+    node = node.lower()
+    held = _book(state).rights.get((ask.account, node), 0)
+    return max(0, min(ask.amount, held - _reserved(_live(state, node, signed), ask.account)))
 
 
 @dataclass(frozen=True)
 class Decision:
     """What the node does with an order: ``execute`` (sign ``kind`` with ``payload`` in its
-    chain), ``duplicate`` (already carried out: answer as before, change nothing) or ``ask``
+    chain), ``duplicate`` (already carried out: answer as before, change nothing),
+    ``pending`` (being carried out: wait for it, then decide again) or ``ask``
     (``plan`` lists the peers to ask; refuse with ``plan.refusal()`` if none answer in time)."""
 
     action: str
@@ -709,10 +802,12 @@ class Decision:
     plan: SpendPlan | None = None
 
 
-def decide(state: State, node: str, order: Op) -> Decision:
-    """The driver's step for a verified order at ``node``. Raises ``OpRejected`` for an order
-    that is not for this node or not valid, and ``InsufficientCredits`` when no peer holds
-    enough to ask for."""
+def decide(state: State, node: str, order: Op, signed: Sequence[Signed] = ()) -> Decision:
+    """The driver's step for a verified order at ``node``, with the entries it signed and
+    has not applied yet (``signed``). Raises ``OpRejected`` for an order that is not for this
+    node or not valid, and ``InsufficientCredits`` when no peer holds enough to ask for.
+    ``pending``: an entry in ``signed`` carries out the same key; decide again once it is
+    applied (it is then a ``duplicate``)."""
     fields = check_order(order, state.network)
     node = node.lower()
     if fields["node"] != node:
@@ -722,11 +817,15 @@ def decide(state: State, node: str, order: Op) -> Decision:
         )
     if executed(state, node, order.author, fields["idempotency_key"]):
         return Decision("duplicate")
+    live = _live(state, node, signed)
+    if any(entry.key == (order.author, fields["idempotency_key"]) for entry in live):
+        return Decision("pending")
     kind = "billing." + order.kind[len("billing.order.") :]
-    payload = {"seq": next_seq(state, node), "order": embed_order(order)}
+    payload = {"seq": next_seq(state, node, live), "order": embed_order(order)}
     if kind == "billing.mint":
         return Decision("execute", kind, payload)
-    plan = plan_spend(state, node, order.author, fields["amount"])
+    reserved = _reserved(live, order.author)
+    plan = plan_spend(state, node, order.author, fields["amount"], reserved)
     if plan.local:
         return Decision("execute", kind, payload, plan)
     if not plan.coverable:

@@ -6,6 +6,9 @@ A wallet signs one line per gateway request (``canonical_message``)::
 
     formation:v1:<METHOD>:<path with query>:<sha256 hex of the body>:<unix seconds>:<nonce>
 
+and a delegated key, acting for another account, signs that account too (``formation:v2``, the
+same fields and then ``:<0x account>``), so nobody on the way can add or change whom it acts for.
+
 If the gateway turned such a request into an op signed by the *node*, no other replica could
 tell whether the user really asked for it. So the request itself travels: a *request op*
 (envelope ``v: 2``) carries the method, path, body text, timestamp and nonce, from which any
@@ -35,7 +38,8 @@ the op fail authorization, never reach somebody else's entity. ``tags`` (which a
 entries a ``disallow`` removes) are what the gateway observed, as in any observed-remove set.
 
 **Delegated keys.** A request signed by a key that an account granted (``key.grant``) carries
-that grant op. It acts for the grant's author if the grant names the signer, covers the op's
+that grant op, and its signed line is the v2 line naming the account (replicas rebuild it from
+``author``). It acts for the grant's author if the grant names the signer, covers the op's
 scope (``SCOPE_OF_KIND``), was not expired at the request's timestamp and is not itself
 delegated. A replica checks all of that from the op alone. Revocation is enforced where
 requests enter (the gateway refuses keys whose revocation it has seen); a revoked key can
@@ -55,6 +59,7 @@ request derives needs a new envelope version, or replicas running different code
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -88,6 +93,10 @@ __all__ = [
 
 SCHEMES: Final = ("personal", "sha256d")
 LINE_PREFIX: Final = "formation:v1:"
+# A delegated key's line: v1's fields and then the account it acts for, so the account is
+# signed too (an X-Act-As header alone could be added or altered by anyone on the path).
+LINE_PREFIX_ACTING: Final = "formation:v2:"
+_ADDRESS: Final = re.compile(r"0x[0-9a-f]{40}")
 LINE_CHARS_MAX: Final = 4096
 _NONCE: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _METHOD: Final = re.compile(r"[A-Z]{3,7}")
@@ -119,9 +128,23 @@ class RequestRejected(OpRejected):
 # -- the signed line ------------------------------------------------------------------------
 
 
-def canonical_message(method: str, path: str, body: bytes, timestamp_s: int, nonce: str) -> str:
-    """The line a client signs for a request (the same function the ``form`` client uses)."""
-    return f"{LINE_PREFIX}{method.upper()}:{path}:{hashlib.sha256(body).hexdigest()}:{timestamp_s}:{nonce}"
+def canonical_message(
+    method: str,
+    path: str,
+    body: bytes,
+    timestamp_s: int,
+    nonce: str,
+    act_as: str | None = None,
+) -> str:
+    """The line a client signs for a request (the same function the ``form`` client uses).
+
+    ``act_as`` (a lower-case ``0x`` address) makes it the ``formation:v2`` line of a delegated
+    key acting for that account; without it the line is ``formation:v1``.
+    """
+    fields = f"{method.upper()}:{path}:{hashlib.sha256(body).hexdigest()}:{timestamp_s}:{nonce}"
+    if act_as is None:
+        return LINE_PREFIX + fields
+    return f"{LINE_PREFIX_ACTING}{fields}:{act_as}"
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,7 @@ class ParsedLine:
     body_sha256: str
     timestamp_s: int
     nonce: str
+    act_as: str | None = None  # the account a v2 line acts for
 
 
 def parse_line(line: str) -> ParsedLine:
@@ -140,9 +164,21 @@ def parse_line(line: str) -> ParsedLine:
             "malformed_message",
             f"the signed message must be one ASCII line of at most {LINE_CHARS_MAX} characters",
         )
-    if not line.startswith(LINE_PREFIX):
+    act_as: str | None = None
+    if line.startswith(LINE_PREFIX_ACTING):
+        line, _, act_as = line.rpartition(":")
+        if not _ADDRESS.fullmatch(act_as):
+            raise RequestRejected(
+                "malformed_message",
+                "a formation:v2 line ends with the account it acts for: ':0x' and 40 lower-case "
+                "hex digits",
+            )
+        line = LINE_PREFIX + line[len(LINE_PREFIX_ACTING) :]
+    elif not line.startswith(LINE_PREFIX):
         raise RequestRejected(
-            "malformed_message", f"the signed message must start with {LINE_PREFIX!r}"
+            "malformed_message",
+            f"the signed message must start with {LINE_PREFIX!r} (or {LINE_PREFIX_ACTING!r} "
+            "for a delegated key)",
         )
     head, _, nonce = line.rpartition(":")
     head, _, timestamp = head.rpartition(":")
@@ -168,7 +204,7 @@ def parse_line(line: str) -> ParsedLine:
         raise RequestRejected(
             "malformed_message", "the nonce must be 8-64 characters of A-Z a-z 0-9 _ -"
         )
-    return ParsedLine(method, path, body_sha256, int(timestamp), nonce)
+    return ParsedLine(method, path, body_sha256, int(timestamp), nonce, act_as)
 
 
 def line_digest(line: str, scheme: str) -> bytes:
@@ -187,11 +223,29 @@ def sign_line(key: NodeKey, line: str, scheme: str = "personal") -> bytes:
     return key.sign_digest(line_digest(line, scheme))
 
 
+# Lines up to this long have their signer memoized (``_memo_signer``): a canonical line is
+# ~150 characters, and the bound caps the memo at ~5 MiB however long the lines sent.
+MEMO_LINE_CHARS_MAX = 1024
+
+
 def recover_line_signer(line: str, sig: bytes, scheme: str) -> str:
+    """The address that signed ``line`` under ``scheme`` (``RequestRejected`` if none)."""
     try:
+        if len(line) <= MEMO_LINE_CHARS_MAX:
+            return _memo_signer(line, sig, scheme)
         return recover_address(line_digest(line, scheme), sig)
     except InvalidSignature as exc:
         raise RequestRejected("bad_signature", str(exc)) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _memo_signer(line: str, sig: bytes, scheme: str) -> str:
+    # The gateway recovers a request's signer twice: when it authenticates the request and
+    # when it verifies the request op made of it, exactly as every replica will (decode_op).
+    # The signer is a pure function of (line, signature, scheme), all three in the key, so the
+    # memo changes no verdict: any other line, signature or scheme is recovered afresh, and a
+    # failure (an exception) is never memoized. It saves the second keccak + ECDSA recovery.
+    return recover_address(line_digest(line, scheme), sig)
 
 
 # -- from request to change -----------------------------------------------------------------
@@ -265,6 +319,11 @@ def _routes() -> list[Route]:
         route("POST", "/key/revoke", "key.revoke", _body_as_is),
         route("POST", "/dns/add", "dns.add", _body_as_is),
         route("POST", "/dns/remove", "dns.remove", _body_as_is),
+        # Billing orders (``node.ledger.billing``): never applied as ops of their own, only
+        # carried inside the chain op of the node the signed body names. No delegated key
+        # signs one (no scope covers ``billing``).
+        route("POST", "/billing/credits/mint", "billing.order.mint", _body_as_is),
+        route("POST", "/billing/credits/transfer", "billing.order.transfer", _body_as_is),
     ]
     for verb in ("stop", "start", "reboot", "delete"):
         routes.append(
@@ -459,7 +518,11 @@ def read_fields(fields: dict[str, Any]) -> RequestFields:
             raise RequestRejected("malformed", "grant must be {body: text, sig: 0x + 65 bytes hex}")
         grant_wire = (grant["body"].encode(), bytes.fromhex(grant["sig"][2:]))
     body_bytes = req["body"].encode()
-    line = canonical_message(req["method"], req["path"], body_bytes, req["t"], req["nonce"])
+    # A delegated request's line names the account it acts for (v2): rebuilt from the op's
+    # author, so a signature over a line without it, or naming another account, recovers some
+    # other address and fails the delegation check.
+    act_as = fields["author"] if grant_wire is not None else None
+    line = canonical_message(req["method"], req["path"], body_bytes, req["t"], req["nonce"], act_as)
     parse_line(line)  # the same rules as at the gateway: a replica must not accept more
     kind, payload = mutation_of(req["method"], req["path"], req["body"], fields["author"], hint)
     return RequestFields(

@@ -16,13 +16,17 @@ Theory of operation
   members now and then; such a packet reopens a queue and the transport dials the member's
   announced address again.
 
-Writes from local clients (the gateway's ``submit_checked``) are *group-committed*: a write
-waits in a bounded queue (``WRITES_QUEUED_MAX``; a writer past it waits to get in), and one
-committer task takes every write waiting, at most ``WRITES_PER_COMMIT_MAX``, into one
-``Replica.submit_checked_groups`` call: one transaction and one fsync for all of them, each
-write with its own result. Each writer is answered once its batch is durable. With one writer
-at a time a batch is one write, so nothing waits for company; under load the fsync is shared
-instead of queued behind (docs/decisions.md, D11).
+Writes from local clients (the gateway's ``submit_checked``) are *group-committed*
+(``node.group_commit``, pure, says which): a write waits in a bounded queue (a writer past
+the bound waits to get in), and one committer task takes every write waiting, within a
+batch's bounds of ops and bytes, into one ``Replica.submit_checked_groups`` call: one
+transaction and one fsync for all of them, each write with its own result (an op the
+admission refuses is refused alone). Each writer is answered once its batch is durable. The
+committer takes the next write as soon as it is free, with no timer, so a lone write is
+committed at once, alone; under load the fsync is shared instead of queued behind
+(docs/decisions.md, D11 and D23). A batch whose transaction fails is rolled back whole and
+each of its writes is tried again alone, so a write the store refuses fails alone, with
+``CommitFailed``, and the others are stored; nothing of a failed write is applied.
 
 The loop waits for a packet until ``core.next_wakeup()``, then calls ``on_packet`` or
 ``on_timer`` with ``trio.current_time()``. A packet that does not decode, or whose claimed
@@ -50,10 +54,11 @@ import trio
 from node.gossip import wire
 from node.gossip.core import GossipCore
 from node.gossip.messages import Deliver, Effect, Notify, Send
+from node.group_commit import GroupCommit, GroupCommitLimits
 from node.identity.keys import NodeKey
 from node.ledger.admission import Checked
 from node.ledger.op import Op
-from node.replica import Replica, SubmitResult
+from node.replica import CommitFailed, Replica, SubmitResult
 
 __all__ = ["Dialer", "GossipService", "PacketTransport", "join_through"]
 
@@ -61,12 +66,6 @@ log = logging.getLogger("formation.gossip")
 
 # Packets waiting for one peer; past this the peer is too slow and we drop (gossip repairs).
 PEER_QUEUE_PACKETS_MAX = 256
-# Group commit: local writes waiting for the committer (the gateway admits at most 512
-# requests at once, so this bound only holds back a caller that is not the gateway), and the
-# writes one transaction takes (bounds one commit's time and the ops one gossip broadcast
-# carries; 256 one-op writes are ~0.3 MB of SQLite pages).
-WRITES_QUEUED_MAX = 1024
-WRITES_PER_COMMIT_MAX = 256
 ARRIVALS_KEPT = 10_000
 DIAL_TIMEOUT_S = 5.0
 
@@ -108,6 +107,7 @@ class GossipService:
         replica: Replica,
         transport: PacketTransport,
         seeds: Sequence[str] = (),
+        group_commit_limits: GroupCommitLimits | None = None,
     ) -> None:
         self.core = core
         self.replica = replica
@@ -122,10 +122,18 @@ class GossipService:
         # (op id hex, author's wall ms, arrival wall ms) of recent ops: propagation as seen
         # here, for `status` and benchmarks. Bounded.
         self.arrivals: deque[tuple[str, int, int]] = deque(maxlen=ARRIVALS_KEPT)
-        self._writes, self._writes_waiting = trio.open_memory_channel[_Write](WRITES_QUEUED_MAX)
-        # Group commits so far and the writes they carried: writes / commits is the batching.
-        self.commits = 0
-        self.writes_committed = 0
+        self.group_commit: GroupCommit[_Write] = GroupCommit(group_commit_limits)
+        self._write_offered = trio.Event()  # wakes the committer
+        self._room = trio.Event()  # wakes writers waiting for room in the queue
+
+    @property
+    def commits(self) -> int:
+        """Group commits so far (``writes_committed / commits`` is the batching)."""
+        return self.group_commit.commits
+
+    @property
+    def writes_committed(self) -> int:
+        return self.group_commit.writes_committed
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -190,9 +198,14 @@ class GossipService:
     async def submit_checked(self, ops: list[Checked]) -> SubmitResult:
         """Store durably and apply ops a local client (the gateway) verified and checked, then
         gossip the new ones. On return the accepted ops are durable. Concurrent callers share
-        one commit (group commit; see the module's docstring). Needs ``run`` to be running."""
+        one commit (group commit; see the module's docstring); raises ``CommitFailed`` if the
+        store could not take the write (then nothing of it was stored or applied). Needs
+        ``run`` to be running."""
         write = _Write(list(ops))
-        await self._writes.send(write)
+        size_bytes = sum(len(op.body) + len(op.sig) for op, _ in write.ops)
+        while not self.group_commit.offer(write, len(write.ops), size_bytes):
+            await self._room.wait()
+        self._write_offered.set()
         await write.done.wait()
         if write.error is not None:
             raise write.error
@@ -200,36 +213,65 @@ class GossipService:
         return write.result
 
     async def _committer(self) -> None:
-        """Take every waiting write (up to ``WRITES_PER_COMMIT_MAX``) into one commit."""
+        """Commit the next batch as soon as the last one is durable (see ``GroupCommit``)."""
         while True:
-            batch = [await self._writes_waiting.receive()]
-            while len(batch) < WRITES_PER_COMMIT_MAX:
-                try:
-                    batch.append(self._writes_waiting.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                # Under the core's lock: the core reads the digest the commit changes.
-                async with self._lock:
-                    results = await trio.to_thread.run_sync(
-                        self.replica.submit_checked_groups, [w.ops for w in batch], wall_ms()
-                    )
-                    accepted = [op for result in results for op in result.accepted]
-                    if accepted:
-                        await self._apply(self.core.broadcast(trio.current_time(), accepted))
-            except Exception as exc:
-                # A store failure (disk full, I/O error) answers every writer of the batch
-                # with it, as a lone write would have been; the committer goes on.
-                log.exception("a group commit of %d writes failed", len(batch))
-                for write in batch:
-                    write.error = exc
-                    write.done.set()
+            batch = self.group_commit.take()
+            if not batch:
+                await self._write_offered.wait()
+                self._write_offered = trio.Event()
                 continue
-            self.commits += 1
-            self.writes_committed += len(batch)
-            for write, result in zip(batch, results, strict=True):
-                write.result = result
+            # Writers that waited for room can queue behind this batch now.
+            self._room.set()
+            self._room = trio.Event()
+            try:
+                await self._commit_batch(batch)
+            finally:
+                self.group_commit.finished()
+            for write in batch:
                 write.done.set()
+
+    async def _commit_batch(self, batch: list[_Write]) -> None:
+        """Commit ``batch`` in one transaction; if it fails, each write alone (so a write the
+        store refuses fails by itself). Sets each write's result or error."""
+        try:
+            results = await self._commit([w.ops for w in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                log.error("a write could not be stored: %s", exc, exc_info=exc)
+                batch[0].error = CommitFailed(exc)
+                return
+            # The transaction was rolled back whole: nothing of the batch is stored or applied.
+            log.warning(
+                "a group commit of %d writes failed (%s); committing each alone",
+                len(batch),
+                exc,
+                exc_info=exc,
+            )
+            for write in batch:
+                try:
+                    write.result = (await self._commit([write.ops]))[0]
+                except Exception as alone:
+                    log.error("a write could not be stored: %s", alone, exc_info=alone)
+                    write.error = CommitFailed(alone)
+            return
+        for write, result in zip(batch, results, strict=True):
+            write.result = result
+
+    async def _commit(self, groups: list[list[Checked]]) -> list[SubmitResult]:
+        """One durable transaction for ``groups``, then the gossip broadcast of what is new."""
+        # Under the core's lock: the core reads the digest the commit changes.
+        async with self._lock:
+            results = await trio.to_thread.run_sync(
+                self.replica.submit_checked_groups, groups, wall_ms()
+            )
+            accepted = [op for result in results for op in result.accepted]
+            if accepted:
+                try:
+                    await self._apply(self.core.broadcast(trio.current_time(), accepted))
+                except Exception:
+                    # Durable already: the writes succeeded; anti-entropy spreads them anyway.
+                    log.exception("broadcasting %d committed ops failed", len(accepted))
+        return results
 
     async def _apply(self, effects: list[Effect]) -> None:
         pending = list(effects)

@@ -14,6 +14,7 @@ from tests.helpers import seeded_keys
 ALICE, BOB = seeded_keys(2, seed=62)
 AGENT = "ab" * 32
 INSTANCE = "cd" * 20
+NODE = "0x" + "ef" * 20
 
 Call = Callable[[GatewayClient], Any]
 
@@ -250,6 +251,30 @@ ROUTES: list[tuple[str, Call, str, str, Any, bool]] = [
         True,
     ),
     ("dns_list", lambda c: c.dns_list(), "GET", "/v1/dns/list", None, False),
+    (
+        "credits_mint",
+        lambda c: c.credits_mint(BOB.address, 100, "mint-1", node=NODE),
+        "POST",
+        "/v1/billing/credits/mint",
+        {"to": BOB.address, "amount": 100, "idempotency_key": "mint-1", "node": NODE},
+        True,
+    ),
+    (
+        "credits_transfer",
+        lambda c: c.credits_transfer(BOB.address, 7, "pay-1", node=NODE),
+        "POST",
+        "/v1/billing/credits/transfer",
+        {"to": BOB.address, "amount": 7, "idempotency_key": "pay-1", "node": NODE},
+        True,
+    ),
+    (
+        "credits_balance",
+        lambda c: c.credits_balance(BOB.address),
+        "GET",
+        f"/v1/billing/balance/{BOB.address}",
+        None,
+        False,
+    ),
 ]
 
 
@@ -310,6 +335,7 @@ def test_every_public_method_is_in_the_route_table() -> None:
         "blob_get",
         "blob_batch",
     }  # test_blob_methods_send_their_routes
+    covered.add("node_address")  # test_a_billing_order_names_the_gateway_s_node_unless_told_which
     assert public <= covered, public - covered
 
 
@@ -500,3 +526,39 @@ def test_run_task_refused_raises_before_any_chunk() -> None:
     ):
         pass
     assert raised.value.code == "forbidden"
+
+
+def test_a_billing_order_names_the_gateway_s_node_unless_told_which() -> None:
+    gateway = (
+        FakeGateway()
+        .on("GET", "/v1/node/info", answer(200, {"address": NODE.upper().replace("0X", "0x")}))
+        .on("POST", "/v1/billing/credits/transfer", lambda _: answer(200, {"replayed": False}))
+    )
+    with client(gateway) as c:
+        c.credits_transfer(BOB.address, 5, "k-1")
+        c.credits_transfer(BOB.address, 6, "k-2")
+    # One look-up of the node's address, then two orders naming it (lower case, as signed).
+    assert [seen.target for seen in gateway.seen] == [
+        "/v1/node/info",
+        "/v1/billing/credits/transfer",
+        "/v1/billing/credits/transfer",
+    ]
+    assert gateway.last.json["node"] == NODE
+    assert gateway.last.signer == ALICE.address
+
+
+def test_a_402_carries_its_numbers_in_details() -> None:
+    body = {
+        "error": "insufficient_credits",
+        "message": "needs 9",
+        "field": "amount",
+        "required": 9,
+        "available": 4,
+        "available_here": 4,
+    }
+    gateway = FakeGateway().on("POST", "/v1/billing/credits/transfer", answer(402, body))
+    with client(gateway) as c, pytest.raises(ApiError) as raised:
+        c.credits_transfer(BOB.address, 9, "k", node=NODE)
+    error = raised.value
+    assert (error.status, error.code, error.field) == (402, "insufficient_credits", "amount")
+    assert (error.details["required"], error.details["available"]) == (9, 4)

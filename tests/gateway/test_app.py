@@ -31,7 +31,7 @@ from node.identity.keys import NodeKey
 from node.ledger.op import REQUEST_ENVELOPE_VERSION, Op, decode_op, sign_op
 from node.ledger.request_op import canonical_message
 from node.ledger.state import build_id_of, instance_id_of
-from node.replica import Replica, SubmitResult
+from node.replica import CommitFailed, Replica, SubmitResult
 from tests.helpers import JS_DIR, NET, js_runtime, seeded_keys
 
 ALICE, BOB, DELEGATE = seeded_keys(3, seed=23)
@@ -70,11 +70,12 @@ class Gateway:
         key: NodeKey | None = None,
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
+        act_as: str | None = None,
     ) -> httpx.Response:
         data = raw if raw is not None else b"" if body is None else _compact(body)
         sent = dict(headers or {})
         if key is not None:
-            sent.update(sign(key, method, path, data))
+            sent.update(sign(key, method, path, data, act_as=act_as))
         return await self.http.request(method, self.url + path, content=data, headers=sent)
 
 
@@ -83,12 +84,18 @@ def _compact(body: Any) -> bytes:
 
 
 def sign(
-    key: NodeKey, method: str, path: str, body: bytes, *, t: int | None = None
+    key: NodeKey,
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    t: int | None = None,
+    act_as: str | None = None,
 ) -> dict[str, str]:
-    """Headers as eth-account makes them: personal_sign of the canonical line."""
-    line = canonical_message(
-        method, path, body, int(time.time()) if t is None else t, secrets.token_urlsafe(12)
-    )
+    """Headers as eth-account makes them: personal_sign of the canonical line (the v2 line
+    naming ``act_as`` for a delegated key)."""
+    now_s = int(time.time()) if t is None else t
+    line = canonical_message(method, path, body, now_s, secrets.token_urlsafe(12), act_as)
     signed = Account.sign_message(encode_defunct(text=line), private_key=key.secret)
     return {"X-Message": line, "X-Signature": "0x" + bytes(signed.signature).hex()}
 
@@ -293,9 +300,9 @@ async def test_private_agents_are_listed_only_to_owner_and_allowed(gateway: Gate
 
 
 async def test_a_delegated_key_acts_within_its_grant_until_revoked(gateway: Gateway) -> None:
-    acting = {"X-Act-As": ALICE.address}
+    acting: dict[str, Any] = {"headers": {"X-Act-As": ALICE.address}, "act_as": ALICE.address}
     job = {"name": "job", "formfile": "NAME job\n"}
-    refused = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, headers=acting)
+    refused = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, **acting)
     assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
     grant = {
         "delegate": DELEGATE.address,
@@ -305,17 +312,32 @@ async def test_a_delegated_key_acts_within_its_grant_until_revoked(gateway: Gate
     }
     granted = await gateway.send("POST", "/v1/key/grant", grant, key=ALICE)
     assert granted.status_code == 200, granted.text
-    made = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, headers=acting)
+    # The account must be inside the signature: X-Act-As alone (a v1 line), or altered on the
+    # way, is refused and writes nothing.
+    ops_before = gateway.ops
+    header_only = await gateway.send(
+        "POST", "/v1/instance/create", job, key=DELEGATE, headers=acting["headers"]
+    )
+    assert (header_only.status_code, header_only.json()["error"]) == (401, "act_as_unsigned")
+    altered = await gateway.send(
+        "POST",
+        "/v1/instance/create",
+        job,
+        key=DELEGATE,
+        headers={"X-Act-As": BOB.address},
+        act_as=ALICE.address,
+    )
+    assert (altered.status_code, altered.json()["error"]) == (401, "act_as_mismatch")
+    assert gateway.ops == ops_before
+    made = await gateway.send("POST", "/v1/instance/create", job, key=DELEGATE, **acting)
     assert made.status_code == 201, made.text
     assert made.json()["instance"]["instance_owner"] == ALICE.address
-    listed = await gateway.send("GET", "/v1/instance/list", key=DELEGATE, headers=acting)
+    listed = await gateway.send("GET", "/v1/instance/list", key=DELEGATE, **acting)
     assert listed.json()["count"] == 1
     # Outside the grant's scopes, and keys granting keys.
-    agent = await gateway.send(
-        "POST", "/v1/agents/create", {"name": "a"}, key=DELEGATE, headers=acting
-    )
+    agent = await gateway.send("POST", "/v1/agents/create", {"name": "a"}, key=DELEGATE, **acting)
     assert agent.status_code == 403
-    regrant = await gateway.send("POST", "/v1/key/grant", grant, key=DELEGATE, headers=acting)
+    regrant = await gateway.send("POST", "/v1/key/grant", grant, key=DELEGATE, **acting)
     assert regrant.status_code == 403
     keys = await gateway.send("GET", "/v1/key/list", key=ALICE)
     assert [k["label"] for k in keys.json()["keys"]] == ["ci"]
@@ -324,7 +346,7 @@ async def test_a_delegated_key_acts_within_its_grant_until_revoked(gateway: Gate
     )
     assert revoked.json()["grant"]["revoked"] is True
     after = await gateway.send(
-        "POST", "/v1/instance/create", {**job, "name": "job2"}, key=DELEGATE, headers=acting
+        "POST", "/v1/instance/create", {**job, "name": "job2"}, key=DELEGATE, **acting
     )
     assert after.status_code == 403
 
@@ -525,3 +547,72 @@ def test_every_write_route_has_exactly_one_replicated_meaning() -> None:
     for endpoint in writes:
         assert route_of("POST", "/v1" + endpoint.path.replace("{id}", "ab" * 20)), endpoint
     assert len(writes) == len(ROUTES)
+
+
+async def test_a_write_the_store_cannot_make_durable_is_a_503_and_changes_nothing(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(ops: list[tuple[Op, dict[str, Any]]]) -> SubmitResult:
+        raise CommitFailed(OSError(28, "No space left on device"))
+
+    monkeypatch.setattr(gateway.app.node, "submit_checked", broken)
+    before = gateway.ops
+    reply = await gateway.send("POST", "/v1/account/create", {"name": "alice"}, key=ALICE)
+    assert reply.status_code == 503, reply.text
+    assert reply.json()["error"] == "not_stored"
+    assert "No space left on device" in reply.json()["message"]
+    assert gateway.ops == before
+    assert gateway.replica.state.account(ALICE.address) is None
+
+
+async def test_a_signed_write_recovers_its_signer_once(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.ledger.request_op as request_op
+
+    recoveries: list[bytes] = []
+    real = request_op.recover_address
+
+    def counted(digest: bytes, sig: bytes) -> str:
+        recoveries.append(digest)
+        return real(digest, sig)
+
+    monkeypatch.setattr(request_op, "recover_address", counted)
+    path, body = "/v1/account/create", _compact({"name": "alice"})
+    signed = sign(ALICE, "POST", path, body)
+    reply = await gateway.http.post(gateway.url + path, content=body, headers=signed)
+    assert reply.status_code == 201, reply.text
+    # Authenticated, then verified as a request op as every replica does: one recovery.
+    assert len(recoveries) == 1
+    # Its replay is still refused: the memo is no way around the nonce cache.
+    replay = await gateway.http.post(gateway.url + path, content=body, headers=signed)
+    assert (replay.status_code, replay.json()["error"]) == (401, "replayed")
+    assert gateway.ops == 1
+
+
+async def test_a_request_is_routed_once_and_gets_its_own_path_parameters(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = await gateway.send("POST", "/v1/account/create", {"name": "alice"}, key=ALICE)
+    assert created.status_code == 201, created.text
+    await gateway.send("POST", "/v1/account/create", {"name": "bob"}, key=BOB)
+    router = gateway.app._router
+    real = router.match
+    calls: list[str] = []
+
+    def counted(request: Any) -> Any:
+        calls.append(request.path)
+        return real(request)
+
+    monkeypatch.setattr(router, "match", counted)
+    # Two reads of different accounts, in turn: each is routed once (for its body limit, and
+    # the handler reuses it) and each handler sees its own {address}.
+    for key in (ALICE, BOB):
+        got = await gateway.send("GET", f"/v1/account/{key.address}/get", key=key)
+        assert got.status_code == 200, got.text
+        assert got.json()["address"] == key.address
+    assert len(calls) == 2
+    # An unknown route is still a 404, and a route matched for nothing is not kept forever.
+    missing = await gateway.send("GET", "/v1/no/such/route")
+    assert missing.status_code == 404
+    assert gateway.app._matched == {}

@@ -9,7 +9,7 @@ fields, unexpected methods). Each case is sent
 * **signed**: we serialise the body to its exact bytes and sign method, target and body
   (``node.client.signer.sign_request``, a fresh nonce each time), so the request gets past
   ``401`` into validation and the handlers. The signer is drawn too: the account's own key,
-  a key the account granted every scope acting for it (``X-Act-As``), or the account's key
+  a key the account granted every scope acting for it (the v2 line and ``X-Act-As``), or the account's key
   with an ``X-Act-As`` that no grant backs or that is not an address. Some cases name the
   entities the fixture created (an instance, an agent, a model, the account itself), so the
   handlers that need an existing entity run as well.
@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 import shlex
 import time
 from collections.abc import Iterator
@@ -81,6 +82,13 @@ class Signer:
 
     key: NodeKey
     act_as: str | None = None
+
+    def signed_as(self) -> str | None:
+        """The account the signed (v2) line names: ``act_as`` when it is an address other
+        than the key's own; junk stays in the header only, refused as 400 or 401."""
+        if self.act_as is None or not re.fullmatch(r"0x[0-9a-f]{40}", self.act_as):
+            return None
+        return None if self.act_as == self.key.address else self.act_as
 
 
 SIGNERS: Final = st.one_of(
@@ -226,6 +234,7 @@ def _build(node: Node, case: Any, signer: Signer | None, *, tamper: bool = False
                 (content or b"") + (b" " if tamper else b""),
                 int(time.time()),
                 nonce,
+                signer.signed_as(),
             )
         )
         if signer.act_as is not None:

@@ -7,7 +7,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from node.gateway.auth import AuthError, NonceCache, canonical_message, verify
+from node.gateway.auth import AuthError, NonceCache, authenticate, canonical_message, verify
 from tests.helpers import seeded_keys
 
 ALICE, BOB = seeded_keys(2, seed=51)
@@ -126,6 +126,11 @@ def test_malformed_headers_are_refused_with_a_code(headers: dict[str, str], code
         "formation:v1:POST:/x:" + "0" * 63 + ":1:nonce-0001",
         "formation:v1:POST:/x:" + "0" * 64 + ":-1:nonce-0001",
         "formation:v1:POST:/x:" + "0" * 64 + ":1:short",
+        # v2 (a delegated key's line) must end with the account it acts for, lower-case.
+        "formation:v2:POST:/x:" + "0" * 64 + ":1:nonce-0001",
+        "formation:v2:POST:/x:" + "0" * 64 + ":1:nonce-0001:0x" + "AB" * 20,
+        "formation:v2:POST:/x:" + "0" * 64 + ":1:nonce-0001:0x" + "ab" * 19,
+        "formation:v3:POST:/x:" + "0" * 64 + ":1:nonce-0001",
     ],
 )
 def test_a_malformed_signed_line_is_refused(line: str) -> None:
@@ -143,3 +148,15 @@ def test_the_nonce_cache_forgets_old_entries_and_is_bounded() -> None:
         cache.use(ALICE.address, "nonce-0009", NOW, NOW)
     assert info.value.code == "busy"
     cache.use(ALICE.address, "nonce-0009", NOW + 21, NOW + 21)  # the old ones expired
+
+
+def test_a_v2_line_names_the_account_its_signer_acts_for() -> None:
+    account = "0x" + "ab" * 20
+    line = canonical_message("POST", "/x", BODY, NOW, "nonce-0003", account)
+    assert line.startswith("formation:v2:POST:/x:")
+    assert line.endswith(":nonce-0003:" + account)
+    sig = Account.sign_message(encode_defunct(text=line), private_key=ALICE.secret).signature
+    signed = authenticate(
+        "POST", "/x", BODY, {"X-Message": line, "X-Signature": bytes(sig).hex()}, NOW, NonceCache()
+    )
+    assert (signed.signer, signed.act_as, signed.nonce) == (ALICE.address, account, "nonce-0003")

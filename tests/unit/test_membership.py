@@ -41,6 +41,7 @@ from node.gossip.messages import (
     PingReq,
     Welcome,
 )
+from node.gossip.suspicion import suspicion_timeout_s
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,
@@ -176,6 +177,14 @@ def test_a_crashed_node_is_suspected_then_declared_dead_by_everyone_in_time() ->
     survivors = sorted(set(net.nodes) - {"n05"})
     assert sorted(obs for _, obs in deads) == survivors  # each declares it dead exactly once
     assert min(t for t, _ in suspects) < min(t for t, _ in deads)
+    # Lifeguard: the survivors' own suspicions reach each other as confirmations, so nobody
+    # waits the 11.4 s that a lone confirmation leaves; a confirmation may arrive up to one
+    # probe (3 x timeout) after min_s.
+    min_s, _ = suspicion_timeouts(CONFIG, n)
+    for name in survivors:
+        own = min(t for t, obs in suspects if obs == name)
+        dead_s = min(t for t, obs in deads if obs == name)
+        assert dead_s - own <= min_s + 3 * CONFIG.probe_timeout_s, name
     for name in survivors:
         assert net.nodes[name].state_of("n05") is DEAD
         assert net.nodes[name].dead() == ["n05"]
@@ -614,3 +623,113 @@ def test_a_seeded_run_is_reproducible() -> None:
         return [(t, obs, e.event, e.node) for t, obs, e in net.events]
 
     assert trace() == trace()
+
+
+# -- Lifeguard's confirmations (D24) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("confirmations", "expected", "min_s", "max_s", "timeout_s"),
+    [
+        (0, 2, 4.0, 24.0, 24.0),  # nobody confirmed: the full max
+        (1, 2, 4.0, 24.0, 24.0 - 20.0 * math.log(2) / math.log(3)),  # 11.38 s
+        (2, 2, 4.0, 24.0, 4.0),  # all expected: the min
+        (7, 2, 4.0, 24.0, 4.0),  # more than expected change nothing
+        (0, 0, 4.0, 24.0, 4.0),  # a cluster too small to confirm: the min at once
+        (1, 4, 5.2, 31.2, 31.2 - 26.0 * math.log(2) / math.log(5)),
+        (3, 4, 5.2, 31.2, 31.2 - 26.0 * math.log(4) / math.log(5)),
+        (3, 3, 4.0, 4.0, 4.0),  # suspicion_max_mult = 1
+    ],
+)
+def test_suspicion_timeout_table(
+    confirmations: int, expected: int, min_s: float, max_s: float, timeout_s: float
+) -> None:
+    assert suspicion_timeout_s(confirmations, expected, min_s, max_s) == pytest.approx(timeout_s)
+    assert suspicion_deadline(100.0, min_s, max_s, expected, confirmations) == pytest.approx(
+        100.0 + timeout_s
+    )
+
+
+@pytest.mark.parametrize(
+    ("confirmations", "expected", "min_s", "max_s"),
+    [(-1, 2, 4.0, 24.0), (0, -1, 4.0, 24.0), (0, 2, 24.0, 4.0), (0, 2, -1.0, 4.0)],
+)
+def test_suspicion_timeout_refuses_bad_arguments(
+    confirmations: int, expected: int, min_s: float, max_s: float
+) -> None:
+    with pytest.raises(ValueError, match=r"must be|need"):
+        suspicion_timeout_s(confirmations, expected, min_s, max_s)
+
+
+def _suspecting(peers: tuple[str, ...] = ("p", "q", "r", "s")) -> Membership:
+    """``me`` with four peers, having heard from q that p is suspect (origin q)."""
+    member = single()
+    for name in peers:
+        with_peer(member, name)
+    member.on_updates(1.0, "q", [MemberUpdate("p", "addr-p", SUSPECT, 0, "q")])
+    while member.take_updates("x", 16):
+        pass  # drain the queue, as packets to others would
+    return member
+
+
+def _first_probe_fails(member: Membership, start_s: float) -> str:
+    """Run ``member``'s timers from ``start_s`` until its first probe fails (nobody answers);
+    the target of that probe."""
+    now, pinged = start_s, []
+    for _ in range(100):
+        pinged += [to for to, msg in member.on_timer(now) if isinstance(msg, Ping)]
+        if member.stats["probes_failed"]:
+            return pinged[0]
+        now = member.next_wakeup()
+    raise AssertionError("the probe never failed")
+
+
+def test_our_own_failed_probe_of_a_suspect_is_counted_and_gossiped_as_ours() -> None:
+    member = _suspecting()
+    # Hearing the suspicion made p our next probe target.
+    assert _first_probe_fails(member, 1.0) == "p"
+    assert member.stats["suspicion_confirmations"] == 1
+    assert member.take_updates("x", 16) == (MemberUpdate("p", "addr-p", SUSPECT, 0, "me"),)
+
+
+def test_a_suspicion_from_a_new_originator_is_counted_once_and_passed_on() -> None:
+    member = _suspecting()
+    n = member.size()
+    min_s, max_s = suspicion_timeouts(CONFIG, n)
+    k = suspicion_confirmations(CONFIG, n)
+    claim_r = MemberUpdate("p", "addr-p", SUSPECT, 0, "r")
+    member.on_updates(1.5, "s", [claim_r])  # r's suspicion, relayed by s
+    member.on_updates(1.6, "q", [claim_r])  # the same one again, via q: not independent
+    member.on_updates(1.7, "r", [MemberUpdate("p", "addr-p", SUSPECT, 0, "q")])  # q's, again
+    assert member.stats["suspicion_confirmations"] == 1
+    assert member.take_updates("x", 16) == (claim_r,)
+    deadline_s = suspicion_deadline(1.0, min_s, max_s, k, 1)
+    member.on_timer(deadline_s - 0.01)
+    assert member.state_of("p") is SUSPECT
+    member.on_timer(deadline_s)
+    assert member.state_of("p") is DEAD
+
+
+def test_confirmations_stop_being_passed_on_once_the_timer_is_at_its_minimum() -> None:
+    member = _suspecting(("p", "q", "r", "s", "t"))
+    k = suspicion_confirmations(CONFIG, member.size())
+    assert k == 2
+    member.on_updates(1.5, "r", [MemberUpdate("p", "addr-p", SUSPECT, 0, "r")])
+    member.take_updates("x", 16)  # r's claim goes out...
+    member.on_updates(1.6, "s", [MemberUpdate("p", "addr-p", SUSPECT, 0, "s")])
+    assert member.stats["suspicion_confirmations"] == k
+    while member.take_updates("x", 16):
+        pass
+    member.on_updates(1.7, "t", [MemberUpdate("p", "addr-p", SUSPECT, 0, "t")])
+    assert member.stats["suspicion_confirmations"] == k  # ...the timer is at min already
+    assert member.take_updates("x", 16) == ()  # so t's claim is news to nobody it helps
+
+
+def test_a_buddy_claim_to_the_suspect_spends_no_retransmission() -> None:
+    member = _suspecting()
+    member.on_updates(1.5, "r", [MemberUpdate("p", "addr-p", SUSPECT, 0, "r")])
+    limit = retransmit_limit(CONFIG, member.size())
+    for _ in range(3 * limit):  # packets to the suspect itself (probes of a crashed node)
+        assert member.take_updates("p", 16)[0].node == "p"
+    sent = [u for _ in range(2 * limit) for u in member.take_updates("x", 16)]
+    assert sent == [MemberUpdate("p", "addr-p", SUSPECT, 0, "r")] * limit

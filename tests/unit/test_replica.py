@@ -149,3 +149,22 @@ def test_a_group_commit_answers_each_batch_as_if_it_came_alone(tmp_path: Path) -
     assert [len(r.duplicates) for r in again] == [1, 1]
     assert replica.store.last_seq() == seq_before + 2
     replica.close()
+
+
+def test_a_snapshot_is_written_every_snapshot_every_ops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.replica
+
+    monkeypatch.setattr(node.replica, "SNAPSHOT_EVERY_OPS", 5)
+    replica = Replica.open(tmp_path / "node", NET)
+    users = seeded_keys(12, seed=2323)
+    made = [op(u, "account.create", {"name": f"u{i}"}) for i, u in enumerate(users)]
+    latest = []
+    for start in range(0, 12, 3):  # commits of 3 ops, ending at seqs 3, 6, 9, 12
+        replica.submit_checked_groups([[own(m)] for m in made[start : start + 3]], T0_MS)
+        snapshot = replica.store.latest_snapshot()
+        latest.append(None if snapshot is None else snapshot[0])
+    # A snapshot once 5 ops are logged past the last one: at 6, then at 12.
+    assert latest == [None, 6, 6, 12]
+    replica.close()

@@ -11,6 +11,7 @@ import pytest
 from node.identity.keys import NodeKey
 from node.ledger.op import Op, OpRejected, decode_op
 from node.ledger.request_op import (
+    RequestRejected,
     canonical_message,
     mutation_of,
     request_op_body,
@@ -36,10 +37,16 @@ def request_op(
     grant: tuple[bytes, bytes] | None = None,
     scheme: str = "personal",
     net: str = NET,
+    signed_as: str | None = None,
+    v1_line: bool = False,
 ) -> tuple[bytes, bytes]:
+    """A request op as a gateway builds it. A delegated one (``grant``) is signed over the v2
+    line naming ``author`` unless ``signed_as`` names another account or ``v1_line`` leaves the
+    account out (both forgeries a replica must refuse)."""
     text = "" if body is None else json.dumps(body, separators=(",", ":"))
     nonce = nonce or f"n{random.Random(path + text + str(t)).getrandbits(64):x}"
-    line = canonical_message(method, path, text.encode(), t, nonce)
+    act_as = None if grant is None or v1_line else signed_as or author or signer.address
+    line = canonical_message(method, path, text.encode(), t, nonce, act_as)
     wire_body = request_op_body(
         net=net,
         author=author or signer.address,
@@ -195,6 +202,32 @@ def test_a_delegated_key_acts_for_the_account_within_its_grant() -> None:
     fresh = State(NET)
     assert ingest(fresh, (op.body, op.sig)).author == ALICE.address
     assert Op.trusted(op.body, op.sig).via == DELEGATE.address
+
+
+@pytest.mark.parametrize("forgery", ["v1 line", "another account"])
+def test_a_delegated_op_whose_signature_does_not_name_the_account_is_refused(
+    forgery: str,
+) -> None:
+    """The account a delegate acts for is inside the signature: an op whose signed line leaves
+    it out (X-Act-As only), or names another account, recovers no signer the grant names."""
+    state = State(NET)
+    grant = _grant(["instance"])
+    ingest(state, grant)
+    wire = request_op(
+        DELEGATE,
+        "/v1/instance/create",
+        {"name": "job", "formfile": "x"},
+        author=ALICE.address,
+        grant=grant,
+        v1_line=forgery == "v1 line",
+        signed_as=BOB.address if forgery == "another account" else None,
+    )
+    before = state.state_hash()
+    with pytest.raises(RequestRejected) as caught:
+        state.ingest(*wire)
+    assert caught.value.code == "unauthorized"
+    assert state.instance(instance_id_of(ALICE.address, "job")) is None
+    assert state.state_hash() == before
 
 
 @pytest.mark.parametrize(
@@ -406,3 +439,41 @@ def test_duplicate_keys_in_a_request_body_are_refused() -> None:
     with pytest.raises(OpRejected, match="twice") as refused:
         mutation_of("POST", "/v1/account/create", '{"name":"a","name":"b"}', ALICE.address, {})
     assert refused.value.code == "invalid_json"
+
+
+def test_the_signer_memo_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.ledger.request_op as request_op
+    from node.ledger.request_op import canonical_message, recover_line_signer, sign_line
+
+    alice, mallory = seeded_keys(2, seed=2323)
+    recoveries: list[bytes] = []
+    real = request_op.recover_address
+
+    def counted(digest: bytes, sig: bytes) -> str:
+        recoveries.append(sig)
+        return real(digest, sig)
+
+    monkeypatch.setattr(request_op, "recover_address", counted)
+    line = canonical_message("POST", "/v1/account/update", b"{}", 1_700_000_000, "memo-1")
+    sig = sign_line(alice, line)
+    assert recover_line_signer(line, sig, "personal") == alice.address
+    assert recover_line_signer(line, sig, "personal") == alice.address
+    assert len(recoveries) == 1  # the second asks the memo
+    # Another signature, scheme or line is recovered afresh and gets its own answer.
+    assert recover_line_signer(line, sign_line(mallory, line), "personal") == mallory.address
+    assert recover_line_signer(line, sig, "sha256d") != alice.address
+    other = line.replace("memo-1", "memo-2")
+    assert recover_line_signer(other, sig, "personal") != alice.address
+    assert len(recoveries) == 4
+    # A failure is not remembered as an answer: it fails every time, and is recovered each time.
+    bad = sig[:64] + bytes([29])
+    for _ in range(2):
+        with pytest.raises(OpRejected, match="bad_signature"):
+            recover_line_signer(line, bad, "personal")
+    # A long line is still verified, just not memoized.
+    long_line = canonical_message("GET", "/v1/x?" + "a" * 2000, b"", 1_700_000_000, "memo-3")
+    long_sig = sign_line(alice, long_line)
+    before = len(recoveries)
+    for _ in range(2):
+        assert recover_line_signer(long_line, long_sig, "personal") == alice.address
+    assert len(recoveries) == before + 2

@@ -30,7 +30,7 @@ Layout
 ------
 ``_common.py`` holds what every command shares (the session, the global options, output, error
 reports and their exit statuses); each command group is one module (``init`` for ``form init``
-and ``form status``, then ``account``, ``manage``, ``agent``, ``model``, ``node``, ``key``, ``pack``), and
+and ``form status``, then ``account``, ``manage``, ``agent``, ``model``, ``node``, ``key``, ``pack``, ``dns``, ``credits``), and
 ``_listing.py`` the marketplace commands agents and models share. A group module has a
 ``register(commands)`` that adds its subcommands and their handlers. Adding a group: write its
 module and put its ``register`` in ``_GROUPS`` below, where it should appear in ``form --help``.
@@ -51,7 +51,7 @@ import httpx
 
 from node import __version__
 from node.client.api import ClientError
-from node.client.cli import account, agent, dns, init, key, manage, model, node, pack
+from node.client.cli import account, agent, credits, dns, init, key, manage, model, node, pack
 from node.client.cli._common import GATEWAY_DEFAULT as GATEWAY_DEFAULT
 from node.client.cli._common import Commands, UsageError, _report, _root_parser, _Session
 from node.client.cli._common import default_keystore as default_keystore
@@ -82,6 +82,7 @@ _GROUPS: Final[tuple[Callable[[Commands], None], ...]] = (
     key.register,
     pack.register,
     dns.register,
+    credits.register,
 )
 
 

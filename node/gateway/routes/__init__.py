@@ -15,10 +15,20 @@ from __future__ import annotations
 from typing import Final
 
 from node.gateway.endpoint import Endpoint
-from node.gateway.routes import accounts, blobs, builds, dns, instances, keys, market, node
+from node.gateway.routes import (
+    accounts,
+    billing,
+    blobs,
+    builds,
+    dns,
+    instances,
+    keys,
+    market,
+    node,
+)
 
 __all__ = ["ENDPOINTS", "GROUPS"]
 
-GROUPS: Final = (node, accounts, instances, builds, blobs, market, keys, dns)
+GROUPS: Final = (node, accounts, instances, builds, blobs, market, keys, dns, billing)
 
 ENDPOINTS: Final[tuple[Endpoint, ...]] = tuple(row for group in GROUPS for row in group.ROWS)

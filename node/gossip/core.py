@@ -12,7 +12,8 @@ Three mechanisms, each covering what the one before it misses:
    hashing, so a membership change moves few leaves). A leaf tells its parent with
    ``Attach(())`` (attach) and refreshes that every ``attach_refresh_s``; a parent's *children*
    are the nodes attached to it; a new child is sent the ops its parent passed on in the last
-   ``attach_catch_up_s``, so the ops that crossed its Attach in flight are not left to repair.
+   ``attach_catch_up_s``, so the ops that crossed its Attach in flight are not left to repair;
+   likewise a node that (re)started knowing nobody sends its first tree the ops it wrote alone.
    An op travels leaf → parent → the other core members → their
    children: at most three hops, and N-1 payload copies. A leaf also sends its *own* ops to
    its second-choice core member, so one lost first hop does not leave the whole fog waiting
@@ -178,6 +179,9 @@ class GossipCore:
         self._membership_changed = True
         self._roles_at = 0.0
         self._backup_parent: str | None = None
+        # Set when our view stops being just ourselves: the ops we wrote while alone went to
+        # no tree target, so they go to the tree we now have (``_maintain_tree``).
+        self._met_first: bool = False
         self._children: dict[str, float] = {}  # child -> when it last attached
         # (when, id) of the ops we passed on lately, oldest first: a new child's catch-up.
         self._recent: deque[tuple[float, bytes]] = deque()
@@ -439,8 +443,13 @@ class GossipCore:
 
     def _roles(self, now: float) -> tuple[tuple[str, ...], str | None]:
         """(core members, our parent or None), recomputed when membership changed."""
+        # The rate limit does not hold a lone view: a node that has just (re)started knows
+        # only itself, and until it recomputes its own ops would go to no tree target at all
+        # (churn-small seed 783: five ops of a restarted node never left it).
+        lonely = self._roles_cache is not None and self._roles_cache[0] == (self.node_id,)
         if self._roles_cache is not None and (
-            not self._membership_changed or now < self._roles_at + _ROLES_RECOMPUTE_S
+            not self._membership_changed
+            or (now < self._roles_at + _ROLES_RECOMPUTE_S and not lonely)
         ):
             return self._roles_cache
         self._membership_changed = False
@@ -467,12 +476,20 @@ class GossipCore:
             parent = ordered[0]
             backup = ordered[1] if len(ordered) > 1 else None
         self._backup_parent = backup
+        if lonely and core != (self.node_id,):
+            self._met_first = True
         self._roles_cache = (core, parent)
         return self._roles_cache
 
     def _maintain_tree(self, now: float, effects: list[Effect]) -> None:
         """Attach to our parent when it changes, and re-attach now and then."""
         _, parent = self._roles(now)
+        if self._met_first:
+            # Like a new child's catch-up: what we passed on in the last attach_catch_up_s,
+            # here our own ops written while we knew nobody, in one non-eager batch each.
+            self._met_first = False
+            for peer in self._tree_targets(now, None):
+                self._catch_up(now, peer)
         if parent != self._attached_to or (
             parent is not None and now >= self._attached_at + self.config.attach_refresh_s
         ):
@@ -490,8 +507,12 @@ class GossipCore:
                 del self._children[child]
 
     def _lazy_targets(self, now: float) -> list[str]:
-        if now >= self._lazy_until or any(
-            self.membership.state_of(p) != MemberState.ALIVE for p in self._lazy
+        # An empty list is refreshed at once (a node that started alone has met someone since;
+        # the alive list of a lone node is short, so this costs nothing on a big fog).
+        if (
+            now >= self._lazy_until
+            or any(self.membership.state_of(p) != MemberState.ALIVE for p in self._lazy)
+            or (not self._lazy and self.membership.alive())
         ):
             alive = self.membership.alive()
             count = min(self.config.lazy_peers, len(alive))

@@ -97,6 +97,11 @@ def _wireguard_pids() -> set[int]:
     return pids
 
 
+def _uapi_sockets() -> set[str]:
+    """The mesh interfaces' wireguard-go control sockets on this machine, by file name."""
+    return {p.name for p in UAPI_DIR.glob("fm*.sock")} if UAPI_DIR.exists() else set()
+
+
 def _libp2p_port(fog: LocalFog, i: int) -> int:
     status = fog.status(i)
     assert status is not None
@@ -108,6 +113,9 @@ async def test_two_nodes_in_two_namespaces_talk_over_the_mesh_and_the_veth_shows
 ) -> None:
     _need_tools()
     assert _host_private_addresses() == [], "the host already has a 10.x address"
+    # Control sockets of other runs on this machine (a SIGKILLed wireguard-go leaves its
+    # socket file behind) are not ours to judge: only what this test adds must be gone.
+    sockets_before = _uapi_sockets()
     secret = "formation-" + secrets.token_hex(16)
     pattern = secrets.token_hex(16)  # ping -p fills each echo's payload with these bytes
     async with two_netns() as pair:
@@ -191,7 +199,7 @@ async def test_two_nodes_in_two_namespaces_talk_over_the_mesh_and_the_veth_shows
                     server.stdout.close()
             await trio.to_thread.run_sync(fog.stop_all)
     assert _host_private_addresses() == []
-    leftover = [p.name for p in UAPI_DIR.glob("fm*.sock")] if UAPI_DIR.exists() else []
+    leftover = sorted(_uapi_sockets() - sockets_before)
     assert leftover == [], leftover
 
 

@@ -179,9 +179,7 @@ class Replica:
 
         Raises ``OpRejected`` (nothing stored) if the op is not valid.
         """
-        with self.lock:
-            stamp = self.hlc.now(now_ms)
-        checked = own(sign_op(key, self.network, stamp, kind, payload))
+        checked = own(self.sign(key, kind, payload, now_ms))
         self._commit([[checked]], [SubmitResult()])
         return checked[0]
 

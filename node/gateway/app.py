@@ -257,26 +257,10 @@ class GatewayApp(AsgiApp):
                     503, "unavailable", "this node has not stored the grant op yet; retry"
                 )
             grant = wire[0]
-        try:
-            body_text = request.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise HttpError(400, "invalid_json", "the request body must be UTF-8 JSON") from None
+        body_text = _body_text(request)
         hint = self._hints(route, params, author, body_text)
-        op_body = request_op_body(
-            net=self.replica.network,
-            author=author,
-            method=request.method,
-            path=request.target,
-            body_text=body_text,
-            timestamp_s=request.signed.timestamp_s,
-            nonce=request.signed.nonce,
-            scheme=request.signed.scheme,
-            hint=hint,
-            grant=grant,
-            logical=self._tick(request.signed.timestamp_s),
-        )
         # Verify as every replica will: the gateway accepts exactly what the fog accepts.
-        op = decode_op(op_body, request.signed.signature, self.replica.network)
+        op = self._request_op(request, author, body_text, hint=hint, grant=grant)
         payload = State.check_op(op)
         self._precheck(op.kind, author, payload)
         try:
@@ -303,19 +287,31 @@ class GatewayApp(AsgiApp):
                 "billing orders are signed by the account's own key; a delegated key cannot "
                 "mint or move credits (sign as the account)",
             )
-        try:
-            body_text = request.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise HttpError(400, "invalid_json", "the request body must be UTF-8 JSON") from None
+        return self._request_op(request, request.signed.signer, _body_text(request))
+
+    def _request_op(
+        self,
+        request: Request,
+        author: str,
+        body_text: str,
+        *,
+        hint: dict[str, Any] | None = None,
+        grant: tuple[bytes, bytes] | None = None,
+    ) -> Op:
+        """The signed request as a request op (with this gateway's arrival tick), decoded and
+        verified as every replica decodes it."""
+        assert request.signed is not None
         op_body = request_op_body(
             net=self.replica.network,
-            author=request.signed.signer,
+            author=author,
             method=request.method,
             path=request.target,
             body_text=body_text,
             timestamp_s=request.signed.timestamp_s,
             nonce=request.signed.nonce,
             scheme=request.signed.scheme,
+            hint=hint,
+            grant=grant,
             logical=self._tick(request.signed.timestamp_s),
         )
         return decode_op(op_body, request.signed.signature, self.replica.network)
@@ -437,3 +433,10 @@ def _header_address(request: Request, name: str) -> str | None:
         return normalize_address(text.strip())
     except ValueError as exc:
         raise HttpError(400, "invalid_header", f"{name}: {exc}") from None
+
+
+def _body_text(request: Request) -> str:
+    try:
+        return request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, "invalid_json", "the request body must be UTF-8 JSON") from None

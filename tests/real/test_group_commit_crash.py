@@ -11,18 +11,13 @@ and the writes did share commits. Runtime: ~1.3 s per seed here.
 
 from __future__ import annotations
 
-import os
 import random
-import select
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from node.replica import Replica
+from tests.real.crash_run import run_then_sigkill
 
 pytestmark = pytest.mark.real
 
@@ -31,31 +26,10 @@ DEADLINE_S = 30.0  # a guard against a hung child, not a speed assertion
 
 
 def _run_then_kill(data_dir: Path, seed: int, acks_wanted: int, linger_s: float) -> list[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(data_dir), str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    out = run_then_sigkill(
+        WRITER, [str(data_dir), str(seed)], b"\nA ", acks_wanted, linger_s, DEADLINE_S
     )
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buffer = b""
-    give_up = time.monotonic() + DEADLINE_S
-    try:
-        while buffer.count(b"\nA ") < acks_wanted:
-            ready, _, _ = select.select([fd], [], [], max(0.0, give_up - time.monotonic()))
-            chunk = os.read(fd, 65536) if ready else b""
-            if not chunk:
-                proc.kill()
-                _, err = proc.communicate()
-                pytest.fail(f"writer stopped (exit {proc.returncode}): {err.decode()[-2000:]}")
-            buffer += chunk
-        time.sleep(linger_s)  # let the kill land at a seed-dependent point of a commit
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-    rest, _ = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    return (buffer + rest).decode().split("\n")[:-1]  # a torn last line does not count
+    return out.decode().split("\n")[:-1]  # a torn last line does not count
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -8,18 +8,13 @@ visible after a crash), not the disk's fsync; power-cut durability rests on
 
 from __future__ import annotations
 
-import os
 import random
-import select
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from node.store import Store
+from tests.real.crash_run import run_then_sigkill
 
 pytestmark = pytest.mark.real
 
@@ -30,36 +25,10 @@ DEADLINE_S = 15.0  # a guard against a hung child, not a speed assertion
 def read_acks_then_kill(
     data_dir: Path, seed: int, acks_wanted: int, linger_s: float
 ) -> list[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(data_dir), str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    out = run_then_sigkill(
+        WRITER, [str(data_dir), str(seed)], b"\n", acks_wanted, linger_s, DEADLINE_S
     )
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buffer = b""
-    give_up = time.monotonic() + DEADLINE_S
-    try:
-        while buffer.count(b"\n") < acks_wanted:
-            ready, _, _ = select.select([fd], [], [], max(0.0, give_up - time.monotonic()))
-            chunk = os.read(fd, 65536) if ready else b""
-            if not chunk:
-                proc.kill()
-                _, err = proc.communicate()
-                acks = buffer.count(b"\n")
-                pytest.fail(
-                    f"writer stopped after {acks} acks"
-                    f" (exit {proc.returncode}): {err.decode(errors='replace')}"
-                )
-            buffer += chunk
-        time.sleep(linger_s)  # let the kill land at a seed-dependent point of the loop
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-    rest, _ = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    # Acks written before the kill but not yet read count too; a torn last line does not.
-    lines = (buffer + rest).split(b"\n")[:-1]
+    lines = out.split(b"\n")[:-1]  # a torn last line does not count
     return [bytes.fromhex(line.decode()) for line in lines]
 
 

@@ -26,6 +26,7 @@ from node.client.signer import sign_request
 from node.devnet import LocalFog
 from node.ledger.state import instance_id_of
 from tests.helpers import seeded_keys
+from tests.real.fogs import running_fog
 
 pytestmark = pytest.mark.real
 
@@ -56,15 +57,8 @@ def _poll(what: str, read: Callable[[], Any], timeout_s: float = GOSSIP_S_MAX) -
 
 @pytest.fixture
 def fog(tmp_path: Path) -> Iterator[LocalFog]:
-    fog = LocalFog(tmp_path, extra_args=("--heartbeat-s", "0"))
-    try:
-        for i in range(NODES):
-            fog.start(i)
-        fog.wait(lambda: fog.converged(NODES), timeout_s=CONVERGE_S_MAX)
-        yield fog
-    finally:
-        fog.stop_all()
-    assert [proc.returncode for proc in fog.procs.values()] == [0] * NODES
+    with running_fog(tmp_path, NODES, CONVERGE_S_MAX) as started:
+        yield started
 
 
 def _gateways(fog: LocalFog) -> list[str]:
